@@ -1,0 +1,219 @@
+"""Configuration: frozen dataclasses, TOML presets and dotted ``--set key=value`` overrides.
+
+Defaults are the paper's CIFAR-10 settings (Appendix A.2) unless a comment says otherwise.
+Per-stage settings are tuples aligned with ``GrowthConfig.resolutions``. Presets in
+``cfebm/presets/*.toml`` hold only the values they change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    channels: int = 32              # channel multiplier c (Table 6)
+    image_channels: int = 3         # 1 = grayscale, 3 = RGB
+    max_resolution: int = 32        # side of the finest stage
+    activation: str = "swish"       # see model.ACTIVATIONS (A.6.1)
+    spectral_norm: bool = True      # on the main-path convolutions (Table 9(b))
+    residual: bool = True           # 1x1 conv + pool branch in each Primal block (Table 9(c))
+    head: str = "linear"            # "linear" (Table 6) or "mlp" (the authors' --projection head)
+
+    def __post_init__(self):
+        _require(self.channels >= 1, "model.channels must be >= 1")
+        _require(self.image_channels in (1, 3), "model.image_channels must be 1 or 3")
+        _require(_is_pow2(self.max_resolution) and self.max_resolution >= 8,
+                 "model.max_resolution must be a power of two >= 8")
+        _require(self.head in ("linear", "mlp"), "model.head must be 'linear' or 'mlp'")
+
+
+@dataclass(frozen=True)
+class GrowthConfig:
+    """The stage schedule of Algorithm 1, one entry per resolution."""
+
+    resolutions: tuple[int, ...] = (8, 16, 32)
+    batch_size: tuple[int, ...] = (256, 128, 64)         # the authors' train_v1 table
+    lr: tuple[float, ...] = (1e-3, 1e-3, 1e-3)           # A.2 learning-rate schedule
+    n_steps: tuple[int, ...] = (15, 30, 50)              # A.2 Langevin steps T(s)
+    fade_images: tuple[int, ...] = (0, 75_000, 100_000)  # images over which β goes 0 -> 1
+    stage_images: tuple[int, ...] = (50_000, 150_000, 200_000)  # images trained per stage
+
+    def __post_init__(self):
+        res = self.resolutions
+        _require(len(res) >= 1 and res[0] >= 8 and all(_is_pow2(r) for r in res),
+                 "growth.resolutions must be powers of two >= 8")
+        _require(all(b == 2 * a for a, b in zip(res, res[1:])),
+                 f"growth.resolutions must double at each stage, got {list(res)}")
+        for name in ("batch_size", "lr", "n_steps", "fade_images", "stage_images"):
+            _require(len(getattr(self, name)) == len(res),
+                     f"growth.{name} needs one value per resolution ({len(res)})")
+        _require(all(b >= 1 for b in self.batch_size), "growth.batch_size must be >= 1")
+        _require(all(t >= 0 for t in self.n_steps), "growth.n_steps must be >= 0")
+        _require(all(n >= 1 for n in self.stage_images), "growth.stage_images must be >= 1")
+        _require(all(0 <= f <= n for f, n in zip(self.fade_images, self.stage_images)),
+                 "growth.fade_images must lie in [0, stage_images]")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Short-run Langevin dynamics, Eq. (3): x <- x - step_size·∇E(x) + noise_std_t·ε."""
+
+    step_size: float = 1.0          # A.2: "the Langevin step size as 1.0"
+    noise_std: float = 0.015        # η0; the authors' final scripts and Fig. 18 use 0.015
+    noise_schedule: str = "linear"  # "linear" (to 0, Sec. 3.1), "a2" (A.2 formula), "constant"
+    clamp: bool = True              # keep the chain in [-1, 1] after every step
+    smooth: bool = True             # smooth MCMC sampling during a fade (Alg. 1, Sec. 3.2(ii)b)
+    mix: str = "sqrt"               # "sqrt": √(1−β²)·up + β·U (Alg. 1); "linear": (1−β)·up + β·U
+
+    def __post_init__(self):
+        _require(self.step_size > 0, "sampler.step_size must be > 0")
+        _require(self.noise_std >= 0, "sampler.noise_std must be >= 0")
+        _require(self.noise_schedule in ("linear", "a2", "constant"),
+                 "sampler.noise_schedule must be 'linear', 'a2' or 'constant'")
+        _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion_mnist"  # see data.DATASETS
+    root: str = ""                  # a folder of images, or where dataset files live
+    download: bool = True           # let torchvision download when the files are missing
+    limit: int = 0                  # use only the first `limit` images (0 = all)
+    center_crop: int = 0            # centre-crop to this many pixels before resizing (0 = off)
+    subset: str = ""                # dataset-specific choice, e.g. an LSUN category
+    hflip: bool = False             # random horizontal flips
+    num_workers: int = 0            # loader processes for datasets read from disk
+
+    def __post_init__(self):
+        _require(self.limit >= 0, "data.limit must be >= 0")
+        _require(self.num_workers >= 0, "data.num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    adam_betas: tuple[float, float] = (0.5, 0.999)  # A.2
+    data_sigma: float = 0.0          # Gaussian perturbation of the data (0: Sec. 3.4)
+    energy_reg: float = 0.0          # coefficient of mean(E(data)² + E(samples)²), 0 = off
+    ema_decay: float = 0.0           # EMA of parameters for sampling, 0 = off
+    device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "fp32"          # "fp32" or "bf16" (autocast; energies and loss stay fp32)
+    channels_last: bool = False      # memory format for convolutions
+    max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
+    max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
+    log_every: int = 2_000           # images between metric lines
+    sample_every: int = 20_000       # images between sample grids (and at every stage change)
+    checkpoint_every: int = 20_000   # images between checkpoints
+    n_grid: int = 64                 # images in a sample grid
+
+    def __post_init__(self):
+        _require(self.precision in ("fp32", "bf16"), "train.precision must be 'fp32' or 'bf16'")
+        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
+        _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
+        for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):
+            _require(getattr(self, name) >= 1, f"train.{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _require(self.growth.resolutions[-1] == self.model.max_resolution,
+                 f"growth.resolutions ends at {self.growth.resolutions[-1]} but "
+                 f"model.max_resolution is {self.model.max_resolution}")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or out of range."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _is_pow2(n: int) -> bool:
+    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Dicts, presets and overrides
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """A plain, JSON-serialisable dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Inverse of ``to_dict``; unknown sections or keys raise ``ConfigError``."""
+    sections = {}
+    for f in dataclasses.fields(Config):
+        values = dict(d.get(f.name, {}))
+        cls = f.default_factory
+        hints = typing.get_type_hints(cls)
+        unknown = set(values) - set(hints)
+        _require(not unknown, f"unknown key(s) in [{f.name}]: {sorted(unknown)}")
+        sections[f.name] = cls(**{k: _coerce(v, hints[k], f"{f.name}.{k}")
+                                  for k, v in values.items()})
+    _require(not set(d) - set(sections), f"unknown section(s): {sorted(set(d) - set(sections))}")
+    return Config(**sections)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("cfebm.presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> Config:
+    """The defaults with ``cfebm/presets/<name>.toml`` applied."""
+    path = resources.files("cfebm.presets") / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of {preset_names()}")
+    return from_dict(tomllib.loads(path.read_text()))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings; values are parsed as TOML, else taken as strings."""
+    d = to_dict(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        _require(bool(sep and dot), f"override {item!r} is not of the form section.key=value")
+        _require(section in d and name in d[section], f"unknown config key {key.strip()!r}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        d[section][name] = value
+    return from_dict(d)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint; ints are accepted where floats are due."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        elem = args[0]
+        _require(args[-1] is Ellipsis or len(value) == len(args), f"{key} needs {len(args)} values")
+        return tuple(_coerce(v, elem, key) for v in value)
+    if hint is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool),
+                 f"{key} must be a number, got {value!r}")
+        return float(value)
+    _require(isinstance(value, hint) and (hint is bool or not isinstance(value, bool)),
+             f"{key} must be of type {hint.__name__}, got {value!r}")
+    return value
