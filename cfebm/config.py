@@ -42,8 +42,8 @@ class GrowthConfig:
     batch_size: tuple[int, ...] = (256, 128, 64)         # the authors' train_v1 table
     lr: tuple[float, ...] = (1e-3, 1e-3, 1e-3)           # A.2 learning-rate schedule
     n_steps: tuple[int, ...] = (15, 30, 50)              # A.2 Langevin steps T(s)
-    fade_images: tuple[int, ...] = (0, 75_000, 100_000)  # images over which β goes 0 -> 1
-    stage_images: tuple[int, ...] = (50_000, 150_000, 200_000)  # images trained per stage
+    fade_images: tuple[int, ...] = (0, 75_000, 100_000)  # A.2 data feeding N: β goes 0 -> 1
+    stage_images: tuple[int, ...] = (100_000, 150_000, 200_000)  # fade, then as long at β = 1
 
     def __post_init__(self):
         res = self.resolutions

@@ -1,0 +1,119 @@
+"""Checkpoints: atomic writes, loading that never executes code from the file.
+
+A training checkpoint is a plain dict of tensors, numbers and strings written with
+``torch.save`` and read with ``torch.load(weights_only=True)``:
+model, EMA, optimiser, images seen, random-generator states, recovery record, config and
+package version. Files are written to a temporary name in the same folder, flushed to disk and
+renamed over the target, so a crash can never leave a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cfebm import __version__
+from cfebm.config import Config, ConfigError, from_dict, to_dict
+from cfebm.model import EnergyNet
+from cfebm.training import TrainState, new_state, resolve_device
+
+FORMAT = "cfebm-train-state-v1"
+
+
+class CheckpointError(ValueError):
+    """The file is missing, unreadable, or not a cfebm checkpoint."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def state_dict(state: TrainState) -> dict[str, Any]:
+    """Everything needed to continue ``state`` exactly, as a weights-only-loadable dict."""
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "config": to_dict(state.cfg),
+        "n_images": state.n_images,
+        "recoveries": state.recoveries,
+        "lr_scale": state.lr_scale,
+        "model": state.net.state_dict(),
+        "ema": None if state.ema is None else state.ema.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "generator": state.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def save_state(state: TrainState, path: str | Path) -> None:
+    atomic_save(state_dict(state), path)
+
+
+def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"cannot read {str(path)!r} as a cfebm checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a cfebm training checkpoint")
+    return ckpt
+
+
+def config_of(ckpt: dict[str, Any]) -> Config:
+    try:
+        return from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"the checkpoint's config is invalid: {e}") from e
+
+
+def load_state(path: str | Path, device: str | torch.device | None = None) -> TrainState:
+    """Rebuild the ``TrainState`` saved at ``path`` (on ``device``, default: the config's)."""
+    ckpt = read(path)
+    cfg = config_of(ckpt)
+    device = resolve_device(cfg.train.device) if device is None else torch.device(device)
+    state = new_state(cfg, device)
+    state.net.load_state_dict(ckpt["model"])
+    if state.ema is not None:
+        state.ema.load_state_dict(ckpt["ema"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.generator.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    state.n_images = int(ckpt["n_images"])
+    state.recoveries = int(ckpt["recoveries"])
+    state.lr_scale = float(ckpt["lr_scale"])
+    return state
+
+
+def load_energy_net(
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[EnergyNet, Config, int]:
+    """The network of a checkpoint for inference: (net in eval mode, config, images seen).
+
+    With ``ema`` (default) the EMA weights are returned when the run kept them.
+    """
+    ckpt = read(path, map_location=device)
+    cfg = config_of(ckpt)
+    net = EnergyNet(cfg.model)
+    weights = ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["model"]
+    net.load_state_dict(weights)
+    return net.to(device).eval(), cfg, int(ckpt["n_images"])

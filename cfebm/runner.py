@@ -1,0 +1,216 @@
+"""A training run on disk: resume, logs, sample grids, plots, checkpoints and recovery.
+
+Layout of a run directory::
+
+    config.json                 the resolved configuration
+    metrics.jsonl               one JSON object per log interval (and per recovery event)
+    checkpoints/latest.pt       the newest training state (atomic; ``--resume`` reads it)
+    checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
+    samples/<kimg>-<r>x<r>.png  sample grids, at every stage change and periodically
+    training.png                loss and energies against images seen
+    tb/                         TensorBoard events, when tensorboard is installed
+
+SIGINT and SIGTERM stop the run at the next iteration boundary after writing a checkpoint, so an
+interrupted run continues exactly with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from cfebm.checkpoint import load_state, save_state
+from cfebm.config import Config, to_dict
+from cfebm.data import BatchStream, load_images
+from cfebm.growth import Growth, total_images
+from cfebm.model import frozen
+from cfebm.sampling import sample_negatives
+from cfebm.training import TrainState, data_batch, diverged, new_state, train_step
+from cfebm.viz import plot_metrics, save_grid
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The run cannot start or continue (existing run dir, changed model, divergence)."""
+
+
+class RunLog:
+    """metrics.jsonl (always) and TensorBoard events (when tensorboard is installed)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:
+            log.info("tensorboard not installed; metrics go to metrics.jsonl only")
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if isinstance(value, float) and key != "time":
+                    self.tb.add_scalar(key, value, row["n_images"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class _Averager:
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        means["sec_per_iter"] = (time.perf_counter() - self.start) / max(self.count, 1)
+        self.__init__()
+        return means
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """Collect SIGINT/SIGTERM into a list instead of raising, in the main thread."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    handlers = {s: signal.signal(s, lambda sig, _: received.append(sig))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return before // every != after // every
+
+
+def open_run(cfg: Config, run_dir: Path, resume: bool) -> TrainState:
+    """The state to train from: a fresh one, or the run's latest checkpoint with ``resume``."""
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if not latest.exists():
+        state = new_state(cfg)
+        save_state(state, latest)  # the state every recovery can fall back to
+        return state
+    if not resume:
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it "
+                       "or choose another --run-dir")
+    state = load_state(latest)
+    if state.cfg.model != cfg.model:
+        raise RunError(f"cannot resume {run_dir} with a different [model] section")
+    state.cfg = cfg
+    return state
+
+
+def save_samples(state: TrainState, path: Path, growth: Growth | None = None) -> Path:
+    """A grid of what the sampler of ``growth`` (default: now) produces, from a fixed seed."""
+    cfg, device = state.cfg, state.device
+    growth = growth or state.growth
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    net = state.sampling_net()
+    with frozen(net):
+        x = sample_negatives(net, growth, cfg.train.n_grid, cfg.sampler,
+                             generator=generator, device=device, autocast=state.autocast)
+    return save_grid(x, path, scale=max(1, 128 // growth.resolution))
+
+
+def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) -> TrainState:
+    """Roll back to the last checkpoint with half the learning rate and fresh sampler noise."""
+    cfg = state.cfg
+    if state.recoveries >= cfg.train.max_recoveries:
+        raise RunError(f"training diverged at {state.n_images} images (loss {metrics['loss']:.3g})"
+                       f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
+    recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
+    failed_at = state.n_images
+    state = load_state(run_dir / "checkpoints" / "latest.pt", device=state.device)
+    state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
+    state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
+    runlog.write({"event": "recovery", "n_images": failed_at, "rolled_back_to": state.n_images,
+                  "loss": metrics["loss"], "lr_scale": lr_scale, "recoveries": recoveries})
+    log.warning("divergence at %d images; rolled back to %d with lr x%.3g",
+                failed_at, state.n_images, lr_scale)
+    return state
+
+
+def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
+                 stop_at: int | None = None, progress: bool = True) -> TrainState:
+    """Train ``cfg`` in ``run_dir`` until the schedule ends (or ``stop_at`` images)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = open_run(cfg, run_dir, resume)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
+                         image_channels=cfg.model.image_channels)
+    stream = BatchStream(images, cfg.train.seed)
+    end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
+    runlog, averager, t = RunLog(run_dir), _Averager(), cfg.train
+    bar = tqdm(total=end, initial=min(state.n_images, end), unit="img", unit_scale=True,
+               disable=not progress, dynamic_ncols=True)
+    if state.n_images == 0:
+        save_samples(state, run_dir / "samples" / "0000.0k-init.png")
+    with _stop_on_signals() as signals:
+        while state.n_images < end and not signals:
+            before, growth = state.n_images, state.growth
+            metrics = train_step(state, data_batch(state, stream))
+            if diverged(metrics, t.max_abs_loss):
+                state = _recover(state, run_dir, runlog, metrics)
+                bar.n = state.n_images
+                continue
+            averager.add(metrics)
+            bar.update(state.n_images - before)
+            bar.set_postfix_str(f"stage {growth.stage} {growth.resolution}px β={growth.beta:.2f} "
+                                f"E(data)={metrics['e_data']:.3f} "
+                                f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
+            _maintain(state, before, growth, run_dir, runlog, averager, end)
+    bar.close()
+    if signals:
+        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)
+    save_state(state, run_dir / "checkpoints" / "latest.pt")
+    save_samples(state, run_dir / "samples" / "final.png")
+    plot_metrics(runlog.path, run_dir / "training.png")
+    runlog.close()
+    return state
+
+
+def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, runlog: RunLog,
+              averager: _Averager, end: int) -> None:
+    """Per-iteration bookkeeping: metrics lines, sample grids, checkpoints."""
+    t, now, after = state.cfg.train, state.n_images, state.growth
+    stage_done = after.stage != growth.stage or now >= end
+    if _crossed(before, now, t.log_every) or stage_done:
+        row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
+               "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
+               **averager.pop(), "time": time.time()}
+        runlog.write(row)
+    tag = f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"
+    if _crossed(before, now, t.sample_every) or stage_done:
+        save_samples(state, run_dir / "samples" / f"{tag}.png", growth)
+        plot_metrics(runlog.path, run_dir / "training.png")
+    if stage_done and after.stage != growth.stage:
+        save_state(state, run_dir / "checkpoints" /
+                   f"stage{growth.stage}-{growth.resolution}x{growth.resolution}.pt")
+    if _crossed(before, now, t.checkpoint_every) or stage_done:
+        save_state(state, run_dir / "checkpoints" / "latest.pt")

@@ -1,0 +1,83 @@
+"""Pictures: sample grids and training curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cfebm.data import to_uint8
+
+
+def save_grid(x: Tensor, path: str | Path, *, nrow: int | None = None, scale: int = 1,
+              padding: int = 2) -> Path:
+    """Write images (N, C, H, W) in [−1, 1] as one PNG grid, enlarged ``scale``× (nearest)."""
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), 255,
+                      dtype=torch.uint8)
+    images = to_uint8(x.detach().float().cpu())
+    for k in range(n):
+        i, j = divmod(k, nrow)
+        top, left = padding + i * (h + padding), padding + j * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[k]
+    array = grid.permute(1, 2, 0).squeeze(-1).numpy()
+    image = Image.fromarray(array, mode="L" if c == 1 else "RGB")
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def save_images(x: Tensor, folder: str | Path, *, start: int = 0) -> list[Path]:
+    """Write each image of (N, C, H, W) in [−1, 1] as its own PNG, numbered from ``start``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, img in enumerate(to_uint8(x.detach().float().cpu())):
+        array = img.permute(1, 2, 0).squeeze(-1).numpy()
+        path = folder / f"{start + k:06d}.png"
+        Image.fromarray(array, mode="L" if img.shape[0] == 1 else "RGB").save(path)
+        paths.append(path)
+    return paths
+
+
+def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
+    """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return None
+    kimg = [r["n_images"] / 1000 for r in rows]
+    fig, (ax_e, ax_l) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    ax_e.plot(kimg, [r["e_data"] for r in rows], label="mean E(data)")
+    ax_e.plot(kimg, [r["e_sample"] for r in rows], label="mean E(samples)")
+    ax_e.set_ylabel("energy")
+    ax_e.legend(loc="best")
+    ax_l.plot(kimg, [r["loss"] for r in rows], color="tab:red")
+    ax_l.set_ylabel("loss = E(data) − E(samples)")
+    ax_l.set_xlabel("training images seen (thousands)")
+    starts = [r["n_images"] / 1000 for a, r in zip(rows, rows[1:]) if r["stage"] != a["stage"]]
+    for ax in (ax_e, ax_l):
+        for s in starts:
+            ax.axvline(s, color="gray", linestyle=":", linewidth=1)
+        ax.grid(alpha=0.3)
+    fig.suptitle("cfebm training (dotted lines: stage changes)")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

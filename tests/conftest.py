@@ -1,0 +1,15 @@
+import pytest
+import torch
+
+from cfebm.config import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # Two CPU cores on CI: one intra-op thread keeps timings steady and avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_model_cfg() -> ModelConfig:
+    return ModelConfig(channels=4, image_channels=1, max_resolution=32)

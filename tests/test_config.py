@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from cfebm.config import (
+    Config, ConfigError, apply_overrides, from_dict, load_preset, preset_names, to_dict,
+)
+
+
+def test_every_preset_loads_and_round_trips():
+    assert {"tiny", "quickstart", "fmnist32", "cifar10"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_preset(name)
+        assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["growth.lr=[2e-4, 2e-4, 1e-4]", "train.seed=7",
+                                     "model.activation=gelu", "train.ema_decay=0",
+                                     "sampler.clamp=false"])
+    assert cfg.growth.lr == (2e-4, 2e-4, 1e-4) and cfg.train.seed == 7
+    assert cfg.model.activation == "gelu" and cfg.train.ema_decay == 0.0
+    assert cfg.sampler.clamp is False
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.seed=abc", "must be of type int"),
+    ("train.nope=1", "unknown config key"),
+    ("seed=1", "section.key=value"),
+    ("growth.lr=[1e-3]", "one value per resolution"),
+    ("growth.resolutions=[8, 32, 64]", "double"),
+    ("model.max_resolution=64", "max_resolution"),
+    ("sampler.noise_schedule=cosine", "noise_schedule"),
+    ("train.precision=fp16", "precision"),
+    ("model.spectral_norm=1", "must be of type bool"),
+])
+def test_bad_overrides_raise_one_clear_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_preset("imagenet-9000")

@@ -1,0 +1,166 @@
+import math
+import weakref
+
+import pytest
+import torch
+
+from cfebm.config import ModelConfig, SamplerConfig
+from cfebm.growth import Growth
+from cfebm.model import EnergyNet, frozen
+from cfebm.sampling import (
+    init_uniform, langevin, langevin_cfg, mix_with_noise, noise_schedule, sample,
+    sample_negatives, smooth_init,
+)
+
+MU, S = 0.3, 0.5
+
+
+def gaussian_energy(x):
+    # E(x) = ||x − μ||² / (2 s²): the Gibbs density exp(−E) is N(μ, s² I).
+    return ((x - MU) ** 2).flatten(1).sum(1) / (2 * S**2)
+
+
+def test_langevin_matches_gaussian_stationary_distribution():
+    # With step h and noise std √(2h) (Eq. 3 with η = 2h), the chain targets N(μ, s²). The
+    # discretised chain is exactly AR(1): its stationary variance is s² / (1 − h / (2 s²)).
+    h, n_steps = 0.01, 600
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4000, 1, 2, 2, generator=g) * 2 - 1
+    x = langevin(gaussian_energy, x0, n_steps, h, math.sqrt(2 * h), clamp=None, generator=g)
+    exact_var = S**2 / (1 - h / (2 * S**2))
+    assert x.mean().item() == pytest.approx(MU, abs=0.02)
+    assert x.var().item() == pytest.approx(exact_var, rel=0.04)
+    assert x.var().item() == pytest.approx(S**2, rel=0.06)
+
+
+def test_langevin_without_noise_is_gradient_descent_to_the_mode():
+    x = langevin(gaussian_energy, torch.zeros(3, 1, 2, 2), 200, 0.05, 0.0, clamp=None)
+    torch.testing.assert_close(x, torch.full_like(x, MU), atol=1e-6, rtol=0)
+
+
+def test_single_step_is_the_update_rule():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x0 = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    x1 = langevin(gaussian_energy, x0, 1, 0.1, 0.2, clamp=None, generator=g1)
+    expected = x0 - 0.1 * (x0 - MU) / S**2 + 0.2 * torch.randn(x0.shape, generator=g2)
+    torch.testing.assert_close(x1, expected)
+
+
+def test_masked_pixels_stay_exactly_fixed():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :] = 1
+    with frozen(net):
+        x = langevin(net, x0, 10, 1.0, 0.05, mask=mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x[..., :8, :], x0[..., :8, :])
+    assert not torch.equal(x[..., 8:, :], x0[..., 8:, :])
+
+
+def test_same_seed_same_samples_and_no_parameter_grads():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    cfg = SamplerConfig()
+    with frozen(net):
+        a = sample(net, 4, [(16, 5)], cfg, generator=torch.Generator().manual_seed(3))
+        b = sample(net, 4, [(16, 5)], cfg, generator=torch.Generator().manual_seed(3))
+        c = sample(net, 4, [(16, 5)], cfg, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert all(p.grad is None for p in net.parameters())
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_callback_sees_every_step_and_the_gradient():
+    seen = []
+    x0 = torch.zeros(2, 1, 2, 2)
+    langevin(gaussian_energy, x0, 4, 0.1, 0.0, clamp=None, callback=seen.append)
+    assert [s.i for s in seen] == [0, 1, 2, 3]
+    torch.testing.assert_close(seen[0].grad, (x0 - MU) / S**2)
+    torch.testing.assert_close(seen[0].energy, gaussian_energy(x0))
+
+
+def test_no_graph_outlives_its_step():
+    # Memory cannot grow with the number of steps if every step's intermediate tensors are
+    # freed before the next step ends: weak references to them must all be dead by then.
+    refs = []
+
+    def energy(x):
+        h = torch.tanh(x)
+        refs.append(weakref.ref(h))
+        return (h**2).flatten(1).sum(1)
+
+    alive_before = []
+    langevin(energy, torch.rand(2, 1, 4, 4), 20, 0.1, 0.01,
+             callback=lambda s: alive_before.append(sum(r() is not None for r in refs[:-1])))
+    assert alive_before == [0] * 20
+
+
+@pytest.mark.parametrize("kind", ["linear", "a2", "constant"])
+def test_noise_schedules(kind):
+    s = noise_schedule(kind, 10, 0.04)
+    assert s.shape == (10,) and (s >= 0).all()
+    if kind == "linear":
+        assert s[0] == pytest.approx(0.04) and s[-1] == 0 and (s[:-1] > s[1:]).all()
+    elif kind == "a2":
+        t = torch.arange(1, 11, dtype=torch.float64)
+        torch.testing.assert_close(s**2, 0.04 - 0.04 / (10 - t + 1))
+        assert s[-1] == 0
+    else:
+        assert (s == 0.04).all()
+    with pytest.raises(ValueError):
+        noise_schedule("cosine", 3, 0.1)
+
+
+def test_schedule_shape_is_checked():
+    with pytest.raises(ValueError, match="expected"):
+        langevin(gaussian_energy, torch.zeros(1, 1, 2, 2), 3, 0.1, torch.zeros(4))
+
+
+def test_mix_with_noise():
+    up, noise = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)
+    assert torch.equal(mix_with_noise(up, noise, 0.0), up)
+    assert torch.equal(mix_with_noise(up, noise, 1.0), noise)
+    b = 0.6
+    torch.testing.assert_close(mix_with_noise(up, noise, b), (math.sqrt(1 - b * b) - b) * up)
+    torch.testing.assert_close(mix_with_noise(up, noise, b, "linear"), (1 - 2 * b) * up)
+
+
+def test_smooth_init_at_beta_zero_is_the_upsampled_coarse_chain():
+    cfg = SamplerConfig()
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    with frozen(net):
+        x = smooth_init(net, 3, 1, 16, 0.0, 7, cfg, generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)
+        coarse = langevin_cfg(net, init_uniform(3, 1, 8, generator=g), 7, cfg, generator=g)
+    assert torch.equal(x[..., ::2, ::2], coarse) and torch.equal(x[..., 1::2, 1::2], coarse)
+
+
+def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    cfg = SamplerConfig()
+    steps = []
+
+    def counting_net(x, beta=1.0):
+        steps.append((x.shape[-1], beta))
+        return net(x, beta)
+
+    counting_net.cfg = net.cfg
+    fading = Growth(1, 16, 0.25, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8)
+    with frozen(net):
+        x = sample_negatives(counting_net, fading, 2, cfg, generator=torch.Generator())
+    assert x.shape == (2, 1, 16, 16)
+    assert steps == [(8, 1.0)] * 6 + [(16, 0.25)] * 4   # round(8·(1−0.25)) = 6 coarse steps
+    steps.clear()
+    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8)
+    with frozen(net):
+        sample_negatives(counting_net, grown, 2, cfg, generator=torch.Generator())
+    assert steps == [(16, 1.0)] * 4
+
+
+def test_cascade_runs_every_scale():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=32))
+    with frozen(net):
+        x = sample(net, 2, [(8, 2), (16, 2), (32, 2)], SamplerConfig(),
+                   generator=torch.Generator())
+    assert x.shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="doubling"):
+        sample(net, 2, [(8, 2), (32, 2)], SamplerConfig())
