@@ -73,7 +73,8 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read {str(path)!r} as a cfebm checkpoint: {e}") from e
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read {str(path)!r} as a cfebm checkpoint ({reason})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a cfebm training checkpoint")
     return ckpt

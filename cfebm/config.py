@@ -89,7 +89,7 @@ class DataConfig:
     center_crop: int = 0            # centre-crop to this many pixels before resizing (0 = off)
     subset: str = ""                # dataset-specific choice, e.g. an LSUN category
     hflip: bool = False             # random horizontal flips
-    num_workers: int = 0            # loader processes for datasets read from disk
+    num_workers: int = 0            # decoding threads for datasets read from disk
 
     def __post_init__(self):
         _require(self.limit >= 0, "data.limit must be >= 0")

@@ -13,3 +13,11 @@ def _threads():
 @pytest.fixture
 def tiny_model_cfg() -> ModelConfig:
     return ModelConfig(channels=4, image_channels=1, max_resolution=32)
+
+
+@pytest.fixture
+def fashion_mnist_available():
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

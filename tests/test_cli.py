@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from cfebm.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 0
+    return run_dir
+
+
+def test_train_writes_the_run_directory(tiny_run):
+    for name in ["config.json", "metrics.jsonl", "training.png", "checkpoints/latest.pt",
+                 "checkpoints/stage0-8x8.pt", "samples/final.png", "samples/0000.0k-init.png"]:
+        assert (tiny_run / name).exists(), name
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["n_images"] == 384 and {r["resolution"] for r in rows} == {8, 16}
+    assert json.loads((tiny_run / "config.json").read_text())["model"]["channels"] == 4
+
+
+def test_sample_writes_a_grid_and_files(tiny_run, tmp_path, capsys):
+    out, each = tmp_path / "grid.png", tmp_path / "each"
+    ckpt = str(tiny_run / "checkpoints" / "latest.pt")
+    assert main(["sample", ckpt, "--n", "6", "--out", str(out), "--each", str(each),
+                 "--scale", "1", "--steps", "3"]) == 0
+    assert Image.open(out).size == (3 * 18 + 2, 2 * 18 + 2)  # 3x2 grid of 16 px + 2 px padding
+    assert len(list(each.glob("*.png"))) == 6
+    assert Image.open(next(each.glob("*.png"))).size == (16, 16)
+    assert main(["sample", ckpt, "--n", "2", "--out", str(out), "--cascade", "--noise", "0"]) == 0
+    assert "8px×5 -> 16px×5" in capsys.readouterr().out
+
+
+def test_info_describes_the_checkpoint(tiny_run, capsys):
+    assert main(["info", str(tiny_run / "checkpoints" / "latest.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "384 / 384 images" in out and "stage           1 of 2" in out and "c=4" in out
+
+
+def test_resume_continues_and_refuses_without_flag(tiny_run, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--stop-at", "64",
+                 "--no-progress"]) == 0
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 0
+    assert "384 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "nope", "--run-dir", "x"], "unknown preset"),
+    (["train", "--preset", "tiny", "--set", "train.seed=x", "--dry-run"], "must be of type int"),
+    (["sample", "missing.pt"], "does not exist"),
+    (["info", "pyproject.toml"], "cannot read"),
+])
+def test_bad_input_gives_one_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cfebm: error:") and message in err and "\n" not in err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--preset", "quickstart", "--set", "train.seed=5", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["seed"] == 5 and cfg["data"]["dataset"] == "fashion_mnist"
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "cfebm.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "train" in out and "sample" in out and "info" in out
