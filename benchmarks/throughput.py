@@ -25,16 +25,18 @@ from cfebm.sampling import langevin
 from cfebm.training import new_state, train_step
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best achieved GFLOP/s of an n×n matrix product in ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096),
+                repeats: int = 3) -> float:
+    """Best achieved GFLOP/s of square matrix products in ``dtype`` over a few sizes."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def timed(fn, repeats: int) -> float:
@@ -54,10 +56,23 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def langevin_step(net: EnergyNet, x: torch.Tensor, bf16: bool):
+def gradient_flops(net: EnergyNet, x: torch.Tensor, beta: float) -> int:
+    """FLOPs of one ∇ₓE evaluation, the cost of a Langevin step.
+
+    Counted on a non-leaf copy of x: the flop counter cannot follow autograd.grad to a leaf.
+    """
+    def grad():
+        with frozen(net):
+            x_in = x.clone().requires_grad_(True) * 1.0
+            torch.autograd.grad(net(x_in, beta).sum(), x_in)
+
+    return count_flops(grad)
+
+
+def langevin_step(net: EnergyNet, x: torch.Tensor, beta: float, bf16: bool):
     def energy(y):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return net(y)
+            return net(y, beta)
 
     def step():
         with frozen(net):
@@ -66,20 +81,34 @@ def langevin_step(net: EnergyNet, x: torch.Tensor, bf16: bool):
     return step
 
 
+def iteration_flops(state, growth: Growth, x: torch.Tensor) -> int:
+    """Langevin chains (fine, plus the coarse chain while fading) and the loss's forward/backward."""
+    net = state.net
+    total = growth.n_steps * gradient_flops(net, x, growth.beta)
+    if growth.fading and state.cfg.sampler.smooth:
+        coarse = torch.nn.functional.avg_pool2d(x, 2)
+        total += round(growth.n_steps_coarse * (1 - growth.beta)) * gradient_flops(net, coarse, 1.0)
+
+    def loss():
+        net(torch.cat([x, x]), growth.beta).mean().backward()
+
+    return total + count_flops(loss)
+
+
 def bench_stage(cfg, growth: Growth, batch: int, repeats: int) -> dict:
     bf16 = cfg.train.precision == "bf16"
     state = new_state(cfg, torch.device("cpu"))
     state.n_images = stage_starts(cfg.growth)[growth.stage] + growth.images_in_stage
     x = torch.rand(batch, cfg.model.image_channels, growth.resolution, growth.resolution) * 2 - 1
-    step = langevin_step(state.net, x, bf16)
-    step_s, step_flops = timed(step, repeats), count_flops(step)
+    step_s = timed(langevin_step(state.net, x, growth.beta, bf16), repeats)
+    step_flops = gradient_flops(state.net, x, growth.beta)
 
     def iteration():
         train_step(state, x)
         state.n_images -= batch  # stay at the same point of the schedule
 
-    iter_repeats = max(1, repeats // 5)
-    iter_s, iter_flops = timed(iteration, iter_repeats), count_flops(iteration)
+    iter_s = timed(iteration, max(1, repeats // 5))
+    iter_flops = iteration_flops(state, growth, x)
     return {"step_s": step_s, "step_gflops": step_flops / step_s / 1e9,
             "iter_s": iter_s, "iter_gflops": iter_flops / iter_s / 1e9,
             "img_per_s": batch / iter_s}

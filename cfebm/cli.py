@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cfebm import __version__
+from cfebm import __version__, cli_eval
 from cfebm.checkpoint import CheckpointError, config_of, load_energy_net, read
 from cfebm.config import ConfigError, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.data import DataError
@@ -38,10 +38,10 @@ def _next_run_dir(root: Path, preset: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> None:
     latest = Path(args.run_dir or "") / "checkpoints" / "latest.pt"
-    if args.resume and args.run_dir and latest.exists() and args.preset is None:
-        cfg = config_of(read(latest))  # continue with the run's own config
+    if args.resume and latest.exists():
+        cfg = config_of(read(latest))  # continue with the run's own config (plus any --set)
     else:
-        cfg = load_preset(args.preset or "quickstart")
+        cfg = load_preset(args.preset)
     cfg = apply_overrides(cfg, args.set)
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
@@ -55,6 +55,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    if args.n < 1 or (args.steps is not None and args.steps < 0):
+        raise ValueError("--n must be >= 1 and --steps >= 0")
     device = resolve_device(args.device)
     net, cfg, n_images = load_energy_net(args.checkpoint, ema=not args.no_ema, device=device)
     stages = cfg.growth
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an energy-based model coarse to fine", formatter_class=fmt)
-    p.add_argument("--preset", help=f"configuration preset, one of {preset_names()}")
+    p.add_argument("--preset", default="quickstart",
+                   help=f"configuration preset, one of {preset_names()}")
     p.add_argument("--run-dir", help="output folder (default: runs/NNNNN-<preset>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. growth.lr=[1e-3,1e-3] (repeatable)")
@@ -146,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the configuration presets", formatter_class=fmt)
     p.set_defaults(func=lambda _: print("\n".join(preset_names())))
+    cli_eval.add_commands(sub)  # fid-ref, eval
     return parser
 
 

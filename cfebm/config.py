@@ -112,6 +112,9 @@ class TrainConfig:
     sample_every: int = 20_000       # images between sample grids (and at every stage change)
     checkpoint_every: int = 20_000   # images between checkpoints
     n_grid: int = 64                 # images in a sample grid
+    eval_every: int = 0              # images between in-training evaluations, 0 = off
+    eval_n: int = 1_000              # samples per in-training evaluation (FID, KID)
+    eval_features: str = "fmnist"    # "fmnist" (Fashion-MNIST classifier) or "inception"
 
     def __post_init__(self):
         _require(self.precision in ("fp32", "bf16"), "train.precision must be 'fp32' or 'bf16'")
@@ -119,6 +122,10 @@ class TrainConfig:
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
         for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1")
+        _require(self.eval_every >= 0, "train.eval_every must be >= 0 (0 = off)")
+        _require(self.eval_n >= 2, "train.eval_n must be >= 2")
+        _require(self.eval_features in ("fmnist", "inception"),
+                 "train.eval_features must be 'fmnist' or 'inception'")
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,11 @@ class Config:
         _require(self.growth.resolutions[-1] == self.model.max_resolution,
                  f"growth.resolutions ends at {self.growth.resolutions[-1]} but "
                  f"model.max_resolution is {self.model.max_resolution}")
+        t = self.train
+        _require(t.eval_every == 0 or t.eval_features != "fmnist" or
+                 (self.data.dataset == "fashion_mnist" and self.model.image_channels == 1),
+                 "train.eval_features = 'fmnist' needs grayscale Fashion-MNIST (data.dataset = "
+                 "'fashion_mnist', model.image_channels = 1); use 'inception' for other data")
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,7 @@ Layout of a run directory::
     metrics.jsonl               one JSON object per log interval (and per recovery event)
     checkpoints/latest.pt       the newest training state (atomic; ``--resume`` reads it)
     checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
+    checkpoints/best.pt         the state with the lowest in-training FID (``train.eval_every``)
     samples/<kimg>-<r>x<r>.png  sample grids, at every stage change and periodically
     training.png                loss and energies against images seen
     tb/                         TensorBoard events, when tensorboard is installed
@@ -28,9 +29,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cfebm.checkpoint import load_state, save_state
+from cfebm.checkpoint import atomic_save, load_state, save_state, state_dict
 from cfebm.config import Config, to_dict
 from cfebm.data import BatchStream, load_images
+from cfebm.evaluate import TrainingEval, best_fid
 from cfebm.growth import Growth, total_images
 from cfebm.model import frozen
 from cfebm.sampling import sample_negatives
@@ -167,6 +169,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
     runlog, averager, t = RunLog(run_dir), _Averager(), cfg.train
+    evaluator = None
+    if t.eval_every:
+        best = best_fid(run_dir / "checkpoints" / "best.pt", t)
+        evaluator = TrainingEval(cfg, state.device, best)
     bar = tqdm(total=end, initial=min(state.n_images, end), unit="img", unit_scale=True,
                disable=not progress, dynamic_ncols=True)
     if state.n_images == 0:
@@ -184,7 +190,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             bar.set_postfix_str(f"stage {growth.stage} {growth.resolution}px β={growth.beta:.2f} "
                                 f"E(data)={metrics['e_data']:.3f} "
                                 f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
-            _maintain(state, before, growth, run_dir, runlog, averager, end)
+            _maintain(state, before, growth, run_dir, runlog, averager, end, evaluator)
     bar.close()
     if signals:
         log.warning("stopped by signal %d at %d images", signals[0], state.n_images)
@@ -196,8 +202,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
 
 
 def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, runlog: RunLog,
-              averager: _Averager, end: int) -> None:
-    """Per-iteration bookkeeping: metrics lines, sample grids, checkpoints."""
+              averager: _Averager, end: int, evaluator: TrainingEval | None = None) -> None:
+    """Per-iteration bookkeeping: metrics lines, evaluations, sample grids, checkpoints."""
     t, now, after = state.cfg.train, state.n_images, state.growth
     stage_done = after.stage != growth.stage or now >= end
     if _crossed(before, now, t.log_every) or stage_done:
@@ -205,6 +211,11 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
                **averager.pop(), "time": time.time()}
         runlog.write(row)
+    if evaluator is not None and (_crossed(before, now, t.eval_every) or now >= end):
+        row, improved = evaluator(state)
+        runlog.write(row)
+        if improved:  # the file carries its FID, so a resumed run keeps comparing with it
+            atomic_save({**state_dict(state), "eval": row}, run_dir / "checkpoints" / "best.pt")
     tag = f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"
     if _crossed(before, now, t.sample_every) or stage_done:
         save_samples(state, run_dir / "samples" / f"{tag}.png", growth)

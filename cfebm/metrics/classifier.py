@@ -9,18 +9,20 @@ them.
 
 Input convention (the same as the rest of cfebm): float images in [−1, 1] of shape (N, 1, 32, 32),
 i.e. the 28×28 images zero-padded by 2 px on each side (the background is 0, i.e. −1 after
-scaling). This module also holds a tiny reader for the IDX files Fashion-MNIST ships as.
+scaling), as ``cfebm.data.load_images`` delivers Fashion-MNIST at 32 px.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+from cfebm.config import DataConfig
+from cfebm.data import load_images, to_float
+from cfebm.datasets import DEBIAN_FASHION_MNIST, read_idx  # noqa: F401 (read_idx: re-exported)
 
 ARCHITECTURE = "fmnist-cnn-v1"   # stored in the weights' metadata; bump when the layers change
 FEATURE_DIM = 128
@@ -99,49 +101,24 @@ def load_classifier(path: str | Path) -> tuple[FMNISTClassifier, dict]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Fashion-MNIST IDX files
+# Fashion-MNIST, read through cfebm.data (the IDX reader is ``cfebm.datasets.read_idx``)
 
-FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"   # Debian package dataset-fashion-mnist
-_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes into an array of its shape."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape}, found {array.size} bytes")
-    return array.reshape(shape)
+FMNIST_DEFAULT_ROOT = str(DEBIAN_FASHION_MNIST)   # Debian package dataset-fashion-mnist
 
 
 def load_fashion_mnist(
     split: str = "train", root: str | Path = FMNIST_DEFAULT_ROOT
 ) -> tuple[Tensor, Tensor]:
-    """Fashion-MNIST as cfebm sees it.
+    """Fashion-MNIST as cfebm sees it (``cfebm.data.load_images`` at 32 px, never downloading).
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
-        root: folder holding the four ``*-ubyte.gz`` IDX files.
+        root: folder holding the four ``*-ubyte[.gz]`` IDX files.
 
     Returns:
         ``(x, y)``: x float32 (N, 1, 32, 32) in [−1, 1], zero-padded 28→32 (2 px each side);
         y int64 (N,) class labels 0..9.
     """
-    if split not in _FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    images_file, labels_file = (Path(root) / name for name in _FILES[split])
-    images = torch.from_numpy(read_idx(images_file).copy())       # (N, 28, 28) uint8
-    labels = torch.from_numpy(read_idx(labels_file).astype(np.int64))
-    x = images.to(torch.float32).div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28) in [−1, 1]
-    x = nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)             # background 0 maps to −1
-    return x, labels
+    data = DataConfig(dataset="fashion_mnist", root=str(root), download=False)
+    images = load_images(data, split=split, resolution=32, image_channels=1)
+    return to_float(images.get_batch(torch.arange(len(images)))), images.labels

@@ -139,18 +139,31 @@ class FeatureStats:
         cov = (self.sum_outer - n * torch.outer(mu, mu)) / (n - 1)
         return cov.cpu().numpy()
 
-    def save_npz(self, path: str | os.PathLike, **metadata: str) -> None:
+    def save_npz(
+        self, path: str | os.PathLike, *, features: ArrayLike | None = None, **metadata: str
+    ) -> None:
         """Write mu, sigma, count and metadata (``self.metadata`` updated by ``metadata``) to an
-        uncompressed ``.npz`` that loads with ``allow_pickle=False``."""
+        uncompressed ``.npz`` that loads with ``allow_pickle=False``.
+
+        ``features`` (N, D), if given, are stored too (as float32 ``features``), for metrics
+        that need the samples themselves (KID, precision/recall); ``load_npz`` ignores them.
+        """
         meta = {**self.metadata, **metadata}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise TypeError("metadata keys and values must be strings")
+        extra = {}
+        if features is not None:
+            extra["features"] = _as_float64_numpy(features).astype(np.float32)
+            if extra["features"].shape != (self.count, self.dim):
+                raise ValueError(f"features of shape {extra['features'].shape} do not match "
+                                 f"these statistics ({self.count}, {self.dim})")
         np.savez(
             path,
             mu=self.mean,
             sigma=self.cov,
             count=np.int64(self.count),
             metadata=np.array(json.dumps(meta, sort_keys=True)),   # 0-d unicode, no pickle
+            **extra,
         )
 
     @classmethod

@@ -1,0 +1,450 @@
+"""Sample quality of a trained model: reference statistics, FID/KID/coverage, nearest neighbours.
+
+The evaluation of Zhao, Xie & Li, "Learning Energy-Based Generative Models via Coarse-to-Fine
+Expanding and Sampling", ICLR 2021 (Sec. 4.1 and Fig. 12): draw N samples with Algorithm 2,
+compare their features with those of the test split, and show a few samples beside their nearest
+training images to check that the model does not copy its data. The metrics (``cfebm.metrics``):
+FID (Heusel et al., 2017), KID (Bińkowski et al., 2018), improved precision and recall
+(Kynkäänniemi et al., 2019) and, for Fashion-MNIST, class coverage.
+
+Reference statistics (``Reference``) are an ``.npz`` with μ, Σ, the count, the features
+themselves (for KID and precision/recall) and string metadata: dataset, split, resolution,
+channels, extractor ``name`` and ``protocol``. The protocol includes how images reach the
+extractor. The Fashion-MNIST classifier takes 32×32 only, so images of side r < 32 are upsampled
+by nearest neighbour (each pixel becomes a block of equal pixels) and r > 32 average-pooled
+(``Resized``); references and samples of one resolution take the same route, and ``eval``
+refuses statistics made another way (``check_reference``). Inception resizes any size itself.
+
+``TrainingEval`` is the small-sample version run during training (``train.eval_every``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cfebm import __version__
+from cfebm.checkpoint import read
+from cfebm.config import Config, DataConfig, GrowthConfig, SamplerConfig, TrainConfig
+from cfebm.data import ImageSet, downsample, load_images, to_float
+from cfebm.metrics import (
+    FeatureExtractor,
+    FeatureStats,
+    FMNISTFeatures,
+    InceptionFeatures,
+    class_coverage,
+    fid_from_stats,
+    kid,
+    precision_recall,
+)
+from cfebm.model import EnergyNet, frozen
+from cfebm.sampling import sample, sample_negatives
+
+FEATURES = ("fmnist", "inception")
+FMNIST_SIDE = 32      # FMNISTFeatures takes (N, 1, 32, 32) only
+FEATURE_BATCH = 500   # real images per feature batch when building a reference
+
+
+class EvalError(ValueError):
+    """Evaluation inputs that do not fit together: features, reference, checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature extractors for a dataset and resolution
+
+
+class Resized:
+    """A feature extractor fed images of side ``resolution`` that takes side ``size``.
+
+    Up by nearest neighbour (an integer factor: every pixel becomes a block, no new values);
+    down by average pooling, as cfebm's coarse stages see data. The step joins the protocol.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, resolution: int, size: int):
+        self.extractor, self.resolution, self.size = extractor, resolution, size
+        how = "nearest-upsampled" if size > resolution else "average-pooled"
+        self.name, self.dim = extractor.name, extractor.dim
+        self.protocol = f"{extractor.protocol}; cfebm: {resolution}x{resolution} {how} to {size}"
+
+    def resize(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.resolution:
+            raise ValueError(f"expected {self.resolution}x{self.resolution} images, got "
+                             f"{tuple(x.shape)}")
+        if self.size > self.resolution:
+            return F.interpolate(x, scale_factor=self.size // self.resolution, mode="nearest")
+        return downsample(x, self.size)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.extractor(self.resize(x))
+
+    def predict_classes(self, x: Tensor) -> Tensor:
+        return self.extractor.predict_classes(self.resize(x))
+
+
+def make_extractor(features: str, *, dataset: str, channels: int,
+                   device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The extractor named ``features`` ("fmnist" or "inception") for one dataset's images.
+
+    "fmnist" is the Fashion-MNIST classifier and only accepts grayscale Fashion-MNIST; "inception"
+    needs torch-fidelity and its weights. Pass the result through ``at_resolution``.
+    """
+    if features not in FEATURES:
+        raise EvalError(f"unknown features {features!r}; choose one of {', '.join(FEATURES)}")
+    if features == "fmnist":
+        if dataset != "fashion_mnist" or channels != 1:
+            raise EvalError(f"fmnist features are for grayscale Fashion-MNIST, not {dataset!r} "
+                            f"with {channels} channel(s); use inception features")
+        return FMNISTFeatures(device=device)
+    try:
+        return InceptionFeatures(device=device)
+    except (ImportError, RuntimeError) as e:  # torch-fidelity or its weights missing
+        raise EvalError(str(e)) from e
+
+
+def at_resolution(extractor: FeatureExtractor, resolution: int) -> FeatureExtractor:
+    """``extractor`` for images of side ``resolution`` (``Resized`` where it needs 32 px)."""
+    if isinstance(extractor, FMNISTFeatures) and resolution != FMNIST_SIDE:
+        return Resized(extractor, resolution, FMNIST_SIDE)
+    return extractor
+
+
+def class_predictor(dataset: str, channels: int, extractor: FeatureExtractor, resolution: int,
+                    device: str | torch.device = "cpu") -> FeatureExtractor | None:
+    """Something with ``predict_classes`` for class coverage: the Fashion-MNIST classifier, for
+    grayscale Fashion-MNIST only (reusing ``extractor`` when it is that classifier)."""
+    if hasattr(extractor, "predict_classes"):
+        return extractor
+    if dataset == "fashion_mnist" and channels == 1:
+        return at_resolution(FMNISTFeatures(device=device), resolution)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference statistics
+
+
+@dataclass
+class Reference:
+    """Features of real images: ``stats`` (μ, Σ, count, metadata strings) and ``features``
+    (N, D) float32 for KID and precision/recall (None when the file holds no features)."""
+
+    stats: FeatureStats
+    features: Tensor | None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.stats.metadata
+
+
+def reference_of(batches: Iterable[Tensor], extractor: FeatureExtractor,
+                 **metadata: str | int) -> Reference:
+    """The ``Reference`` of image batches (N, C, R, R) in [−1, 1]; ``metadata`` is stored as
+    strings beside the extractor's name and protocol and the count."""
+    with torch.no_grad():
+        features = [extractor(x).float().cpu() for x in batches]
+    if not features:
+        raise EvalError("no images to compute reference statistics from")
+    features = torch.cat(features)
+    meta = {"name": extractor.name, "protocol": extractor.protocol, "count": len(features),
+            "cfebm_version": __version__, **metadata}
+    stats = FeatureStats(metadata={k: str(v) for k, v in meta.items()}).update(features)
+    return Reference(stats, features)
+
+
+def image_batches(images: ImageSet, batch_size: int, *, device: str | torch.device = "cpu",
+                  progress: bool = False) -> Iterator[Tensor]:
+    """All of ``images`` in order, as float batches (B, C, R, R) in [−1, 1] on ``device``."""
+    for start in tqdm(range(0, len(images), batch_size), disable=not progress, unit="batch",
+                      desc="reference", dynamic_ncols=True):
+        indices = torch.arange(start, min(start + batch_size, len(images)))
+        yield to_float(images.get_batch(indices).to(device))
+
+
+def compute_reference(data: DataConfig, split: str, extractor: FeatureExtractor, *,
+                      resolution: int, image_channels: int, batch_size: int = FEATURE_BATCH,
+                      device: str | torch.device = "cpu", progress: bool = False) -> Reference:
+    """Reference statistics of one split of ``data`` at ``resolution`` (``load_images``).
+
+    ``extractor`` must already be ``at_resolution(…, resolution)``. The first ``data.limit``
+    images are used (0: all); dataset, split, resolution, channels, limit and subset go into the
+    metadata.
+    """
+    images = load_images(data, split=split, resolution=resolution, image_channels=image_channels)
+    return reference_of(image_batches(images, batch_size, device=device, progress=progress),
+                        extractor, dataset=data.dataset, split=split, resolution=resolution,
+                        image_channels=image_channels, limit=data.limit, subset=data.subset)
+
+
+def reference_path(path: str | Path) -> Path:
+    """``path`` as a Path, checked to end in .npz (numpy would silently append it)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise EvalError(f"reference statistics go to a .npz file, got {str(path)!r}")
+    return path
+
+
+def save_reference(ref: Reference, path: str | Path) -> Path:
+    """Write ``ref`` to an ``.npz`` (μ, Σ, count, metadata and the float32 features)."""
+    path = reference_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ref.stats.save_npz(path, features=ref.features)
+    return path
+
+
+def load_reference(path: str | Path) -> Reference:
+    """Read a file written by ``save_reference`` (features are optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"reference statistics {str(path)!r} do not exist")
+    try:
+        stats = FeatureStats.load_npz(path)
+        with np.load(path, allow_pickle=False) as f:
+            features = torch.from_numpy(f["features"]) if "features" in f.files else None
+    except (OSError, KeyError, ValueError) as e:
+        raise EvalError(f"cannot read {str(path)!r} as reference statistics ({e})") from e
+    return Reference(stats, features)
+
+
+def check_reference(ref: Reference, extractor: FeatureExtractor, *, dataset: str,
+                    resolution: int, image_channels: int) -> None:
+    """Raise ``EvalError`` unless ``ref`` was made from ``dataset`` at this resolution and
+    channel count, with ``extractor``'s network and protocol (resize step included)."""
+    expected = {"dataset": dataset, "resolution": str(resolution),
+                "image_channels": str(image_channels), "name": extractor.name,
+                "protocol": extractor.protocol}
+    for key, want in expected.items():
+        got = ref.metadata.get(key)
+        if got != want:
+            raise EvalError(f"the reference statistics have {key} {got!r} but the samples "
+                            f"{want!r}; make matching ones with `cfebm fid-ref` or leave out --ref")
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples and metrics
+
+
+def sampling_schedule(growth: GrowthConfig, *, steps: int | None = None,
+                      cascade: bool = False) -> list[tuple[int, int]]:
+    """(resolution, Langevin steps) for ``sample``: Algorithm 2 at the last stage with its
+    training steps, or with ``cascade`` every stage in turn (A.8); ``steps`` overrides T."""
+    if cascade:
+        return [(r, steps or t) for r, t in zip(growth.resolutions, growth.n_steps)]
+    return [(growth.resolutions[-1], steps or growth.n_steps[-1])]
+
+
+def generate(net: EnergyNet, n: int, schedule: list[tuple[int, int]], cfg: SamplerConfig, *,
+             noise_std: float | None = None, batch_size: int = 250, seed: int = 0,
+             device: str | torch.device = "cpu", progress: bool = False) -> Iterator[Tensor]:
+    """Yield ``n`` samples (B, C, R, R) in [−1, 1] in batches of ``batch_size``.
+
+    One generator seeded with ``seed`` runs through all batches, so the same seed and batch size
+    give the same samples.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    bar = tqdm(total=n, unit="img", disable=not progress, desc="sampling", dynamic_ncols=True)
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        with frozen(net):
+            x = sample(net, b, schedule, cfg, noise_std=noise_std, generator=generator,
+                       device=device)
+        bar.update(b)
+        yield x.detach()
+    bar.close()
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    n: int                        # samples evaluated
+    fid: float
+    kid: float | None             # mean unbiased MMD² over subsets; None without ref features
+    kid_std: float | None         # its std over the subsets
+    precision: float | None       # Kynkäänniemi et al. (2019), k = 3
+    recall: float | None
+    coverage: dict | None         # class_coverage of the predicted classes (Fashion-MNIST)
+
+
+def evaluate_samples(
+    batches: Iterable[Tensor], ref: Reference, extractor: FeatureExtractor, *,
+    classifier: FeatureExtractor | None = None, kid_subsets: int = 100,
+    kid_subset_size: int = 1000, precision_recall_k: int | None = 3, keep: int = 0,
+    seed: int = 0,
+) -> tuple[EvalResult, Tensor]:
+    """Compare image batches with ``ref``: FID, KID, precision/recall and class coverage.
+
+    Args:
+        batches: samples (B, C, R, R) in [−1, 1]; features are computed batch by batch and the
+            images dropped, except the first ``keep``.
+        ref: reference of real images made with the same ``extractor`` (``check_reference``).
+        extractor: features for all metrics but coverage.
+        classifier: something with ``predict_classes`` for class coverage, or None.
+        kid_subsets, kid_subset_size: KID subsets (100 of 1000 as Bińkowski et al.).
+        precision_recall_k: neighbourhood size; None skips precision and recall (so do k or
+            fewer samples). The larger set is subsampled (seeded) to the size of the smaller, as
+            the k-NN radii depend on it.
+        keep: how many of the first samples to return, e.g. for nearest neighbours.
+        seed: seed of the KID subsets and the precision/recall subsample.
+
+    Returns:
+        (EvalResult, the first ``keep`` samples on the CPU). KID and precision/recall are None
+        when ``ref`` holds no features.
+    """
+    features, classes, kept = [], [], []
+    with torch.no_grad():
+        for x in batches:
+            features.append(extractor(x).float())
+            if classifier is not None:
+                classes.append(classifier.predict_classes(x).cpu())
+            kept.append(x[:keep - sum(len(k) for k in kept)].cpu())
+    fake = torch.cat(features) if features else torch.zeros(0, extractor.dim)
+    n = len(fake)
+    if n < 2:
+        raise EvalError(f"need at least 2 samples to evaluate, got {n}")
+    stats = FeatureStats(metadata={"protocol": extractor.protocol}).update(fake)
+    fid = fid_from_stats(stats, ref.stats)
+    kid_mean = kid_std = precision = recall = None
+    if ref.features is not None:
+        real = ref.features.to(fake.device)
+        kid_mean, kid_std = kid(fake, real, n_subsets=kid_subsets, subset_size=kid_subset_size,
+                                seed=seed)
+        if precision_recall_k is not None and n > precision_recall_k:
+            m, generator = min(len(real), len(fake)), torch.Generator().manual_seed(seed)
+            real, fake = (f[torch.randperm(len(f), generator=generator)[:m].to(f.device)]
+                          if len(f) > m else f for f in (real, fake))
+            precision, recall = precision_recall(real, fake, k=precision_recall_k)
+    coverage = class_coverage(torch.cat(classes)) if classes else None
+    result = EvalResult(n, fid, kid_mean, kid_std, precision, recall, coverage)
+    return result, torch.cat(kept)
+
+
+# ------------------------------------------------------------------------------------------------
+# Nearest training images (Fig. 12)
+
+
+def nearest_neighbours(x: Tensor, images: ImageSet, k: int = 5, *,
+                       batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """The ``k`` images of ``images`` nearest to each of ``x`` in pixel space.
+
+    Distance is the L2 norm over all pixels in [−1, 1], computed exactly (no matmul shortcut), so
+    an image of the set is at distance 0 from itself.
+
+    Args:
+        x: queries (Q, C, R, R) in [−1, 1], e.g. samples; R and C must match ``images``.
+        images: the training set (uint8), scanned in batches of ``batch_size``.
+
+    Returns:
+        (distances (Q, k) ascending, indices (Q, k) into ``images``), on the CPU.
+    """
+    shape = (images.channels, images.resolution, images.resolution)
+    if tuple(x.shape[1:]) != shape:
+        raise EvalError(f"queries of shape {tuple(x.shape[1:])} cannot be compared with "
+                        f"images of shape {shape}")
+    q = x.detach().float().cpu().flatten(1)                      # (Q, C·R·R)
+    best_d = q.new_zeros(len(q), 0)
+    best_i = torch.zeros(len(q), 0, dtype=torch.long)
+    for start in range(0, len(images), batch_size):
+        indices = torch.arange(start, min(start + batch_size, len(images)))
+        y = to_float(images.get_batch(indices)).flatten(1)      # (B, C·R·R)
+        d = torch.cdist(q, y, compute_mode="donot_use_mm_for_euclid_dist")   # (Q, B)
+        all_d = torch.cat([best_d, d], 1)
+        all_i = torch.cat([best_i, indices.expand(len(q), -1)], 1)
+        best_d, pos = all_d.topk(min(k, all_d.shape[1]), dim=1, largest=False, sorted=True)
+        best_i = all_i.gather(1, pos)
+    return best_d, best_i
+
+
+def neighbour_grid(x: Tensor, images: ImageSet, indices: Tensor) -> Tensor:
+    """Rows of [sample, its neighbours...] as one batch ((Q·(k+1)), C, R, R) for ``save_grid``
+    with ``nrow=k + 1``."""
+    rows = [torch.cat([xi[None].cpu(), to_float(images.get_batch(idx))]) for xi, idx in
+            zip(x, indices)]
+    return torch.cat(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# In-training evaluation (train.eval_every)
+
+TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
+TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
+
+
+class TrainingEval:
+    """FID and KID of ``train.eval_n`` samples of the sampling network during training.
+
+    Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
+    a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
+    only by the network. The reference is the run's test split (the first 10,000 images) at the
+    same resolution, pooled from the top resolution as the training data is; its features are
+    computed once per resolution. Only evaluations at the last stage, fully faded in, compete for
+    the best checkpoint.
+
+    Args:
+        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
+        device: where sampling and features run.
+        best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, best: float = math.inf):
+        m = cfg.model
+        self.cfg, self.device, self.best = cfg, device, best
+        self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
+                                        channels=m.image_channels, device=device)
+        test = load_images(cfg.data, split="test", resolution=m.max_resolution,
+                           image_channels=m.image_channels)
+        self.test = test.get_batch(torch.arange(min(len(test), TRAINING_REFERENCE_MAX)))
+        self.references: dict[int, Reference] = {}
+
+    def reference(self, resolution: int) -> Reference:
+        if resolution not in self.references:
+            extractor = at_resolution(self.extractor, resolution)
+            batches = (downsample(to_float(x.to(self.device)), resolution)
+                       for x in self.test.split(FEATURE_BATCH))
+            self.references[resolution] = reference_of(batches, extractor, split="test")
+        return self.references[resolution]
+
+    def __call__(self, state) -> tuple[dict, bool]:
+        """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
+        cfg, growth, net = self.cfg, state.growth, state.sampling_net()
+        generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
+        batch = growth.batch_size
+
+        def batches() -> Iterator[Tensor]:
+            for start in range(0, cfg.train.eval_n, batch):
+                with frozen(net):
+                    x = sample_negatives(net, growth, min(batch, cfg.train.eval_n - start),
+                                         cfg.sampler, generator=generator, device=self.device,
+                                         autocast=state.autocast)
+                yield x.detach()
+
+        result, _ = evaluate_samples(batches(), self.reference(growth.resolution),
+                                     at_resolution(self.extractor, growth.resolution),
+                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
+        candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
+        improved = candidate and result.fid < self.best
+        if improved:
+            self.best = result.fid
+        row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
+               "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
+               "eval_kid_std": result.kid_std, "eval_best": improved}
+        return row, improved
+
+
+def best_fid(path: str | Path, train: TrainConfig) -> float:
+    """The FID stored in a best checkpoint written during training (its ``eval`` entry), or inf
+    if there is none or it was measured otherwise (other ``eval_n`` or features): FID is biased
+    by the sample count, so only like with like competes."""
+    path = Path(path)
+    if not path.is_file():
+        return math.inf
+    ckpt = read(path)
+    row, saved = ckpt.get("eval") or {}, ckpt["config"]["train"]
+    same = (row.get("eval_n") == train.eval_n
+            and saved.get("eval_features") == train.eval_features)
+    return float(row["eval_fid"]) if same and "eval_fid" in row else math.inf
