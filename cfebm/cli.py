@@ -23,7 +23,7 @@ from cfebm.data import DataError
 from cfebm.growth import growth_at, total_images
 from cfebm.model import EnergyNet, count_parameters, frozen
 from cfebm.runner import RunError, run_training
-from cfebm.sampling import sample
+from cfebm.sampling import sample, sampling_schedule
 from cfebm.training import resolve_device
 from cfebm.viz import save_grid, save_images
 
@@ -59,11 +59,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError("--n must be >= 1 and --steps >= 0")
     device = resolve_device(args.device)
     net, cfg, n_images = load_energy_net(args.checkpoint, ema=not args.no_ema, device=device)
-    stages = cfg.growth
-    if args.cascade:
-        schedule = [(r, args.steps or t) for r, t in zip(stages.resolutions, stages.n_steps)]
-    else:
-        schedule = [(stages.resolutions[-1], args.steps or stages.n_steps[-1])]
+    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=args.cascade)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with frozen(net):
         x = sample(net, args.n, schedule, cfg.sampler, noise_std=args.noise,

@@ -29,9 +29,9 @@ from cfebm.evaluate import (
     reference_path,
     nearest_neighbours,
     neighbour_grid,
-    sampling_schedule,
     save_reference,
 )
+from cfebm.sampling import sampling_schedule
 from cfebm.training import resolve_device
 from cfebm.viz import save_grid
 

@@ -46,7 +46,7 @@ from cfebm.metrics import (
     precision_recall,
 )
 from cfebm.model import EnergyNet, frozen
-from cfebm.sampling import sample, sample_negatives
+from cfebm.sampling import sample, sample_negatives, sampling_schedule
 
 FEATURES = ("fmnist", "inception")
 FMNIST_SIDE = 32      # FMNISTFeatures takes (N, 1, 32, 32) only
@@ -229,15 +229,6 @@ def check_reference(ref: Reference, extractor: FeatureExtractor, *, dataset: str
 
 # ------------------------------------------------------------------------------------------------
 # Samples and metrics
-
-
-def sampling_schedule(growth: GrowthConfig, *, steps: int | None = None,
-                      cascade: bool = False) -> list[tuple[int, int]]:
-    """(resolution, Langevin steps) for ``sample``: Algorithm 2 at the last stage with its
-    training steps, or with ``cascade`` every stage in turn (A.8); ``steps`` overrides T."""
-    if cascade:
-        return [(r, steps or t) for r, t in zip(growth.resolutions, growth.n_steps)]
-    return [(growth.resolutions[-1], steps or growth.n_steps[-1])]
 
 
 def generate(net: EnergyNet, n: int, schedule: list[tuple[int, int]], cfg: SamplerConfig, *,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfebm.config import SamplerConfig
+from cfebm.config import GrowthConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet
 
@@ -228,6 +228,19 @@ def sample_negatives(
     else:
         x = init_uniform(n, channels, r, generator=generator, device=device)
     return langevin_cfg(energy, x, growth.n_steps, cfg, generator=generator)
+
+
+def sampling_schedule(growth: GrowthConfig, *, steps: int | None = None,
+                      cascade: bool = False) -> list[tuple[int, int]]:
+    """(resolution, Langevin steps) pairs for ``sample``.
+
+    Algorithm 2 at the last stage with its training T, or with ``cascade`` every stage in turn
+    (A.8) with each stage's T. ``steps`` replaces T everywhere.
+    """
+    pairs = list(zip(growth.resolutions, growth.n_steps))
+    if not cascade:
+        pairs = pairs[-1:]
+    return [(r, t if steps is None else steps) for r, t in pairs]
 
 
 def sample(

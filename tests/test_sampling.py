@@ -164,3 +164,13 @@ def test_cascade_runs_every_scale():
     assert x.shape == (2, 1, 32, 32)
     with pytest.raises(ValueError, match="doubling"):
         sample(net, 2, [(8, 2), (32, 2)], SamplerConfig())
+
+
+def test_sampling_schedule_is_algorithm2_or_the_cascade():
+    from cfebm.config import GrowthConfig
+    from cfebm.sampling import sampling_schedule
+
+    growth = GrowthConfig()
+    assert sampling_schedule(growth) == [(32, 50)]
+    assert sampling_schedule(growth, cascade=True) == [(8, 15), (16, 30), (32, 50)]
+    assert sampling_schedule(growth, steps=0, cascade=True) == [(8, 0), (16, 0), (32, 0)]
