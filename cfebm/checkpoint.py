@@ -55,6 +55,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "n_images": state.n_images,
         "recoveries": state.recoveries,
         "lr_scale": state.lr_scale,
+        "train_seconds": state.train_seconds,
         "model": state.net.state_dict(),
         "ema": None if state.ema is None else state.ema.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -104,6 +105,7 @@ def load_state(path: str | Path, device: str | torch.device | None = None) -> Tr
     state.n_images = int(ckpt["n_images"])
     state.recoveries = int(ckpt["recoveries"])
     state.lr_scale = float(ckpt["lr_scale"])
+    state.train_seconds = float(ckpt.get("train_seconds", 0.0))
     return state
 
 

@@ -48,8 +48,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     run_dir = Path(args.run_dir) if args.run_dir else _next_run_dir(Path("runs"), args.preset)
     logging.info("run directory: %s", run_dir)
+    budget = None if args.minutes is None else 60.0 * args.minutes
     state = run_training(cfg, run_dir, resume=args.resume, stop_at=args.stop_at,
-                         progress=not args.no_progress)
+                         time_budget=budget, progress=not args.no_progress)
     print(f"trained to {state.n_images} images; samples in {run_dir / 'samples'}, "
           f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}")
 
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. growth.lr=[1e-3,1e-3] (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--stop-at", type=int, help="stop after this many training images")
+    p.add_argument("--minutes", type=float,
+                   help="stop after this many minutes of training iterations (a time budget)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -146,9 +147,10 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) ->
         raise RunError(f"training diverged at {state.n_images} images (loss {metrics['loss']:.3g})"
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
-    failed_at = state.n_images
+    failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
     state = load_state(run_dir / "checkpoints" / "latest.pt", device=state.device)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
+    state.train_seconds = seconds
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
     runlog.write({"event": "recovery", "n_images": failed_at, "rolled_back_to": state.n_images,
                   "loss": metrics["loss"], "lr_scale": lr_scale, "recoveries": recoveries})
@@ -158,8 +160,13 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) ->
 
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
-                 stop_at: int | None = None, progress: bool = True) -> TrainState:
-    """Train ``cfg`` in ``run_dir`` until the schedule ends (or ``stop_at`` images)."""
+                 stop_at: int | None = None, time_budget: float | None = None,
+                 progress: bool = True) -> TrainState:
+    """Train ``cfg`` in ``run_dir`` until the schedule ends (or ``stop_at`` images).
+
+    ``time_budget`` stops the run once ``state.train_seconds`` (wall-clock seconds spent in
+    training iterations, not in evaluations, grids or checkpoints) reaches it.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = open_run(cfg, run_dir, resume)
@@ -177,10 +184,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                disable=not progress, dynamic_ncols=True)
     if state.n_images == 0:
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
+    budget = math.inf if time_budget is None else time_budget
     with _stop_on_signals() as signals:
-        while state.n_images < end and not signals:
-            before, growth = state.n_images, state.growth
+        while state.n_images < end and state.train_seconds < budget and not signals:
+            before, growth, started = state.n_images, state.growth, time.perf_counter()
             metrics = train_step(state, data_batch(state, stream))
+            state.train_seconds += time.perf_counter() - started
             if diverged(metrics, t.max_abs_loss):
                 state = _recover(state, run_dir, runlog, metrics)
                 bar.n = state.n_images
@@ -190,7 +199,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             bar.set_postfix_str(f"stage {growth.stage} {growth.resolution}px β={growth.beta:.2f} "
                                 f"E(data)={metrics['e_data']:.3f} "
                                 f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
-            _maintain(state, before, growth, run_dir, runlog, averager, end, evaluator)
+            final = state.n_images >= end or state.train_seconds >= budget
+            _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
     bar.close()
     if signals:
         log.warning("stopped by signal %d at %d images", signals[0], state.n_images)
@@ -202,18 +212,18 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
 
 
 def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, runlog: RunLog,
-              averager: _Averager, end: int, evaluator: TrainingEval | None = None) -> None:
+              averager: _Averager, final: bool, evaluator: TrainingEval | None = None) -> None:
     """Per-iteration bookkeeping: metrics lines, evaluations, sample grids, checkpoints."""
     t, now, after = state.cfg.train, state.n_images, state.growth
-    stage_done = after.stage != growth.stage or now >= end
+    stage_done = after.stage != growth.stage or final
     if _crossed(before, now, t.log_every) or stage_done:
         row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
                "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
-               **averager.pop(), "time": time.time()}
+               **averager.pop(), "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
-    if evaluator is not None and (_crossed(before, now, t.eval_every) or now >= end):
+    if evaluator is not None and (_crossed(before, now, t.eval_every) or final):
         row, improved = evaluator(state)
-        runlog.write(row)
+        runlog.write({**row, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
             atomic_save({**state_dict(state), "eval": row}, run_dir / "checkpoints" / "best.pt")
     tag = f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"

@@ -67,6 +67,7 @@ class TrainState:
     n_images: int = 0
     recoveries: int = 0      # divergences rolled back so far
     lr_scale: float = 1.0    # halved at each recovery
+    train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)
 
     @property
     def device(self) -> torch.device:

@@ -56,7 +56,10 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    metrics_path = Path(metrics_path)
+    if not metrics_path.exists():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     rows = [r for r in rows if "loss" in r]
     if not rows:
         return None

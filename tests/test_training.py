@@ -100,3 +100,31 @@ def test_short_run_on_real_fashion_mnist(tmp_path, fashion_mnist_available):
     assert state.n_images == 160 and rows
     assert all(abs(r["loss"]) < 1e3 for r in rows)
     assert (tmp_path / "samples" / "final.png").exists()
+
+
+def test_time_budget_stops_the_run_and_is_recorded(tmp_path):
+    assert run_training(tiny(), tmp_path / "none", time_budget=0.0, progress=False).n_images == 0
+    state = run_training(tiny(), tmp_path, time_budget=1e-9, progress=False)
+    assert state.n_images == 16  # one iteration, then the budget is spent
+    assert read(tmp_path / "checkpoints" / "latest.pt")["train_seconds"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["n_images"] == 16 and rows[-1]["train_seconds"] > 0
+
+
+def test_single_resolution_training_is_one_stage(tmp_path):
+    # Table 9(d): no coarse-to-fine; the same code with one stage at the final resolution.
+    cfg = tiny("growth.resolutions=[16]", "growth.batch_size=[8]", "growth.lr=[1e-3]",
+               "growth.n_steps=[3]", "growth.fade_images=[0]", "growth.stage_images=[32]")
+    state = run_training(cfg, tmp_path, progress=False)
+    assert state.n_images == 32 and state.growth.resolution == 16 and state.growth.beta == 1.0
+    # The 8x8 input layer exists (the 16x16 net is built on the 8x8 block) but is never trained.
+    untrained = new_state(cfg).net.from_rgb["8x8"].weight
+    assert torch.equal(state.net.from_rgb["8x8"].weight, untrained)
+
+
+def test_bf16_training_runs_and_keeps_fp32_energies(tmp_path):
+    state = new_state(tiny("train.precision=bf16", "train.channels_last=true"))
+    metrics = train_step(state, torch.rand(16, 1, 8, 8) * 2 - 1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    with state.autocast():
+        assert state.net(torch.rand(2, 1, 8, 8)).dtype == torch.float32
