@@ -1,0 +1,194 @@
+"""Fixed-budget sample quality on Fashion-MNIST: CF-EBM against its ablations.
+
+Every variant trains for the same wall-clock budget of training iterations (evaluations, grids
+and checkpoints are not counted) and is then scored by FMNIST-FID, KID and class coverage of
+``--eval-n`` samples (Algorithm 2, EMA weights) against the test split at its final resolution.
+
+- main (32²): (a) CF-EBM 8 → 16 → 32 against (b) the same network trained at 32² only
+  (Table 9(d)); both log a small-sample FID during training for the FID-against-time plot.
+- ablations (16², a shorter budget): activations (Table 8) and the components of Table 9(a)–(c).
+
+Runs go two at a time, one thread each, so a pair shares the 2 cores evenly.
+
+    python benchmarks/quality.py run --out runs/quality          # all variants, then the report
+    python benchmarks/quality.py report --out runs/quality       # tables and plot again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cfebm.config import Config, apply_overrides, load_preset
+from cfebm.evaluate import (
+    at_resolution, class_predictor, compute_reference, evaluate_samples, generate, make_extractor,
+)
+from cfebm.runner import RunError, run_training
+from cfebm.viz import save_grid
+
+LONG = ["growth.stage_images=[12_800, 32_000, 100_000_000]"]
+MAIN = {  # 32², the main budget
+    "cf-ebm": ("fmnist32", [
+        "growth.fade_images=[0, 12_800, 9_600]", *LONG,
+        "train.eval_every=6_400", "train.eval_n=500"]),
+    "single-32": ("fmnist32", [
+        "growth.resolutions=[32]", "growth.batch_size=[64]", "growth.lr=[1e-3]",
+        "growth.n_steps=[30]", "growth.fade_images=[0]", "growth.stage_images=[100_000_000]",
+        "train.eval_every=6_400", "train.eval_n=500"]),
+}
+ABLATIONS = {  # 16², the shorter budget; "swish" is the full model of Table 9(c)
+    "swish": [],
+    "relu": ["model.activation=relu"],
+    "leaky_relu": ["model.activation=leaky_relu"],
+    "gelu": ["model.activation=gelu"],
+    "celu": ["model.activation=celu"],
+    "basic (no SN, no residual)": ["model.spectral_norm=false", "model.residual=false"],
+    "+SN (no residual)": ["model.residual=false"],
+}
+VARIANTS = {**{k: v for k, v in MAIN.items()},
+            **{k: ("quickstart", ["growth.stage_images=[19_200, 100_000_000]", *v])
+               for k, v in ABLATIONS.items()}}
+
+
+def config_of(name: str, seed: int) -> Config:
+    preset, overrides = VARIANTS[name]
+    return apply_overrides(load_preset(preset), [*overrides, f"train.seed={seed}"])
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dict:
+    """Train one variant within its budget, evaluate it, write ``result.json``."""
+    torch.set_num_threads(1)
+    cfg, run_dir = config_of(name, seed), out / slug(name)
+    result = {"variant": name, "minutes": minutes, "seed": seed, "eval_n": eval_n}
+    try:
+        state = run_training(cfg, run_dir, time_budget=60 * minutes, progress=False)
+    except RunError as e:
+        result.update(diverged=True, error=str(e))
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+        return result
+    growth = state.growth
+    resolution = growth.resolution
+    extractor = at_resolution(make_extractor("fmnist", dataset="fashion_mnist", channels=1),
+                              resolution)
+    ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
+    # Algorithm 2 at the stage the budget ended in, with that stage's T.
+    schedule = [(resolution, growth.n_steps)]
+    batches = generate(state.sampling_net(), eval_n, schedule, cfg.sampler, seed=seed)
+    metrics, kept = evaluate_samples(
+        batches, ref, extractor, keep=64,
+        classifier=class_predictor("fashion_mnist", 1, extractor, resolution))
+    save_grid(kept, run_dir / "eval_samples.png", scale=max(1, 64 // resolution))
+    result.update(
+        diverged=False, images=state.n_images, recoveries=state.recoveries,
+        train_seconds=state.train_seconds, stage=growth.stage, resolution=resolution,
+        beta=growth.beta, fid=metrics.fid, kid=metrics.kid, kid_std=metrics.kid_std,
+        coverage=metrics.coverage)
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_all(out: Path, args: argparse.Namespace) -> None:
+    """Every variant in a subprocess, ``args.parallel`` at a time, main variants first."""
+    queue = [(n, args.minutes_main) for n in MAIN] + [(n, args.minutes_ablation) for n in ABLATIONS]
+    running: list[subprocess.Popen] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    while queue or running:
+        while queue and len(running) < args.parallel:
+            name, minutes = queue.pop(0)
+            cmd = [sys.executable, __file__, "one", name, "--out", str(out), "--minutes",
+                   str(minutes), "--eval-n", str(args.eval_n), "--seed", str(args.seed)]
+            log = (out / f"{slug(name)}.log").open("w")
+            running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        time.sleep(5)
+        running = [p for p in running if p.poll() is None]
+    report(out)
+
+
+def report(out: Path) -> None:
+    """Markdown tables of every result.json and the FID-against-time plot of the main pair."""
+    rows = []
+    for name in VARIANTS:
+        path = out / slug(name) / "result.json"
+        if path.exists():
+            rows.append(json.loads(path.read_text()))
+    lines = ["| variant | budget (min) | images | final res (β) | FMNIST-FID | KID ×100 | "
+             "classes within ±50% of uniform | entropy (nats) | recoveries |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("diverged"):
+            lines.append(f"| {r['variant']} | {r['minutes']:g} | — | — | diverged | — | — | — | — |")
+            continue
+        cov = r["coverage"] or {}
+        lines.append(
+            f"| {r['variant']} | {r['minutes']:g} | {r['images']:,} | {r['resolution']}² "
+            f"({r['beta']:.2f}) | {r['fid']:.1f} | {100 * r['kid']:.2f} ± {100 * r['kid_std']:.2f}"
+            f" | {cov.get('n_covered', '—')} | {cov.get('entropy', float('nan')):.3f} "
+            f"| {r['recoveries']} |")
+    table = "\n".join(lines)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    plot_curves(out)
+
+
+def plot_curves(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in MAIN:
+        path = out / slug(name) / "metrics.jsonl"
+        if not path.exists():
+            continue
+        evals = [json.loads(line) for line in path.read_text().splitlines() if "eval_fid" in line]
+        for res, marker in ((8, "v"), (16, "s"), (32, "o")):
+            pts = [(e["train_seconds"] / 60, e["eval_fid"]) for e in evals
+                   if e["eval_resolution"] == res]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=f"{name} at {res}²")
+    ax.set_xlabel("minutes of training (1 CPU thread)")
+    ax.set_ylabel("FMNIST-FID (500 samples, vs test at that resolution)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "fid_vs_time.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("command", choices=["run", "one", "report"])
+    parser.add_argument("variant", nargs="?", help="with 'one': the variant to run")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--minutes-main", type=float, default=20.0)
+    parser.add_argument("--minutes-ablation", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, help="with 'one': its budget")
+    parser.add_argument("--eval-n", type=int, default=2000, help="samples per final evaluation")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.command == "one":
+        print(json.dumps(run_one(args.variant, args.out, args.minutes, args.eval_n, args.seed)))
+    elif args.command == "run":
+        run_all(args.out, args)
+    else:
+        report(args.out)
+
+
+if __name__ == "__main__":
+    main()
