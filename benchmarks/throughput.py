@@ -87,7 +87,7 @@ def iteration_flops(state, growth: Growth, x: torch.Tensor) -> int:
     total = growth.n_steps * gradient_flops(net, x, growth.beta)
     if growth.fading and state.cfg.sampler.smooth:
         coarse = torch.nn.functional.avg_pool2d(x, 2)
-        total += round(growth.n_steps_coarse * (1 - growth.beta)) * gradient_flops(net, coarse, 1.0)
+        total += int(growth.n_steps_coarse * (1 - growth.beta)) * gradient_flops(net, coarse, 1.0)
 
     def loss():
         net(torch.cat([x, x]), growth.beta).mean().backward()

@@ -186,11 +186,12 @@ def smooth_init(
 ) -> Tensor:
     """Initial states for the grown energy at ``resolution`` during a fade (Algorithm 1).
 
-    Runs round(T(s−1)·(1−β)) Langevin steps of the coarse energy from U(−1, 1) at resolution/2,
-    upsamples 2×, and mixes with fresh uniform noise by β. Returns (n, channels, r, r).
+    Runs ⌊T(s−1)·(1−β)⌋ Langevin steps (the authors' int()) of the coarse energy from U(−1, 1)
+    at resolution/2, upsamples 2×, and mixes with fresh uniform noise by β.
+    Returns (n, channels, r, r).
     """
     x = init_uniform(n, channels, resolution // 2, generator=generator, device=device)
-    x = langevin_cfg(coarse_energy, x, round(n_steps_coarse * (1.0 - beta)), cfg,
+    x = langevin_cfg(coarse_energy, x, int(n_steps_coarse * (1.0 - beta)), cfg,
                      generator=generator)
     noise = init_uniform(n, channels, resolution, generator=generator, device=device)
     x = mix_with_noise(upsample(x), noise, beta, cfg.mix)

@@ -74,3 +74,31 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "cfebm.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "train" in out and "sample" in out and "info" in out
+
+
+def test_sigint_writes_a_checkpoint_and_the_run_resumes(tmp_path):
+    import os
+    import signal
+    import time
+
+    from cfebm.checkpoint import read
+
+    run_dir = tmp_path / "r"
+    train = [sys.executable, "-m", "cfebm.cli", "train", "--preset", "tiny", "--run-dir",
+             str(run_dir), "--no-progress", "--set", "growth.stage_images=[128, 1_000_000]",
+             "--set", "train.checkpoint_every=1_000_000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(train, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline, "training did not get going"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    assert "stopped by signal" in proc.stderr.read()
+    n_images = read(run_dir / "checkpoints" / "latest.pt")["n_images"]
+    assert n_images >= 64 and n_images % 16 == 0  # whole iterations, past the last log line
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--no-progress",
+                 "--stop-at", str(n_images + 32)]) == 0
+    assert read(run_dir / "checkpoints" / "latest.pt")["n_images"] == n_images + 32

@@ -148,7 +148,7 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
     with frozen(net):
         x = sample_negatives(counting_net, fading, 2, cfg, generator=torch.Generator())
     assert x.shape == (2, 1, 16, 16)
-    assert steps == [(8, 1.0)] * 6 + [(16, 0.25)] * 4   # round(8·(1−0.25)) = 6 coarse steps
+    assert steps == [(8, 1.0)] * 6 + [(16, 0.25)] * 4   # ⌊8·(1−0.25)⌋ = 6 coarse steps
     steps.clear()
     grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8)
     with frozen(net):
