@@ -84,7 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
               "schedule": schedule, "features": extractor.name,
               "reference": {**ref.metadata, "file": args.ref}, **dataclasses.asdict(result)}
     if args.nn_samples:
-        report["neighbours"] = _neighbours(kept, cfg, args.nn_k, args.nn_out)
+        out = args.nn_out or Path(args.checkpoint).parent / "neighbours.png"
+        report["neighbours"] = _neighbours(kept, cfg, args.nn_k, out)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -110,7 +111,7 @@ def _reference(args: argparse.Namespace, cfg: Config, extractor, device) -> Refe
     return ref
 
 
-def _neighbours(x, cfg: Config, k: int, out: str) -> dict:
+def _neighbours(x, cfg: Config, k: int, out: str | Path) -> dict:
     """Fig. 12: each sample beside its k nearest training images (pixel L2), as one grid."""
     images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
                          image_channels=cfg.model.image_channels)
@@ -184,7 +185,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subsets", type=int, default=100, help="random subsets for KID")
     p.add_argument("--n", type=int, default=10_000, help="number of samples")
     p.add_argument("--nn-k", type=int, default=5, help="nearest training images per sample")
-    p.add_argument("--nn-out", default="neighbours.png", help="the nearest-neighbour grid")
+    p.add_argument("--nn-out", help="the nearest-neighbour grid (default: neighbours.png "
+                   "beside the checkpoint)")
     p.add_argument("--nn-samples", type=int, default=8,
                    help="samples shown with their nearest training images (0: none)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
