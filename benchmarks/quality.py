@@ -52,7 +52,7 @@ ABLATIONS = {  # 16², the shorter budget; "swish" is the full model of Table 9(
     "basic (no SN, no residual)": ["model.spectral_norm=false", "model.residual=false"],
     "+SN (no residual)": ["model.residual=false"],
 }
-VARIANTS = {**{k: v for k, v in MAIN.items()},
+VARIANTS = {**MAIN,
             **{k: ("quickstart", ["growth.stage_images=[19_200, 100_000_000]", *v])
                for k, v in ABLATIONS.items()}}
 

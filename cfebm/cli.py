@@ -37,8 +37,8 @@ def _next_run_dir(root: Path, preset: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    latest = Path(args.run_dir or "") / "checkpoints" / "latest.pt"
-    if args.resume and latest.exists():
+    latest = Path(args.run_dir) / "checkpoints" / "latest.pt" if args.run_dir else None
+    if args.resume and latest is not None and latest.exists():
         cfg = config_of(read(latest))  # continue with the run's own config (plus any --set)
     else:
         cfg = load_preset(args.preset)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -149,18 +148,3 @@ def diverged(metrics: dict[str, float], max_abs_loss: float) -> bool:
     """True when the loss is NaN/inf or its magnitude exceeds ``max_abs_loss``."""
     loss = metrics["loss"]
     return not (abs(loss) <= max_abs_loss)
-
-
-def train(
-    state: TrainState, stream: BatchStream, until_images: int,
-    on_step: Callable[[TrainState, dict[str, float]], bool] | None = None,
-) -> TrainState:
-    """Run ``train_step`` until ``state.n_images >= until_images``, without any I/O.
-
-    ``on_step(state, metrics)`` is called after each step; returning True stops early.
-    """
-    while state.n_images < until_images:
-        metrics = train_step(state, data_batch(state, stream))
-        if on_step is not None and on_step(state, metrics):
-            break
-    return state

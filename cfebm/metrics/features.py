@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from cfebm.data import to_uint8  # the pixel convention of the whole package
 from cfebm.metrics.classifier import FEATURE_DIM, load_classifier
 
 
@@ -54,11 +55,6 @@ def _describe(x) -> str:
     if isinstance(x, Tensor):
         return f"{x.dtype} tensor of shape {tuple(x.shape)}"
     return type(x).__name__
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """[−1, 1] float -> uint8 [0, 255] by round((x + 1)·127.5), values outside clipped."""
-    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 # ------------------------------------------------------------------------------------------------
