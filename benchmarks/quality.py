@@ -31,12 +31,16 @@ from cfebm.evaluate import (
     at_resolution, class_predictor, compute_reference, evaluate_samples, generate, make_extractor,
 )
 from cfebm.runner import RunError, run_training
+from cfebm.sampling import stage_schedule
 from cfebm.viz import save_grid
 
 LONG = ["growth.stage_images=[12_800, 32_000, 100_000_000]"]
 MAIN = {  # 32², the main budget
     "cf-ebm": ("fmnist32", [
         "growth.fade_images=[0, 12_800, 9_600]", *LONG,
+        "train.eval_every=6_400", "train.eval_n=500"]),
+    "cf-ebm-cascade": ("fmnist32", [
+        "growth.fade_images=[0, 12_800, 9_600]", *LONG, "sampler.init=cascade",
         "train.eval_every=6_400", "train.eval_n=500"]),
     "single-32": ("fmnist32", [
         "growth.resolutions=[32]", "growth.batch_size=[64]", "growth.lr=[1e-3]",
@@ -82,8 +86,8 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
     extractor = at_resolution(make_extractor("fmnist", dataset="fashion_mnist", channels=1),
                               resolution)
     ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
-    # Algorithm 2 at the stage the budget ended in, with that stage's T.
-    schedule = [(resolution, growth.n_steps)]
+    # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade).
+    schedule = stage_schedule(growth, cfg.sampler)
     batches = generate(state.sampling_net(), eval_n, schedule, cfg.sampler, seed=seed)
     metrics, kept = evaluate_samples(
         batches, ref, extractor, keep=64,

@@ -60,7 +60,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError("--n must be >= 1 and --steps >= 0")
     device = resolve_device(args.device)
     net, cfg, n_images = load_energy_net(args.checkpoint, ema=not args.no_ema, device=device)
-    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=args.cascade)
+    cascade = args.cascade or cfg.sampler.init == "cascade"
+    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=cascade)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with frozen(net):
         x = sample(net, args.n, schedule, cfg.sampler, noise_std=args.noise,
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the training schedule's)")
     p.add_argument("--noise", type=float, help="test-time noise level η0 (default: training's)")
     p.add_argument("--cascade", action="store_true",
-                   help="sample through every coarse stage in turn (A.8) instead of Algorithm 2")
+                   help="sample through every coarse stage in turn (A.8) instead of Algorithm 2; "
+                   "always on for models trained with sampler.init=cascade")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per sample into DIR")
     p.add_argument("--scale", type=int, default=2, help="enlarge the grid this many times")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")

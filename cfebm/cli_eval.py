@@ -71,7 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     extractor = at_resolution(make_extractor(features, dataset=data.dataset, channels=channels,
                                              device=device), res)
     ref = _reference(args, cfg, extractor, device)
-    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=args.cascade)
+    cascade = args.cascade or cfg.sampler.init == "cascade"
+    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=cascade)
     batches = generate(net, args.n, schedule, cfg.sampler, noise_std=args.noise,
                        batch_size=args.batch_size, seed=args.seed, device=device,
                        progress=not args.no_progress)
@@ -177,7 +178,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a training checkpoint (.pt)")
     p.add_argument("--batch-size", type=int, default=250, help="samples per sampling batch")
     p.add_argument("--cascade", action="store_true",
-                   help="sample through every coarse stage in turn (A.8) instead of Algorithm 2")
+                   help="sample through every coarse stage in turn (A.8) instead of Algorithm 2; "
+                   "always on for models trained with sampler.init=cascade")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--features", choices=FEATURES,
                    help="feature extractor (default: fmnist for Fashion-MNIST, else inception)")

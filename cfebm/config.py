@@ -71,6 +71,10 @@ class SamplerConfig:
     clamp: bool = True              # keep the chain in [-1, 1] after every step
     smooth: bool = True             # smooth MCMC sampling during a fade (Alg. 1, Sec. 3.2(ii)b)
     mix: str = "sqrt"               # "sqrt": √(1−β²)·up + β·U (Alg. 1); "linear": (1−β)·up + β·U
+    # Where chains start. "noise": U(−1, 1) at the current resolution (Alg. 1 and 2 of the paper).
+    # "cascade": U(−1, 1) at the first resolution, then each stage's T(s) steps of the same
+    # expanding net at every resolution up to the current one (the authors' final train_v1).
+    init: str = "noise"
 
     def __post_init__(self):
         _require(self.step_size > 0, "sampler.step_size must be > 0")
@@ -78,6 +82,7 @@ class SamplerConfig:
         _require(self.noise_schedule in ("linear", "a2", "constant"),
                  "sampler.noise_schedule must be 'linear', 'a2' or 'constant'")
         _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
+        _require(self.init in ("noise", "cascade"), "sampler.init must be 'noise' or 'cascade'")
 
 
 @dataclass(frozen=True)

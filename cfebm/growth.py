@@ -27,6 +27,7 @@ class Growth:
     lr: float
     n_steps: int          # Langevin steps T(s) at this stage
     n_steps_coarse: int   # T(s-1): steps of the previous stage (0 in the first stage)
+    cascade: tuple[tuple[int, int], ...]  # (resolution, T) of stages 0..s, coarse to fine
 
     @property
     def fading(self) -> bool:
@@ -61,4 +62,5 @@ def growth_at(n_images: int, cfg: GrowthConfig) -> Growth:
         lr=cfg.lr[stage],
         n_steps=cfg.n_steps[stage],
         n_steps_coarse=cfg.n_steps[stage - 1] if stage > 0 else 0,
+        cascade=tuple(zip(cfg.resolutions[:stage + 1], cfg.n_steps[:stage + 1])),
     )

@@ -202,10 +202,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             final = state.n_images >= end or state.train_seconds >= budget
             _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
     bar.close()
-    if signals:
+    if signals:  # the last iteration was not a final one, so nothing has saved it yet
         log.warning("stopped by signal %d at %d images", signals[0], state.n_images)
-    save_state(state, run_dir / "checkpoints" / "latest.pt")
-    save_samples(state, run_dir / "samples" / "final.png")
+        save_state(state, run_dir / "checkpoints" / "latest.pt")
     plot_metrics(runlog.path, run_dir / "training.png")
     runlog.close()
     return state
@@ -226,7 +225,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
         runlog.write({**row, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
             atomic_save({**state_dict(state), "eval": row}, run_dir / "checkpoints" / "best.pt")
-    tag = f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"
+    tag = "final" if final else f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"
     if _crossed(before, now, t.sample_every) or stage_done:
         save_samples(state, run_dir / "samples" / f"{tag}.png", growth)
         plot_metrics(runlog.path, run_dir / "training.png")

@@ -209,10 +209,15 @@ def sample_negatives(
 ) -> Tensor:
     """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1].
 
-    While a new block fades in (β < 1) and ``cfg.smooth`` is set, the chains start from the coarse
-    energy's samples (``smooth_init``); otherwise from U(−1, 1). Then T(s) steps of E(s)(·; β).
-    Call inside ``frozen(net)``.
+    With ``cfg.init == "noise"`` (the paper): while a new block fades in (β < 1) and
+    ``cfg.smooth`` is set, the chains start from the coarse energy's samples (``smooth_init``),
+    otherwise from U(−1, 1); then T(s) steps of E(s)(·; β). With ``"cascade"`` (the authors'
+    final code): U(−1, 1) at the first resolution and T steps at every stage up to this one
+    (``sample`` over ``growth.cascade``). Call inside ``frozen(net)``.
     """
+    if cfg.init == "cascade":
+        return sample(net, n, list(growth.cascade), cfg, beta=growth.beta, generator=generator,
+                      device=device, autocast=autocast)
     channels, r, beta = net.cfg.image_channels, growth.resolution, growth.beta
 
     def energy(x: Tensor) -> Tensor:
@@ -231,6 +236,14 @@ def sample_negatives(
     return langevin_cfg(energy, x, growth.n_steps, cfg, generator=generator)
 
 
+def stage_schedule(growth: Growth, cfg: SamplerConfig) -> list[tuple[int, int]]:
+    """(resolution, T) pairs that sample the model of ``growth``'s stage as it was trained:
+    Algorithm 2 at its resolution, or with ``cfg.init == "cascade"`` every stage up to it."""
+    if cfg.init == "cascade":
+        return list(growth.cascade)
+    return [(growth.resolution, growth.n_steps)]
+
+
 def sampling_schedule(growth: GrowthConfig, *, steps: int | None = None,
                       cascade: bool = False) -> list[tuple[int, int]]:
     """(resolution, Langevin steps) pairs for ``sample``.
@@ -247,7 +260,8 @@ def sampling_schedule(growth: GrowthConfig, *, steps: int | None = None,
 def sample(
     net: EnergyNet, n: int, schedule: list[tuple[int, int]], cfg: SamplerConfig, *,
     noise_std: float | None = None, generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", beta: float = 1.0,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
     """Draw n samples: Algorithm 2, or the coarse-to-fine cascade of Appendix A.8.
@@ -255,6 +269,7 @@ def sample(
     ``schedule`` lists (resolution, Langevin steps) from coarse to fine. A single entry
     [(R, T)] is Algorithm 2: U(−1, 1) at R, then T steps. Several entries run a chain at each
     resolution in turn, upsampling 2× between them, e.g. [(8, 15), (16, 15), (32, 15)].
+    The last resolution sees the net at fading factor ``beta``, the others fully grown.
     ``noise_std`` sets the test-time η0 (Fig. 16). Call inside ``frozen(net)``.
 
     Returns:
@@ -263,11 +278,19 @@ def sample(
     resolutions = [r for r, _ in schedule]
     if not schedule or any(b != 2 * a for a, b in zip(resolutions, resolutions[1:])):
         raise ValueError(f"schedule must list doubling resolutions, got {resolutions}")
+
+    def energy_at(b: float) -> Energy:
+        def energy(x: Tensor) -> Tensor:
+            with autocast():
+                return net(x, b)
+        return energy
+
     x = init_uniform(n, net.cfg.image_channels, resolutions[0], generator=generator,
                      device=device)
     for k, (_, n_steps) in enumerate(schedule):
         if k > 0:
             x = upsample(x)
-        x = langevin_cfg(net, x, n_steps, cfg, noise_std=noise_std, generator=generator,
-                         callback=callback)
+        last = k == len(schedule) - 1
+        x = langevin_cfg(energy_at(beta if last else 1.0), x, n_steps, cfg, noise_std=noise_std,
+                         generator=generator, callback=callback)
     return x

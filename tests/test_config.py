@@ -31,6 +31,7 @@ def test_overrides_are_typed():
     ("growth.resolutions=[8, 32, 64]", "double"),
     ("model.max_resolution=64", "max_resolution"),
     ("sampler.noise_schedule=cosine", "noise_schedule"),
+    ("sampler.init=persistent", "sampler.init"),
     ("train.precision=fp16", "precision"),
     ("model.spectral_norm=1", "must be of type bool"),
 ])

@@ -9,7 +9,7 @@ from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
     init_uniform, langevin, langevin_cfg, mix_with_noise, noise_schedule, sample,
-    sample_negatives, smooth_init,
+    sample_negatives, smooth_init, stage_schedule, upsample,
 )
 
 MU, S = 0.3, 0.5
@@ -144,13 +144,13 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
         return net(x, beta)
 
     counting_net.cfg = net.cfg
-    fading = Growth(1, 16, 0.25, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8)
+    fading = Growth(1, 16, 0.25, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8, cascade=())
     with frozen(net):
         x = sample_negatives(counting_net, fading, 2, cfg, generator=torch.Generator())
     assert x.shape == (2, 1, 16, 16)
     assert steps == [(8, 1.0)] * 6 + [(16, 0.25)] * 4   # ⌊8·(1−0.25)⌋ = 6 coarse steps
     steps.clear()
-    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8)
+    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8, cascade=())
     with frozen(net):
         sample_negatives(counting_net, grown, 2, cfg, generator=torch.Generator())
     assert steps == [(16, 1.0)] * 4
@@ -174,3 +174,40 @@ def test_sampling_schedule_is_algorithm2_or_the_cascade():
     assert sampling_schedule(growth) == [(32, 50)]
     assert sampling_schedule(growth, cascade=True) == [(8, 15), (16, 30), (32, 50)]
     assert sampling_schedule(growth, steps=0, cascade=True) == [(8, 0), (16, 0), (32, 0)]
+
+
+def test_cascade_init_starts_from_the_coarsest_noise_and_runs_every_stage():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    steps = []
+
+    def counting_net(x, beta=1.0):
+        steps.append((x.shape[-1], beta))
+        return net(x, beta)
+
+    counting_net.cfg = net.cfg
+    fading = Growth(1, 16, 0.25, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8,
+                    cascade=((8, 3), (16, 4)))
+    with frozen(net):
+        sample_negatives(counting_net, fading, 2, SamplerConfig(init="cascade"),
+                         generator=torch.Generator())
+    assert steps == [(8, 1.0)] * 3 + [(16, 0.25)] * 4
+    assert stage_schedule(fading, SamplerConfig(init="cascade")) == [(8, 3), (16, 4)]
+    assert stage_schedule(fading, SamplerConfig()) == [(16, 4)]
+
+
+def test_cascade_init_hands_the_fine_chain_an_upsampled_coarse_image():
+    # With no drift and no noise the chains stay put, so the 16² chain's start is visible:
+    # a 2×-upsampled 8² uniform image (constant 2×2 blocks), where noise init has no blocks.
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    growth = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=2, n_steps_coarse=2,
+                    cascade=((8, 2), (16, 2)))
+    still = dict(step_size=1e-30, noise_std=0.0)
+    with frozen(net):
+        x = sample_negatives(net, growth, 3, SamplerConfig(init="cascade", **still),
+                             generator=torch.Generator().manual_seed(0))
+        y = sample_negatives(net, growth, 3, SamplerConfig(**still),
+                             generator=torch.Generator().manual_seed(0))
+    blocks = x[..., ::2, ::2]
+    assert torch.equal(x, upsample(blocks))
+    assert torch.equal(blocks, init_uniform(3, 1, 8, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(y, upsample(y[..., ::2, ::2]))

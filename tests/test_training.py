@@ -50,8 +50,10 @@ def test_train_step_updates_the_model_and_counts_images():
     assert torch.equal(before["blocks.16x16.skip.weight"], after["blocks.16x16.skip.weight"])
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01")
+@pytest.mark.parametrize("init", ["noise", "cascade"])
+def test_resume_equals_uninterrupted_run(tmp_path, init):
+    cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
+               f"sampler.init={init}")
     straight = run_training(cfg, tmp_path / "a", progress=False)
     run_training(cfg, tmp_path / "b", stop_at=112, progress=False)  # mid-fade of stage 2
     assert read(tmp_path / "b" / "checkpoints" / "latest.pt")["n_images"] == 112
