@@ -28,10 +28,15 @@ import torch
 
 from cfebm.config import Config, apply_overrides, load_preset
 from cfebm.evaluate import (
-    at_resolution, class_predictor, compute_reference, evaluate_samples, generate, make_extractor,
+    at_resolution,
+    class_predictor,
+    compute_reference,
+    evaluate_samples,
+    generate,
+    make_extractor,
 )
 from cfebm.runner import RunError, run_training
-from cfebm.sampling import stage_schedule
+from cfebm.sampling import sampling_schedule
 from cfebm.viz import save_grid
 
 LONG = ["growth.stage_images=[12_800, 32_000, 100_000_000]"]
@@ -41,6 +46,9 @@ MAIN = {  # 32², the main budget
         "train.eval_every=6_400", "train.eval_n=500"]),
     "cf-ebm-cascade": ("fmnist32", [
         "growth.fade_images=[0, 12_800, 9_600]", *LONG, "sampler.init=cascade",
+        "train.eval_every=6_400", "train.eval_n=500"]),
+    "cf-ebm-frozen": ("fmnist32", [
+        "growth.fade_images=[0, 12_800, 9_600]", *LONG, "sampler.init=frozen",
         "train.eval_every=6_400", "train.eval_n=500"]),
     "single-32": ("fmnist32", [
         "growth.resolutions=[32]", "growth.batch_size=[64]", "growth.lr=[1e-3]",
@@ -66,14 +74,16 @@ def config_of(name: str, seed: int) -> Config:
     return apply_overrides(load_preset(preset), [*overrides, f"train.seed={seed}"])
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+def slug(name: str, seed: int = 0) -> str:
+    """The run folder of a variant; seeds other than 0 get their own."""
+    base = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    return base if seed == 0 else f"{base}-seed{seed}"
 
 
 def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dict:
     """Train one variant within its budget, evaluate it, write ``result.json``."""
     torch.set_num_threads(1)
-    cfg, run_dir = config_of(name, seed), out / slug(name)
+    cfg, run_dir = config_of(name, seed), out / slug(name, seed)
     result = {"variant": name, "minutes": minutes, "seed": seed, "eval_n": eval_n}
     try:
         state = run_training(cfg, run_dir, time_budget=60 * minutes, progress=False)
@@ -87,8 +97,9 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
                               resolution)
     ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
     # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade).
-    schedule = stage_schedule(growth, cfg.sampler)
-    batches = generate(state.sampling_net(), eval_n, schedule, cfg.sampler, seed=seed)
+    schedule = sampling_schedule(growth, cascade=cfg.sampler.init != "noise")
+    batches = generate(state.sampling_net(), eval_n, schedule, cfg.sampler, beta=growth.beta,
+                       coarse=state.coarse, seed=seed)
     metrics, kept = evaluate_samples(
         batches, ref, extractor, keep=64,
         classifier=class_predictor("fashion_mnist", 1, extractor, resolution))
@@ -112,37 +123,47 @@ def run_all(out: Path, args: argparse.Namespace) -> None:
             name, minutes = queue.pop(0)
             cmd = [sys.executable, __file__, "one", name, "--out", str(out), "--minutes",
                    str(minutes), "--eval-n", str(args.eval_n), "--seed", str(args.seed)]
-            log = (out / f"{slug(name)}.log").open("w")
+            log = (out / f"{slug(name, args.seed)}.log").open("w")
             running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         time.sleep(5)
         running = [p for p in running if p.poll() is None]
     report(out)
 
 
+def results(out: Path) -> list[dict]:
+    """Every result.json under ``out``, in the order of VARIANTS, then by seed."""
+    rows = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    order = list(VARIANTS)
+    return sorted((r for r in rows if r["variant"] in order),
+                  key=lambda r: (order.index(r["variant"]), r["seed"]))
+
+
 def report(out: Path) -> None:
-    """Markdown tables of every result.json and the FID-against-time plot of the main pair."""
-    rows = []
-    for name in VARIANTS:
-        path = out / slug(name) / "result.json"
-        if path.exists():
-            rows.append(json.loads(path.read_text()))
-    lines = ["| variant | budget (min) | images | final res (β) | FMNIST-FID | KID ×100 | "
+    """Markdown table of the results, the FID-against-time plot and the main sample grids."""
+    lines = ["| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "
              "classes within ±50% of uniform | entropy (nats) | recoveries |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results(out):
+        head = f"| {r['variant']} | {r['seed']} | {r['minutes']:g} "
         if r.get("diverged"):
-            lines.append(f"| {r['variant']} | {r['minutes']:g} | — | — | diverged | — | — | — | — |")
+            lines.append(head + "| — | — | diverged | — | — | — | — |")
             continue
         cov = r["coverage"] or {}
         lines.append(
-            f"| {r['variant']} | {r['minutes']:g} | {r['images']:,} | {r['resolution']}² "
-            f"({r['beta']:.2f}) | {r['fid']:.1f} | {100 * r['kid']:.2f} ± {100 * r['kid_std']:.2f}"
-            f" | {cov.get('n_covered', '—')} | {cov.get('entropy', float('nan')):.3f} "
-            f"| {r['recoveries']} |")
+            head + f"| {r['images']:,} | {r['resolution']}² ({r['beta']:.2f}) | {r['fid']:.1f} "
+            f"| {r['kid']:.2f} ± {r['kid_std']:.2f} | {cov.get('n_covered', '—')} "
+            f"| {cov.get('entropy', float('nan')):.3f} | {r['recoveries']} |")
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n")
     print(table)
     plot_curves(out)
+    plot_grids(out)
+
+
+def _main_runs(out: Path) -> list[tuple[str, Path]]:
+    """(label, run folder) of every main-budget run under ``out``."""
+    return [(f"{r['variant']} (seed {r['seed']})", out / slug(r["variant"], r["seed"]))
+            for r in results(out) if r["variant"] in MAIN and not r.get("diverged")]
 
 
 def plot_curves(out: Path) -> None:
@@ -151,24 +172,43 @@ def plot_curves(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in MAIN:
-        path = out / slug(name) / "metrics.jsonl"
-        if not path.exists():
-            continue
-        evals = [json.loads(line) for line in path.read_text().splitlines() if "eval_fid" in line]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, run_dir in _main_runs(out):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        evals = [json.loads(line) for line in lines if "eval_fid" in line]
         for res, marker in ((8, "v"), (16, "s"), (32, "o")):
             pts = [(e["train_seconds"] / 60, e["eval_fid"]) for e in evals
                    if e["eval_resolution"] == res]
             if pts:
-                ax.plot(*zip(*pts), marker=marker, label=f"{name} at {res}²")
+                ax.plot(*zip(*pts), marker=marker, label=f"{label} at {res}²")
     ax.set_xlabel("minutes of training (1 CPU thread)")
     ax.set_ylabel("FMNIST-FID (500 samples, vs test at that resolution)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "fid_vs_time.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_grids(out: Path) -> None:
+    """The final evaluation grids of the main runs side by side, each titled with its FID."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(label, d) for label, d in _main_runs(out) if (d / "eval_samples.png").exists()]
+    if not runs:
+        return
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.6), squeeze=False)
+    for ax, (label, run_dir) in zip(axes[0], runs):
+        fid = json.loads((run_dir / "result.json").read_text())["fid"]
+        ax.imshow(plt.imread(run_dir / "eval_samples.png"), cmap="gray")
+        ax.set_title(f"{label}\nFMNIST-FID {fid:.0f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "main_samples.png", dpi=110)
     plt.close(fig)
 
 

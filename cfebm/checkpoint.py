@@ -9,8 +9,10 @@ renamed over the target, so a crash can never leave a half-written checkpoint be
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 
 from cfebm import __version__
 from cfebm.config import Config, ConfigError, from_dict, to_dict
+from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet
 from cfebm.training import TrainState, new_state, resolve_device
 
@@ -58,6 +61,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "train_seconds": state.train_seconds,
         "model": state.net.state_dict(),
         "ema": None if state.ema is None else state.ema.state_dict(),
+        "coarse": [net.state_dict() for net in state.coarse],
         "optimizer": state.optimizer.state_dict(),
         "generator": state.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -106,19 +110,40 @@ def load_state(path: str | Path, device: str | torch.device | None = None) -> Tr
     state.recoveries = int(ckpt["recoveries"])
     state.lr_scale = float(ckpt["lr_scale"])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
+    state.coarse = _coarse_nets(ckpt, state.sampling_net())
     return state
 
 
-def load_energy_net(
-    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[EnergyNet, Config, int]:
-    """The network of a checkpoint for inference: (net in eval mode, config, images seen).
+def _coarse_nets(ckpt: dict[str, Any], like: EnergyNet) -> list[EnergyNet]:
+    """The frozen coarse-stage copies of a checkpoint (A.8), built like ``like``."""
+    nets = []
+    for weights in ckpt.get("coarse", []):
+        net = copy.deepcopy(like).requires_grad_(False).eval()
+        net.load_state_dict(weights)
+        nets.append(net)
+    return nets
 
-    With ``ema`` (default) the EMA weights are returned when the run kept them.
-    """
+
+@dataclass(frozen=True)
+class Sampler:
+    """What inference needs from a checkpoint."""
+
+    net: EnergyNet                # eval mode; the EMA weights unless asked otherwise
+    coarse: list[EnergyNet]       # frozen coarse-stage copies (sampler.init="frozen"), else []
+    cfg: Config
+    n_images: int                 # training images seen
+    growth: Growth                # the stage the checkpoint was saved in
+
+
+def load_sampler(
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> Sampler:
+    """The networks of a checkpoint for inference. With ``ema`` (default) the EMA weights are
+    used when the run kept them."""
     ckpt = read(path, map_location=device)
     cfg = config_of(ckpt)
     net = EnergyNet(cfg.model)
     weights = ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["model"]
     net.load_state_dict(weights)
-    return net.to(device).eval(), cfg, int(ckpt["n_images"])
+    net, n_images = net.to(device).eval(), int(ckpt["n_images"])
+    return Sampler(net, _coarse_nets(ckpt, net), cfg, n_images, growth_at(n_images, cfg.growth))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cfebm import __version__, cli_eval
-from cfebm.checkpoint import CheckpointError, config_of, load_energy_net, read
+from cfebm.checkpoint import CheckpointError, config_of, load_sampler, read
 from cfebm.config import ConfigError, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.data import DataError
 from cfebm.growth import growth_at, total_images
@@ -59,13 +59,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.n < 1 or (args.steps is not None and args.steps < 0):
         raise ValueError("--n must be >= 1 and --steps >= 0")
     device = resolve_device(args.device)
-    net, cfg, n_images = load_energy_net(args.checkpoint, ema=not args.no_ema, device=device)
-    cascade = args.cascade or cfg.sampler.init == "cascade"
-    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=cascade)
+    model = load_sampler(args.checkpoint, ema=not args.no_ema, device=device)
+    cascade = args.cascade or model.cfg.sampler.init != "noise"
+    schedule = sampling_schedule(model.growth, steps=args.steps, cascade=cascade)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    with frozen(net):
-        x = sample(net, args.n, schedule, cfg.sampler, noise_std=args.noise,
-                   generator=generator, device=device)
+    with frozen(model.net):
+        x = sample(model.net, args.n, schedule, model.cfg.sampler, noise_std=args.noise,
+                   beta=model.growth.beta, coarse=model.coarse, generator=generator,
+                   device=device)
     out = save_grid(x, args.out, scale=args.scale)
     print(f"wrote {args.n} samples ({' -> '.join(f'{r}px×{t}' for r, t in schedule)}) to {out}")
     if args.each:
@@ -93,7 +94,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"EMA weights     {'yes' if ckpt['ema'] is not None else 'no'}",
         f"recoveries      {ckpt['recoveries']} (learning-rate scale {ckpt['lr_scale']})",
         f"data            {cfg.data.dataset}",
-        f"schedule        " + ", ".join(
+        "schedule        " + ", ".join(
             f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
                 cfg.growth.resolutions, cfg.growth.stage_images, cfg.growth.fade_images,
                 cfg.growth.batch_size, cfg.growth.lr, cfg.growth.n_steps)),
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, help="test-time noise level η0 (default: training's)")
     p.add_argument("--cascade", action="store_true",
                    help="sample through every coarse stage in turn (A.8) instead of Algorithm 2; "
-                   "always on for models trained with sampler.init=cascade")
+                   "always on for models trained with sampler.init=cascade or frozen")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per sample into DIR")
     p.add_argument("--scale", type=int, default=2, help="enlarge the grid this many times")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cfebm.checkpoint import load_energy_net
+from cfebm.checkpoint import load_sampler
 from cfebm.config import Config, DataConfig, apply_overrides
 from cfebm.data import load_images
 from cfebm.evaluate import (
@@ -26,9 +26,9 @@ from cfebm.evaluate import (
     generate,
     load_reference,
     make_extractor,
-    reference_path,
     nearest_neighbours,
     neighbour_grid,
+    reference_path,
     save_reference,
 )
 from cfebm.sampling import sampling_schedule
@@ -64,47 +64,48 @@ def cmd_fid_ref(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    net, cfg, n_images = load_energy_net(args.checkpoint, ema=not args.no_ema, device=device)
-    cfg = _with_data_overrides(cfg, args.set)
-    data, res, channels = cfg.data, cfg.model.max_resolution, cfg.model.image_channels
+    model = load_sampler(args.checkpoint, ema=not args.no_ema, device=device)
+    cfg, growth = _with_data_overrides(model.cfg, args.set), model.growth
+    data, res, channels = cfg.data, growth.resolution, cfg.model.image_channels
     features = args.features or ("fmnist" if data.dataset == "fashion_mnist" else "inception")
     extractor = at_resolution(make_extractor(features, dataset=data.dataset, channels=channels,
                                              device=device), res)
-    ref = _reference(args, cfg, extractor, device)
-    cascade = args.cascade or cfg.sampler.init == "cascade"
-    schedule = sampling_schedule(cfg.growth, steps=args.steps, cascade=cascade)
-    batches = generate(net, args.n, schedule, cfg.sampler, noise_std=args.noise,
-                       batch_size=args.batch_size, seed=args.seed, device=device,
-                       progress=not args.no_progress)
+    ref = _reference(args, cfg, extractor, device, res)
+    cascade = args.cascade or cfg.sampler.init != "noise"
+    schedule = sampling_schedule(growth, steps=args.steps, cascade=cascade)
+    batches = generate(model.net, args.n, schedule, cfg.sampler, noise_std=args.noise,
+                       beta=growth.beta, coarse=model.coarse, batch_size=args.batch_size,
+                       seed=args.seed, device=device, progress=not args.no_progress)
     result, kept = evaluate_samples(
         batches, ref, extractor, classifier=class_predictor(data.dataset, channels, extractor,
                                                             res, device),
         kid_subsets=args.kid_subsets, keep=args.nn_samples, seed=args.seed)
-    report = {"checkpoint": str(args.checkpoint), "n_images": n_images,
+    report = {"checkpoint": str(args.checkpoint), "n_images": model.n_images,
               "ema": not args.no_ema and cfg.train.ema_decay > 0, "seed": args.seed,
               "schedule": schedule, "features": extractor.name,
               "reference": {**ref.metadata, "file": args.ref}, **dataclasses.asdict(result)}
     if args.nn_samples:
         out = args.nn_out or Path(args.checkpoint).parent / "neighbours.png"
-        report["neighbours"] = _neighbours(kept, cfg, args.nn_k, out)
+        report["neighbours"] = _neighbours(kept, cfg, args.nn_k, out, res)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
-def _reference(args: argparse.Namespace, cfg: Config, extractor, device) -> Reference:
+def _reference(args: argparse.Namespace, cfg: Config, extractor, device,
+               resolution: int) -> Reference:
     """--ref, checked against the checkpoint; else the test split, saved with --save-ref."""
     m = cfg.model
     if args.ref:
         if args.save_ref:
             raise EvalError("--save-ref saves a reference computed without --ref; drop one")
         ref = load_reference(args.ref)
-        check_reference(ref, extractor, dataset=cfg.data.dataset, resolution=m.max_resolution,
+        check_reference(ref, extractor, dataset=cfg.data.dataset, resolution=resolution,
                         image_channels=m.image_channels)
         return ref
     out = args.save_ref and reference_path(args.save_ref)
-    ref = compute_reference(cfg.data, "test", extractor, resolution=m.max_resolution,
+    ref = compute_reference(cfg.data, "test", extractor, resolution=resolution,
                             image_channels=m.image_channels, batch_size=args.batch_size,
                             device=device)
     if out:
@@ -112,13 +113,13 @@ def _reference(args: argparse.Namespace, cfg: Config, extractor, device) -> Refe
     return ref
 
 
-def _neighbours(x, cfg: Config, k: int, out: str | Path) -> dict:
+def _neighbours(x, cfg: Config, k: int, out: str | Path, resolution: int) -> dict:
     """Fig. 12: each sample beside its k nearest training images (pixel L2), as one grid."""
-    images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
+    images = load_images(cfg.data, split="train", resolution=resolution,
                          image_channels=cfg.model.image_channels)
     distances, indices = nearest_neighbours(x, images, k)
     path = save_grid(neighbour_grid(x, images, indices), out, nrow=k + 1,
-                     scale=max(1, 64 // cfg.model.max_resolution))
+                     scale=max(1, 64 // resolution))
     return {"file": str(path), "metric": "pixel L2 in [-1, 1]", "indices": indices.tolist(),
             "distances": distances.tolist()}
 
@@ -179,7 +180,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=250, help="samples per sampling batch")
     p.add_argument("--cascade", action="store_true",
                    help="sample through every coarse stage in turn (A.8) instead of Algorithm 2; "
-                   "always on for models trained with sampler.init=cascade")
+                   "always on for models trained with sampler.init=cascade or frozen")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--features", choices=FEATURES,
                    help="feature extractor (default: fmnist for Fashion-MNIST, else inception)")

@@ -72,8 +72,10 @@ class SamplerConfig:
     smooth: bool = True             # smooth MCMC sampling during a fade (Alg. 1, Sec. 3.2(ii)b)
     mix: str = "sqrt"               # "sqrt": √(1−β²)·up + β·U (Alg. 1); "linear": (1−β)·up + β·U
     # Where chains start. "noise": U(−1, 1) at the current resolution (Alg. 1 and 2 of the paper).
-    # "cascade": U(−1, 1) at the first resolution, then each stage's T(s) steps of the same
-    # expanding net at every resolution up to the current one (the authors' final train_v1).
+    # "cascade": U(−1, 1) at the first resolution, then each stage's T(s) steps at every
+    # resolution up to the current one, all by the same expanding net (authors' v0
+    # --from_beginning). "frozen": the same cascade, each coarse scale sampled by a frozen copy
+    # of the model as its stage ended (A.8, Table 9(e); the authors' final train_v1).
     init: str = "noise"
 
     def __post_init__(self):
@@ -82,7 +84,8 @@ class SamplerConfig:
         _require(self.noise_schedule in ("linear", "a2", "constant"),
                  "sampler.noise_schedule must be 'linear', 'a2' or 'constant'")
         _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
-        _require(self.init in ("noise", "cascade"), "sampler.init must be 'noise' or 'cascade'")
+        _require(self.init in ("noise", "cascade", "frozen"),
+                 "sampler.init must be 'noise', 'cascade' or 'frozen'")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfebm.config import GrowthConfig, SamplerConfig
+from cfebm.config import SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet
 
@@ -204,19 +204,22 @@ def smooth_init(
 
 def sample_negatives(
     net: EnergyNet, growth: Growth, n: int, cfg: SamplerConfig, *,
-    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    coarse: Sequence[EnergyNet] = (), generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> Tensor:
     """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1].
 
-    With ``cfg.init == "noise"`` (the paper): while a new block fades in (β < 1) and
-    ``cfg.smooth`` is set, the chains start from the coarse energy's samples (``smooth_init``),
-    otherwise from U(−1, 1); then T(s) steps of E(s)(·; β). With ``"cascade"`` (the authors'
-    final code): U(−1, 1) at the first resolution and T steps at every stage up to this one
-    (``sample`` over ``growth.cascade``). Call inside ``frozen(net)``.
+    ``cfg.init == "noise"`` (the paper): while a new block fades in (β < 1) and ``cfg.smooth``
+    is set, the chains start from the coarse energy's samples (``smooth_init``), otherwise from
+    U(−1, 1); then T(s) steps of E(s)(·; β). ``"cascade"``: U(−1, 1) at the first resolution
+    and T steps at every stage up to this one (``sample`` over ``growth.cascade``), the coarse
+    scales by ``net`` itself; ``"frozen"`` (A.8, Table 9(e)): the coarse scales by ``coarse``,
+    the frozen copies of the finished stages. Call inside ``frozen(net)``.
     """
-    if cfg.init == "cascade":
-        return sample(net, n, list(growth.cascade), cfg, beta=growth.beta, generator=generator,
+    if cfg.init != "noise":
+        return sample(net, n, list(growth.cascade), cfg, beta=growth.beta,
+                      coarse=coarse if cfg.init == "frozen" else (), generator=generator,
                       device=device, autocast=autocast)
     channels, r, beta = net.cfg.image_channels, growth.resolution, growth.beta
 
@@ -236,31 +239,21 @@ def sample_negatives(
     return langevin_cfg(energy, x, growth.n_steps, cfg, generator=generator)
 
 
-def stage_schedule(growth: Growth, cfg: SamplerConfig) -> list[tuple[int, int]]:
-    """(resolution, T) pairs that sample the model of ``growth``'s stage as it was trained:
-    Algorithm 2 at its resolution, or with ``cfg.init == "cascade"`` every stage up to it."""
-    if cfg.init == "cascade":
-        return list(growth.cascade)
-    return [(growth.resolution, growth.n_steps)]
-
-
-def sampling_schedule(growth: GrowthConfig, *, steps: int | None = None,
+def sampling_schedule(growth: Growth, *, steps: int | None = None,
                       cascade: bool = False) -> list[tuple[int, int]]:
-    """(resolution, Langevin steps) pairs for ``sample``.
+    """(resolution, Langevin steps) pairs for ``sample`` from the model of ``growth``'s stage.
 
-    Algorithm 2 at the last stage with its training T, or with ``cascade`` every stage in turn
-    (A.8) with each stage's T. ``steps`` replaces T everywhere.
+    Algorithm 2 at its resolution with its training T, or with ``cascade`` every stage up to
+    it in turn (A.8) with each stage's T. ``steps`` replaces T everywhere.
     """
-    pairs = list(zip(growth.resolutions, growth.n_steps))
-    if not cascade:
-        pairs = pairs[-1:]
+    pairs = list(growth.cascade) if cascade else [(growth.resolution, growth.n_steps)]
     return [(r, t if steps is None else steps) for r, t in pairs]
 
 
 def sample(
     net: EnergyNet, n: int, schedule: list[tuple[int, int]], cfg: SamplerConfig, *,
     noise_std: float | None = None, generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu", beta: float = 1.0,
+    device: torch.device | str = "cpu", beta: float = 1.0, coarse: Sequence[EnergyNet] = (),
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
@@ -269,7 +262,8 @@ def sample(
     ``schedule`` lists (resolution, Langevin steps) from coarse to fine. A single entry
     [(R, T)] is Algorithm 2: U(−1, 1) at R, then T steps. Several entries run a chain at each
     resolution in turn, upsampling 2× between them, e.g. [(8, 15), (16, 15), (32, 15)].
-    The last resolution sees the net at fading factor ``beta``, the others fully grown.
+    Entry k is sampled by ``coarse[k]`` when given (A.8's frozen coarse EBMs), else by ``net``;
+    the last resolution sees ``net`` at fading factor ``beta``, the others fully grown.
     ``noise_std`` sets the test-time η0 (Fig. 16). Call inside ``frozen(net)``.
 
     Returns:
@@ -278,11 +272,13 @@ def sample(
     resolutions = [r for r, _ in schedule]
     if not schedule or any(b != 2 * a for a, b in zip(resolutions, resolutions[1:])):
         raise ValueError(f"schedule must list doubling resolutions, got {resolutions}")
+    if len(coarse) >= len(schedule):
+        raise ValueError(f"{len(coarse)} coarse models for a {len(schedule)}-scale schedule")
 
-    def energy_at(b: float) -> Energy:
+    def energy_of(model: EnergyNet, b: float) -> Energy:
         def energy(x: Tensor) -> Tensor:
             with autocast():
-                return net(x, b)
+                return model(x, b)
         return energy
 
     x = init_uniform(n, net.cfg.image_channels, resolutions[0], generator=generator,
@@ -291,6 +287,7 @@ def sample(
         if k > 0:
             x = upsample(x)
         last = k == len(schedule) - 1
-        x = langevin_cfg(energy_at(beta if last else 1.0), x, n_steps, cfg, noise_std=noise_std,
-                         generator=generator, callback=callback)
+        model = coarse[k] if k < len(coarse) else net
+        x = langevin_cfg(energy_of(model, beta if last else 1.0), x, n_steps, cfg,
+                         noise_std=noise_std, generator=generator, callback=callback)
     return x

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -67,6 +67,9 @@ class TrainState:
     recoveries: int = 0      # divergences rolled back so far
     lr_scale: float = 1.0    # halved at each recovery
     train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)
+    # sampler.init="frozen" (A.8): a frozen copy of the model as each finished stage ended,
+    # which samples that stage's resolution in the cascade; coarse[k] is stage k's.
+    coarse: list[EnergyNet] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +103,15 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     return TrainState(cfg, net, ema, optimizer, generator)
 
 
+def freeze_finished_stages(state: TrainState) -> None:
+    """With ``sampler.init="frozen"``, keep a frozen copy of the sampling net (EMA when kept)
+    for every stage that has ended, taken at the first iteration after it ended (A.8)."""
+    if state.cfg.sampler.init != "frozen":
+        return
+    while len(state.coarse) < state.growth.stage:
+        state.coarse.append(copy.deepcopy(state.sampling_net()).requires_grad_(False).eval())
+
+
 def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
     """The next batch of real images at the stage's resolution, (n, C, r, r) in [−1, 1]."""
     growth, cfg = state.growth, state.cfg
@@ -119,9 +131,11 @@ def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
     n = x_data.shape[0]
 
     # Smooth MCMC sampling: negatives from the current (and, while fading, coarse) energy.
+    freeze_finished_stages(state)
     with frozen(net):
-        x_sample = sample_negatives(net, growth, n, cfg.sampler, generator=state.generator,
-                                    device=state.device, autocast=state.autocast)
+        x_sample = sample_negatives(net, growth, n, cfg.sampler, coarse=state.coarse,
+                                    generator=state.generator, device=state.device,
+                                    autocast=state.autocast)
 
     # Optimize the energy function with Eq. (2): one forward pass over data and samples.
     for group in state.optimizer.param_groups:

@@ -3,7 +3,6 @@ import torch
 
 from cfebm.config import ModelConfig
 
-
 # Two CPU cores on CI and tiny tensors in tests: one intra-op thread is several times faster
 # than two here. Set at import so that module-scoped fixtures run with it too.
 torch.set_num_threads(1)

@@ -3,7 +3,13 @@ import json
 import pytest
 
 from cfebm.config import (
-    Config, ConfigError, apply_overrides, from_dict, load_preset, preset_names, to_dict,
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_preset,
+    preset_names,
+    to_dict,
 )
 
 

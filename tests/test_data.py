@@ -20,8 +20,18 @@ from torch import Tensor
 
 from cfebm import datasets
 from cfebm.config import DataConfig
-from cfebm.data import (DATASETS, BatchStream, DataError, LazyImages, TensorImages, downsample,
-                        load_images, random_hflip, to_float, to_uint8)
+from cfebm.data import (
+    DATASETS,
+    BatchStream,
+    DataError,
+    LazyImages,
+    TensorImages,
+    downsample,
+    load_images,
+    random_hflip,
+    to_float,
+    to_uint8,
+)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

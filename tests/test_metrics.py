@@ -221,7 +221,7 @@ def test_feature_stats_pipeline_and_protocol_check():
 def explicit_unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD² with k(a, b) = (a·b/d + 1)³, written out term by term (O(n²) loops)."""
     m, d = x.shape
-    k = lambda a, b: (a @ b / d + 1.0) ** 3   # noqa: E731
+    k = lambda a, b: (a @ b / d + 1.0) ** 3
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
     xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))

@@ -9,7 +9,7 @@ from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
     init_uniform, langevin, langevin_cfg, mix_with_noise, noise_schedule, sample,
-    sample_negatives, smooth_init, stage_schedule, upsample,
+    sample_negatives, sampling_schedule, smooth_init, upsample,
 )
 
 MU, S = 0.3, 0.5
@@ -168,9 +168,9 @@ def test_cascade_runs_every_scale():
 
 def test_sampling_schedule_is_algorithm2_or_the_cascade():
     from cfebm.config import GrowthConfig
-    from cfebm.sampling import sampling_schedule
+    from cfebm.growth import growth_at, total_images
 
-    growth = GrowthConfig()
+    growth = growth_at(total_images(GrowthConfig()), GrowthConfig())
     assert sampling_schedule(growth) == [(32, 50)]
     assert sampling_schedule(growth, cascade=True) == [(8, 15), (16, 30), (32, 50)]
     assert sampling_schedule(growth, steps=0, cascade=True) == [(8, 0), (16, 0), (32, 0)]
@@ -191,8 +191,8 @@ def test_cascade_init_starts_from_the_coarsest_noise_and_runs_every_stage():
         sample_negatives(counting_net, fading, 2, SamplerConfig(init="cascade"),
                          generator=torch.Generator())
     assert steps == [(8, 1.0)] * 3 + [(16, 0.25)] * 4
-    assert stage_schedule(fading, SamplerConfig(init="cascade")) == [(8, 3), (16, 4)]
-    assert stage_schedule(fading, SamplerConfig()) == [(16, 4)]
+    assert sampling_schedule(fading, cascade=True) == [(8, 3), (16, 4)]
+    assert sampling_schedule(fading) == [(16, 4)]
 
 
 def test_cascade_init_hands_the_fine_chain_an_upsampled_coarse_image():
@@ -201,7 +201,7 @@ def test_cascade_init_hands_the_fine_chain_an_upsampled_coarse_image():
     net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
     growth = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=2, n_steps_coarse=2,
                     cascade=((8, 2), (16, 2)))
-    still = dict(step_size=1e-30, noise_std=0.0)
+    still = {"step_size": 1e-30, "noise_std": 0.0}
     with frozen(net):
         x = sample_negatives(net, growth, 3, SamplerConfig(init="cascade", **still),
                              generator=torch.Generator().manual_seed(0))
@@ -211,3 +211,25 @@ def test_cascade_init_hands_the_fine_chain_an_upsampled_coarse_image():
     assert torch.equal(x, upsample(blocks))
     assert torch.equal(blocks, init_uniform(3, 1, 8, generator=torch.Generator().manual_seed(0)))
     assert not torch.equal(y, upsample(y[..., ::2, ::2]))
+
+
+def test_frozen_init_samples_each_coarse_scale_with_its_own_copy():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    calls = []
+
+    def recording(name, model):
+        def energy(x, beta=1.0):
+            calls.append((name, x.shape[-1], beta))
+            return model(x, beta)
+        energy.cfg = model.cfg
+        return energy
+
+    coarse = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    growth = Growth(1, 16, 0.5, 10, 4, 1e-3, n_steps=2, n_steps_coarse=3,
+                    cascade=((8, 3), (16, 2)))
+    with frozen(net), frozen(coarse):
+        sample_negatives(recording("live", net), growth, 2, SamplerConfig(init="frozen"),
+                         coarse=[recording("stage 0", coarse)], generator=torch.Generator())
+    assert calls == [("stage 0", 8, 1.0)] * 3 + [("live", 16, 0.5)] * 2
+    with pytest.raises(ValueError, match="coarse models"):
+        sample(net, 2, [(16, 2)], SamplerConfig(), coarse=[coarse])

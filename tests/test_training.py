@@ -50,7 +50,7 @@ def test_train_step_updates_the_model_and_counts_images():
     assert torch.equal(before["blocks.16x16.skip.weight"], after["blocks.16x16.skip.weight"])
 
 
-@pytest.mark.parametrize("init", ["noise", "cascade"])
+@pytest.mark.parametrize("init", ["noise", "cascade", "frozen"])
 def test_resume_equals_uninterrupted_run(tmp_path, init):
     cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
                f"sampler.init={init}")
@@ -64,6 +64,21 @@ def test_resume_equals_uninterrupted_run(tmp_path, init):
     for key, value in straight.ema.state_dict().items():
         assert torch.equal(value, resumed.ema.state_dict()[key]), key
     assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    assert len(straight.coarse) == len(resumed.coarse) == (init == "frozen")
+    for a, b in zip(straight.coarse, resumed.coarse):
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_frozen_coarse_copy_is_the_model_as_its_stage_ended(tmp_path):
+    # A.8 / Table 9(e): the 8² sampler of stage 2 is the stage-1 model, untouched by stage 2.
+    cfg = tiny("train.ema_decay=0.9", "sampler.init=frozen")
+    state = run_training(cfg, tmp_path, progress=False)
+    ended = read(tmp_path / "checkpoints" / "stage0-8x8.pt")
+    assert len(state.coarse) == 1 and not any(p.requires_grad for p in state.coarse[0].parameters())
+    for key, value in state.coarse[0].state_dict().items():
+        assert torch.equal(value, ended["ema"][key]), key
+    assert not torch.equal(state.ema.state_dict()["head.weight"], ended["ema"]["head.weight"])
 
 
 def test_existing_run_needs_resume_and_same_model(tmp_path):

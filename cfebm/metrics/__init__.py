@@ -29,12 +29,12 @@ from cfebm.metrics.fid import (
 )
 
 __all__ = [
-    "FeatureExtractor",
     "FMNISTFeatures",
-    "InceptionFeatures",
-    "class_coverage",
+    "FeatureExtractor",
     "FeatureStats",
+    "InceptionFeatures",
     "check_compatible",
+    "class_coverage",
     "feature_stats",
     "fid_from_stats",
     "frechet_distance",
