@@ -92,6 +92,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"parameters      {count_parameters(net):,} in total, "
         f"{count_parameters(net, m.max_resolution):,} used at {m.max_resolution}x{m.max_resolution}",
         f"EMA weights     {'yes' if ckpt['ema'] is not None else 'no'}",
+        f"sampler         init={cfg.sampler.init}, {len(ckpt.get('coarse', []))} frozen coarse "
+        f"model(s), step {cfg.sampler.step_size:g}, noise {cfg.sampler.noise_std:g} "
+        f"({cfg.sampler.noise_schedule})",
         f"recoveries      {ckpt['recoveries']} (learning-rate scale {ckpt['lr_scale']})",
         f"data            {cfg.data.dataset}",
         "schedule        " + ", ".join(
