@@ -104,12 +104,17 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
 
 
 def freeze_finished_stages(state: TrainState) -> None:
-    """With ``sampler.init="frozen"``, keep a frozen copy of the sampling net (EMA when kept)
-    for every stage that has ended, taken at the first iteration after it ended (A.8)."""
+    """With ``sampler.init="frozen"``, keep a frozen copy of the trained net for every stage
+    that has ended, taken at the first iteration after it ended (A.8).
+
+    The trained weights, not the EMA: at β = 0 the grown net equals the trained net on pooled
+    input, so its chains start in equilibrium with it. An EMA that lags the weights would hand
+    the new stage negatives from an older model, whose energy the new stage then drives up.
+    """
     if state.cfg.sampler.init != "frozen":
         return
     while len(state.coarse) < state.growth.stage:
-        state.coarse.append(copy.deepcopy(state.sampling_net()).requires_grad_(False).eval())
+        state.coarse.append(copy.deepcopy(state.net).requires_grad_(False).eval())
 
 
 def data_batch(state: TrainState, stream: BatchStream) -> Tensor:

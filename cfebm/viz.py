@@ -60,7 +60,7 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     if not metrics_path.exists():
         return None
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in rows if "e_data" in r]  # training rows, not recovery or eval events
     if not rows:
         return None
     kimg = [r["n_images"] / 1000 for r in rows]

@@ -77,8 +77,8 @@ def test_frozen_coarse_copy_is_the_model_as_its_stage_ended(tmp_path):
     ended = read(tmp_path / "checkpoints" / "stage0-8x8.pt")
     assert len(state.coarse) == 1 and not any(p.requires_grad for p in state.coarse[0].parameters())
     for key, value in state.coarse[0].state_dict().items():
-        assert torch.equal(value, ended["ema"][key]), key
-    assert not torch.equal(state.ema.state_dict()["head.weight"], ended["ema"]["head.weight"])
+        assert torch.equal(value, ended["model"][key]), key
+    assert not torch.equal(state.net.state_dict()["head.weight"], ended["model"]["head.weight"])
 
 
 def test_existing_run_needs_resume_and_same_model(tmp_path):

@@ -1,0 +1,28 @@
+import json
+
+import torch
+from PIL import Image
+
+from cfebm.viz import plot_metrics, save_grid
+
+
+def test_plot_metrics_skips_recovery_and_eval_events(tmp_path):
+    rows = [
+        {"n_images": 64, "stage": 0, "loss": 0.1, "e_data": -1.0, "e_sample": -0.9},
+        {"event": "recovery", "n_images": 96, "rolled_back_to": 64, "loss": -1e4},
+        {"n_images": 128, "eval_fid": 80.0, "eval_resolution": 8},
+        {"n_images": 128, "stage": 1, "loss": 0.2, "e_data": -2.0, "e_sample": -1.8},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = plot_metrics(path, tmp_path / "training.png")
+    assert Image.open(out).size[0] > 100
+    path.write_text(json.dumps(rows[1]) + "\n")
+    assert plot_metrics(path, tmp_path / "none.png") is None
+
+
+def test_save_grid_writes_the_pixels_it_is_given(tmp_path):
+    x = torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 4, 4)
+    out = save_grid(x, tmp_path / "grid.png", nrow=2, padding=0)
+    pixels = torch.tensor(list(Image.open(out).convert("L").getdata())).view(4, 8)
+    assert pixels[:, :4].eq(0).all() and pixels[:, 4:].eq(255).all()
