@@ -17,7 +17,8 @@ def test_plot_metrics_skips_recovery_and_eval_events(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = plot_metrics(path, tmp_path / "training.png")
-    assert Image.open(out).size[0] > 100
+    with Image.open(out) as image:
+        assert image.size[0] > 100
     path.write_text(json.dumps(rows[1]) + "\n")
     assert plot_metrics(path, tmp_path / "none.png") is None
 
@@ -25,5 +26,6 @@ def test_plot_metrics_skips_recovery_and_eval_events(tmp_path):
 def test_save_grid_writes_the_pixels_it_is_given(tmp_path):
     x = torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 4, 4)
     out = save_grid(x, tmp_path / "grid.png", nrow=2, padding=0)
-    pixels = torch.from_numpy(np.asarray(Image.open(out).convert("L")))
+    with Image.open(out) as image:
+        pixels = torch.from_numpy(np.asarray(image.convert("L")))
     assert pixels[:, :4].eq(0).all() and pixels[:, 4:].eq(255).all()
