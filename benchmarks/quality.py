@@ -160,10 +160,12 @@ def report(out: Path) -> None:
     plot_grids(out)
 
 
-def _main_runs(out: Path) -> list[tuple[str, Path]]:
-    """(label, run folder) of every main-budget run under ``out``."""
-    return [(f"{r['variant']} (seed {r['seed']})", out / slug(r["variant"], r["seed"]))
-            for r in results(out) if r["variant"] in MAIN and not r.get("diverged")]
+def _main_runs(out: Path, diverged: bool = False) -> list[tuple[str, Path]]:
+    """(label, run folder) of every main-budget run under ``out``; ``diverged`` keeps those
+    that ended in divergence (their curves stop there)."""
+    return [(f"{r['variant']} (seed {r['seed']}{', diverged' if r.get('diverged') else ''})",
+             out / slug(r["variant"], r["seed"]))
+            for r in results(out) if r["variant"] in MAIN and (diverged or not r.get("diverged"))]
 
 
 def plot_curves(out: Path) -> None:
@@ -173,14 +175,20 @@ def plot_curves(out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, run_dir in _main_runs(out):
+    markers = {8: "v", 16: "s", 32: "o"}
+    for k, (label, run_dir) in enumerate(_main_runs(out, diverged=True)):
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         evals = [json.loads(line) for line in lines if "eval_fid" in line]
-        for res, marker in ((8, "v"), (16, "s"), (32, "o")):
+        color = f"C{k}"
+        ax.plot([e["train_seconds"] / 60 for e in evals], [e["eval_fid"] for e in evals],
+                color=color, label=label)
+        for res, marker in markers.items():
             pts = [(e["train_seconds"] / 60, e["eval_fid"]) for e in evals
                    if e["eval_resolution"] == res]
             if pts:
-                ax.plot(*zip(*pts), marker=marker, label=f"{label} at {res}²")
+                ax.plot(*zip(*pts), marker=marker, color=color, linestyle="none")
+    for res, marker in markers.items():
+        ax.plot([], [], marker=marker, color="gray", linestyle="none", label=f"evaluated at {res}²")
     ax.set_xlabel("minutes of training (1 CPU thread)")
     ax.set_ylabel("FMNIST-FID (500 samples, vs test at that resolution)")
     ax.set_yscale("log")
