@@ -2,10 +2,12 @@
 
 Every variant trains for the same wall-clock budget of training iterations (evaluations, grids
 and checkpoints are not counted) and is then scored by FMNIST-FID, KID and class coverage of
-``--eval-n`` samples (Algorithm 2, EMA weights) against the test split at its final resolution.
+``--eval-n`` samples (drawn as the variant was trained, from the EMA and from the trained
+weights) against the test split at its final resolution.
 
-- main (32²): (a) CF-EBM 8 → 16 → 32 against (b) the same network trained at 32² only
-  (Table 9(d)); both log a small-sample FID during training for the FID-against-time plot.
+- main (32²): (a) CF-EBM 8 → 16 → 32, with the chains started as in the paper, by the cascade
+  or by the frozen cascade of A.8, against (b) the same network trained at 32² only
+  (Table 9(d)); all log a small-sample FID during training for the FID-against-time plot.
 - ablations (16², a shorter budget): activations (Table 8) and the components of Table 9(a)–(c).
 
 Runs go two at a time, one thread each, so a pair shares the 2 cores evenly.
@@ -96,19 +98,22 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
     extractor = at_resolution(make_extractor("fmnist", dataset="fashion_mnist", channels=1),
                               resolution)
     ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
-    # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade).
+    # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade),
+    # with the EMA and with the trained weights: a slow EMA lags short runs badly.
     schedule = sampling_schedule(growth, cascade=cfg.sampler.init != "noise")
-    batches = generate(state.sampling_net(), eval_n, schedule, cfg.sampler, beta=growth.beta,
-                       coarse=state.coarse, seed=seed)
-    metrics, kept = evaluate_samples(
-        batches, ref, extractor, keep=64,
-        classifier=class_predictor("fashion_mnist", 1, extractor, resolution))
-    save_grid(kept, run_dir / "eval_samples.png", scale=max(1, 64 // resolution))
-    result.update(
-        diverged=False, images=state.n_images, recoveries=state.recoveries,
-        train_seconds=state.train_seconds, stage=growth.stage, resolution=resolution,
-        beta=growth.beta, fid=metrics.fid, kid=metrics.kid, kid_std=metrics.kid_std,
-        coverage=metrics.coverage)
+    result.update(diverged=False, images=state.n_images, recoveries=state.recoveries,
+                  train_seconds=state.train_seconds, stage=growth.stage, resolution=resolution,
+                  beta=growth.beta)
+    nets = [("", state.sampling_net())] + ([("_raw", state.net)] if state.ema is not None else [])
+    for suffix, net in nets:
+        batches = generate(net, eval_n, schedule, cfg.sampler, beta=growth.beta,
+                           coarse=state.coarse, seed=seed)
+        metrics, kept = evaluate_samples(
+            batches, ref, extractor, keep=64,
+            classifier=class_predictor("fashion_mnist", 1, extractor, resolution))
+        save_grid(kept, run_dir / f"eval_samples{suffix}.png", scale=max(1, 64 // resolution))
+        result.update({f"fid{suffix}": metrics.fid, f"kid{suffix}": metrics.kid,
+                       f"kid_std{suffix}": metrics.kid_std, f"coverage{suffix}": metrics.coverage})
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -141,18 +146,20 @@ def results(out: Path) -> list[dict]:
 def report(out: Path) -> None:
     """Markdown table of the results, the FID-against-time plot and the main sample grids."""
     lines = ["| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "
-             "classes within ±50% of uniform | entropy (nats) | recoveries |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "classes within ±50% of uniform | entropy (nats) | recoveries | FMNIST-FID, "
+             "trained weights |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results(out):
         head = f"| {r['variant']} | {r['seed']} | {r['minutes']:g} "
         if r.get("diverged"):
-            lines.append(head + "| — | — | diverged | — | — | — | — |")
+            lines.append(head + "| — | — | diverged | — | — | — | — | — |")
             continue
         cov = r["coverage"] or {}
+        raw = f"{r['fid_raw']:.1f}" if "fid_raw" in r else "—"
         lines.append(
             head + f"| {r['images']:,} | {r['resolution']}² ({r['beta']:.2f}) | {r['fid']:.1f} "
             f"| {r['kid']:.2f} ± {r['kid_std']:.2f} | {cov.get('n_covered', '—')} "
-            f"| {cov.get('entropy', float('nan')):.3f} | {r['recoveries']} |")
+            f"| {cov.get('entropy', float('nan')):.3f} | {r['recoveries']} | {raw} |")
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n")
     print(table)
