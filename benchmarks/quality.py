@@ -100,7 +100,7 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
     ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
     # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade),
     # with the EMA and with the trained weights: a slow EMA lags short runs badly.
-    schedule = sampling_schedule(growth, cascade=cfg.sampler.init != "noise")
+    schedule = sampling_schedule(growth, init=cfg.sampler.init)
     result.update(diverged=False, images=state.n_images, recoveries=state.recoveries,
                   train_seconds=state.train_seconds, stage=growth.stage, resolution=resolution,
                   beta=growth.beta)

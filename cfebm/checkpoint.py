@@ -9,7 +9,6 @@ renamed over the target, so a crash can never leave a half-written checkpoint be
 
 from __future__ import annotations
 
-import copy
 import os
 import uuid
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from cfebm import __version__
 from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.growth import Growth, growth_at
-from cfebm.model import EnergyNet
+from cfebm.model import EnergyNet, frozen_copy
 from cfebm.training import TrainState, new_state, resolve_device
 
 FORMAT = "cfebm-train-state-v1"
@@ -118,7 +117,7 @@ def _coarse_nets(ckpt: dict[str, Any], like: EnergyNet) -> list[EnergyNet]:
     """The frozen coarse-stage copies of a checkpoint (A.8), built like ``like``."""
     nets = []
     for weights in ckpt.get("coarse", []):
-        net = copy.deepcopy(like).requires_grad_(False).eval()
+        net = frozen_copy(like)
         net.load_state_dict(weights)
         nets.append(net)
     return nets

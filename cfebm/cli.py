@@ -60,8 +60,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError("--n must be >= 1 and --steps >= 0")
     device = resolve_device(args.device)
     model = load_sampler(args.checkpoint, ema=not args.no_ema, device=device)
-    cascade = args.cascade or model.cfg.sampler.init != "noise"
-    schedule = sampling_schedule(model.growth, steps=args.steps, cascade=cascade)
+    schedule = sampling_schedule(model.growth, steps=args.steps, cascade=args.cascade,
+                                 init=model.cfg.sampler.init)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with frozen(model.net):
         x = sample(model.net, args.n, schedule, model.cfg.sampler, noise_std=args.noise,

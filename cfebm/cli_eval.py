@@ -71,8 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     extractor = at_resolution(make_extractor(features, dataset=data.dataset, channels=channels,
                                              device=device), res)
     ref = _reference(args, cfg, extractor, device, res)
-    cascade = args.cascade or cfg.sampler.init != "noise"
-    schedule = sampling_schedule(growth, steps=args.steps, cascade=cascade)
+    schedule = sampling_schedule(growth, steps=args.steps, cascade=args.cascade,
+                                 init=cfg.sampler.init)
     batches = generate(model.net, args.n, schedule, cfg.sampler, noise_std=args.noise,
                        beta=growth.beta, coarse=model.coarse, batch_size=args.batch_size,
                        seed=args.seed, device=device, progress=not args.no_progress)

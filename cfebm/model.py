@@ -17,6 +17,7 @@ disagree. Growing to the next resolution therefore keeps every trained coarse we
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 
@@ -185,6 +186,11 @@ def count_parameters(net: EnergyNet, resolution: int | None = None) -> int:
     """Number of parameters: all of them, or those used at ``resolution`` with β = 1."""
     params = net.parameters() if resolution is None else net.parameters_at(resolution)
     return sum(p.numel() for p in params)
+
+
+def frozen_copy(net: EnergyNet) -> EnergyNet:
+    """An independent copy of ``net`` in eval mode without parameter gradients."""
+    return copy.deepcopy(net).requires_grad_(False).eval()
 
 
 @contextlib.contextmanager

@@ -202,6 +202,15 @@ def smooth_init(
 # Sampling from an EnergyNet: Algorithm 1's negatives, Algorithm 2 and the cascade (A.8)
 
 
+def energy_of(net: EnergyNet, beta: float,
+              autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Energy:
+    """``net`` at fading factor ``beta`` as an energy function, run under ``autocast``."""
+    def energy(x: Tensor) -> Tensor:
+        with autocast():
+            return net(x, beta)
+    return energy
+
+
 def sample_negatives(
     net: EnergyNet, growth: Growth, n: int, cfg: SamplerConfig, *,
     coarse: Sequence[EnergyNet] = (), generator: torch.Generator | None = None,
@@ -222,30 +231,24 @@ def sample_negatives(
                       coarse=coarse if cfg.init == "frozen" else (), generator=generator,
                       device=device, autocast=autocast)
     channels, r, beta = net.cfg.image_channels, growth.resolution, growth.beta
-
-    def energy(x: Tensor) -> Tensor:
-        with autocast():
-            return net(x, beta)
-
-    def coarse_energy(x: Tensor) -> Tensor:
-        with autocast():
-            return net(x)
-
     if growth.fading and cfg.smooth:
-        x = smooth_init(coarse_energy, n, channels, r, beta, growth.n_steps_coarse, cfg,
-                        generator=generator, device=device)
+        x = smooth_init(energy_of(net, 1.0, autocast), n, channels, r, beta,
+                        growth.n_steps_coarse, cfg, generator=generator, device=device)
     else:
         x = init_uniform(n, channels, r, generator=generator, device=device)
-    return langevin_cfg(energy, x, growth.n_steps, cfg, generator=generator)
+    return langevin_cfg(energy_of(net, beta, autocast), x, growth.n_steps, cfg,
+                        generator=generator)
 
 
-def sampling_schedule(growth: Growth, *, steps: int | None = None,
-                      cascade: bool = False) -> list[tuple[int, int]]:
+def sampling_schedule(growth: Growth, *, steps: int | None = None, cascade: bool = False,
+                      init: str = "noise") -> list[tuple[int, int]]:
     """(resolution, Langevin steps) pairs for ``sample`` from the model of ``growth``'s stage.
 
-    Algorithm 2 at its resolution with its training T, or with ``cascade`` every stage up to
-    it in turn (A.8) with each stage's T. ``steps`` replaces T everywhere.
+    Algorithm 2 at its resolution with its training T, or every stage up to it in turn (A.8)
+    with each stage's T when ``cascade`` is asked for or the model was trained with cascade
+    chains (``init``, its ``sampler.init``). ``steps`` replaces T everywhere.
     """
+    cascade = cascade or init != "noise"
     pairs = list(growth.cascade) if cascade else [(growth.resolution, growth.n_steps)]
     return [(r, t if steps is None else steps) for r, t in pairs]
 
@@ -274,13 +277,6 @@ def sample(
         raise ValueError(f"schedule must list doubling resolutions, got {resolutions}")
     if len(coarse) >= len(schedule):
         raise ValueError(f"{len(coarse)} coarse models for a {len(schedule)}-scale schedule")
-
-    def energy_of(model: EnergyNet, b: float) -> Energy:
-        def energy(x: Tensor) -> Tensor:
-            with autocast():
-                return model(x, b)
-        return energy
-
     x = init_uniform(n, net.cfg.image_channels, resolutions[0], generator=generator,
                      device=device)
     for k, (_, n_steps) in enumerate(schedule):
@@ -288,6 +284,6 @@ def sample(
             x = upsample(x)
         last = k == len(schedule) - 1
         model = coarse[k] if k < len(coarse) else net
-        x = langevin_cfg(energy_of(model, beta if last else 1.0), x, n_steps, cfg,
+        x = langevin_cfg(energy_of(model, beta if last else 1.0, autocast), x, n_steps, cfg,
                          noise_std=noise_std, generator=generator, callback=callback)
     return x

@@ -19,7 +19,7 @@ from torch import Tensor
 from cfebm.config import Config
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.growth import Growth, growth_at
-from cfebm.model import EnergyNet, frozen
+from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import sample_negatives
 
 
@@ -114,7 +114,7 @@ def freeze_finished_stages(state: TrainState) -> None:
     if state.cfg.sampler.init != "frozen":
         return
     while len(state.coarse) < state.growth.stage:
-        state.coarse.append(copy.deepcopy(state.net).requires_grad_(False).eval())
+        state.coarse.append(frozen_copy(state.net))
 
 
 def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
