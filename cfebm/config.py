@@ -25,6 +25,9 @@ class ModelConfig:
     spectral_norm: bool = True      # on the main-path convolutions (Table 9(b))
     residual: bool = True           # 1x1 conv + pool branch in each Primal block (Table 9(c))
     head: str = "linear"            # "linear" (Table 6) or "mlp" (the authors' --projection head)
+    # The authors' EqualConv/EqualLinear on FromRGB, the residual skips and the head: N(0, 1)
+    # weights scaled by √(2/fan_in) at run time, zero bias (REFERENCE §2.2). The paper is silent.
+    equalized_lr: bool = False
 
     def __post_init__(self):
         _require(self.channels >= 1, "model.channels must be >= 1")
@@ -68,7 +71,10 @@ class SamplerConfig:
     step_size: float = 1.0          # A.2: "the Langevin step size as 1.0"
     noise_std: float = 0.015        # η0; the authors' final scripts and Fig. 18 use 0.015
     noise_schedule: str = "linear"  # "linear" (to 0, Sec. 3.1), "a2" (A.2 formula), "constant"
-    clamp: bool = True              # keep the chain in [-1, 1] after every step
+    clamp: bool = True              # keep the chain in [-1, 1]
+    # True: clamp after every Langevin step (ours); False: only at the end of each scale's chain
+    # and after upsampling (the authors' scripts). The paper is silent.
+    clamp_every_step: bool = True
     smooth: bool = True             # smooth MCMC sampling during a fade (Alg. 1, Sec. 3.2(ii)b)
     mix: str = "sqrt"               # "sqrt": √(1−β²)·up + β·U (Alg. 1); "linear": (1−β)·up + β·U
     # Where chains start. "noise": U(−1, 1) at the current resolution (Alg. 1 and 2 of the paper).

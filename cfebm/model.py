@@ -21,6 +21,7 @@ import copy
 import math
 from collections.abc import Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -78,6 +79,45 @@ def _conv(cin: int, cout: int, kernel: int, padding: int, sn: bool) -> nn.Module
     return spectral_norm(conv) if sn else conv
 
 
+class EqualConv2d(nn.Conv2d):
+    """A convolution with an equalised learning rate (PGGAN; the authors' EqualConv2d).
+
+    The stored weight is N(0, 1) and the bias 0; the forward pass uses weight·√(2/fan_in), so
+    Adam's steps move every layer's effective weights by the same relative amount.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, padding: int = 0):
+        super().__init__(cin, cout, kernel, padding=padding)
+        nn.init.normal_(self.weight)
+        nn.init.zeros_(self.bias)
+        self.scale = math.sqrt(2.0 / (cin * kernel * kernel))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * self.scale, self.bias)
+
+
+class EqualLinear(nn.Linear):
+    """A linear layer with an equalised learning rate: N(0, 1) weights times √(2/fan_in)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout)
+        nn.init.normal_(self.weight)
+        nn.init.zeros_(self.bias)
+        self.scale = math.sqrt(2.0 / cin)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+def _plain_conv(cin: int, cout: int, cfg: ModelConfig) -> nn.Module:
+    """A 1×1 convolution outside the spectrally normalised path: FromRGB and the skips."""
+    return EqualConv2d(cin, cout, 1) if cfg.equalized_lr else nn.Conv2d(cin, cout, 1)
+
+
+def _linear(cin: int, cout: int, cfg: ModelConfig) -> nn.Module:
+    return EqualLinear(cin, cout) if cfg.equalized_lr else nn.Linear(cin, cout)
+
+
 class Primal(nn.Module):
     """3×3 conv, act, 3×3 conv, 2×2 avg-pool, act; plus an optional 1×1 conv + pool residual.
 
@@ -90,7 +130,7 @@ class Primal(nn.Module):
         self.conv1 = _conv(cin, cout, 3, 1, cfg.spectral_norm)
         self.conv2 = _conv(cout, cout, 3, 1, cfg.spectral_norm)
         self.act = make_activation(cfg.activation)
-        self.skip = nn.Conv2d(cin, cout, 1) if cfg.residual else None
+        self.skip = _plain_conv(cin, cout, cfg) if cfg.residual else None
 
     def forward(self, h: Tensor) -> Tensor:
         out = self.act(F.avg_pool2d(self.conv2(self.act(self.conv1(h))), 2))
@@ -114,10 +154,10 @@ class Top(nn.Module):
 
 def _head(width: int, cfg: ModelConfig) -> nn.Module:
     if cfg.head == "linear":
-        return nn.Linear(width, 1)
+        return _linear(width, 1, cfg)
     # The authors' "--projection" head: an MLP 4c -> 16c -> 1 (REFERENCE §2.2).
     return nn.Sequential(
-        nn.Linear(width, 4 * width), make_activation(cfg.activation), nn.Linear(4 * width, 1)
+        _linear(width, 4 * width, cfg), make_activation(cfg.activation), _linear(4 * width, 1, cfg)
     )
 
 
@@ -143,7 +183,7 @@ class EnergyNet(nn.Module):
         self.from_rgb = nn.ModuleDict()
         self.blocks = nn.ModuleDict()
         for r in self.resolutions:
-            self.from_rgb[f"{r}x{r}"] = nn.Conv2d(cfg.image_channels, channels_at(r, c), 1)
+            self.from_rgb[f"{r}x{r}"] = _plain_conv(cfg.image_channels, channels_at(r, c), cfg)
             self.blocks[f"{r}x{r}"] = Primal(channels_at(r, c), channels_at(r // 2, c), cfg)
         self.top = Top(top_width, cfg)
         self.head = _head(top_width, cfg)
@@ -158,7 +198,10 @@ class EnergyNet(nn.Module):
         while r > 8:
             r //= 2
             h = self.blocks[f"{r}x{r}"](h)
-        return self.head(self.top(h)).squeeze(1).float()
+        features = self.top(h).float()
+        # The head sets the energy's scale: it runs in fp32 even under bf16 autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(features).squeeze(1)
 
     def _check_input(self, x: Tensor, beta: float) -> int:
         if x.ndim != 4 or x.shape[1] != self.cfg.image_channels or x.shape[2] != x.shape[3]:

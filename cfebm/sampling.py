@@ -148,13 +148,18 @@ def langevin_cfg(
 ) -> Tensor:
     """``langevin`` with the step size, noise schedule and clamp of a ``SamplerConfig``.
 
-    ``noise_std`` overrides the config's η0 (the test-time noise level of Fig. 16).
+    ``noise_std`` overrides the config's η0 (the test-time noise level of Fig. 16). With
+    ``cfg.clamp`` the result lies in [−1, 1]: clamped after every step, or only at the end when
+    ``cfg.clamp_every_step`` is off.
     """
     eta0 = cfg.noise_std if noise_std is None else noise_std
-    return langevin(
+    every_step = cfg.clamp and cfg.clamp_every_step
+    x = langevin(
         energy, x, n_steps, cfg.step_size, noise_schedule(cfg.noise_schedule, n_steps, eta0),
-        clamp=(-1.0, 1.0) if cfg.clamp else None, generator=generator, **kwargs,
+        clamp=(-1.0, 1.0) if every_step else None, generator=generator, **kwargs,
     )
+    # The authors clamp once, at the end of each scale's chain (upsampling keeps the range).
+    return x.clamp_(-1.0, 1.0) if cfg.clamp and not every_step else x
 
 
 # ------------------------------------------------------------------------------------------------

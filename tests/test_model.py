@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from cfebm.config import ModelConfig
-from cfebm.model import ACTIVATIONS, EnergyNet, channels_at, count_parameters, frozen
+from cfebm.model import (
+    ACTIVATIONS,
+    EnergyNet,
+    EqualConv2d,
+    EqualLinear,
+    channels_at,
+    count_parameters,
+    frozen,
+)
 
 
 @pytest.mark.parametrize("resolution", [8, 16, 32])
@@ -113,3 +121,41 @@ def test_spectral_norm_power_iteration_frozen_in_eval(tiny_model_cfg):
     assert before and all(torch.equal(v, after[k]) for k, v in before.items())
     net.train()(torch.rand(2, 1, 16, 16))
     assert any(not torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_equalized_layers_scale_unit_normal_weights_at_run_time():
+    """EqualConv2d/EqualLinear (REFERENCE §2.2): stored N(0, 1) weights, zero bias, and a forward
+    pass equal to the plain layer with weight·√(2/fan_in)."""
+    torch.manual_seed(0)
+    conv, lin = EqualConv2d(8, 64, 3, padding=1), EqualLinear(256, 512)
+    for layer in (conv, lin):
+        assert abs(layer.weight.std().item() - 1.0) < 0.05 and not layer.bias.any()
+        layer.bias.data.normal_()
+    x = torch.randn(2, 8, 5, 5)
+    expected = F.conv2d(x, conv.weight * (2 / (8 * 9)) ** 0.5, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), expected)
+    h = torch.randn(3, 256)
+    torch.testing.assert_close(lin(h), h @ (lin.weight * (2 / 256) ** 0.5).T + lin.bias)
+
+
+def test_equalized_lr_replaces_exactly_fromrgb_skips_and_head():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16,
+                                equalized_lr=True, head="mlp")).eval()
+    equal = {n for n, m in net.named_modules() if isinstance(m, (EqualConv2d, EqualLinear))}
+    assert equal == {"from_rgb.8x8", "from_rgb.16x16", "blocks.8x8.skip", "blocks.16x16.skip",
+                     "head.0", "head.2"}
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    torch.testing.assert_close(net(x, beta=0.0), net(F.avg_pool2d(x, 2)), rtol=0, atol=1e-6)
+
+
+def test_head_runs_in_fp32_under_bf16_autocast(tiny_model_cfg):
+    """The head sets the energy scale, so only the features may be rounded to bf16."""
+    net = EnergyNet(tiny_model_cfg).eval()
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        energy = net(x)
+        h = net.blocks["8x8"](net.blocks["16x16"](net.from_rgb["16x16"](x)))
+        features = net.top(h)
+    assert features.dtype == torch.bfloat16 and energy.dtype == torch.float32
+    expected = features.float() @ net.head.weight.T + net.head.bias
+    torch.testing.assert_close(energy, expected.squeeze(1), rtol=0, atol=0)

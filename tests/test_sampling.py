@@ -233,3 +233,15 @@ def test_frozen_init_samples_each_coarse_scale_with_its_own_copy():
     assert calls == [("stage 0", 8, 1.0)] * 3 + [("live", 16, 0.5)] * 2
     with pytest.raises(ValueError, match="coarse models"):
         sample(net, 2, [(16, 2)], SamplerConfig(), coarse=[coarse])
+
+
+@pytest.mark.parametrize("every_step", [True, False])
+def test_clamp_every_step_or_only_at_the_end(every_step):
+    """E(x) = −3·Σx pushes every pixel up by 3 per step: clamped after each step the chain sits
+    at 1 throughout; clamped only at the end (the authors' scripts) it runs past 1 first."""
+    cfg = SamplerConfig(noise_std=0.0, clamp_every_step=every_step)
+    seen = []
+    x = langevin_cfg(lambda x: -3.0 * x.flatten(1).sum(1), torch.zeros(2, 1, 4, 4), 3, cfg,
+                     callback=lambda s: seen.append(s.x.max().item()))
+    assert torch.equal(x, torch.ones_like(x))
+    assert seen == ([1.0, 1.0, 1.0] if every_step else [3.0, 6.0, 9.0])
