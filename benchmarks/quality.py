@@ -34,11 +34,10 @@ from cfebm.evaluate import (
     class_predictor,
     compute_reference,
     evaluate_samples,
-    generate,
     make_extractor,
 )
 from cfebm.runner import RunError, run_training
-from cfebm.sampling import sampling_schedule
+from cfebm.trained import TrainedModel
 from cfebm.viz import save_grid
 
 LONG = ["growth.stage_images=[12_800, 32_000, 100_000_000]"]
@@ -100,14 +99,13 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
     ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
     # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade),
     # with the EMA and with the trained weights: a slow EMA lags short runs badly.
-    schedule = sampling_schedule(growth, init=cfg.sampler.init)
     result.update(diverged=False, images=state.n_images, recoveries=state.recoveries,
                   train_seconds=state.train_seconds, stage=growth.stage, resolution=resolution,
                   beta=growth.beta)
-    nets = [("", state.sampling_net())] + ([("_raw", state.net)] if state.ema is not None else [])
-    for suffix, net in nets:
-        batches = generate(net, eval_n, schedule, cfg.sampler, beta=growth.beta,
-                           coarse=state.coarse, seed=seed)
+    models = [("", TrainedModel.from_state(state))] + (
+        [("_raw", TrainedModel.from_state(state, ema=False))] if state.ema is not None else [])
+    for suffix, model in models:
+        batches = model.sample_batches(eval_n, seed=seed)
         metrics, kept = evaluate_samples(
             batches, ref, extractor, keep=64,
             classifier=class_predictor("fashion_mnist", 1, extractor, resolution))

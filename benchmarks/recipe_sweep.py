@@ -28,14 +28,13 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from cfebm.config import Config, apply_overrides, load_preset
 from cfebm.evaluate import at_resolution, class_predictor, compute_reference, evaluate_samples, \
-    generate, make_extractor
+    make_extractor
 from cfebm.growth import growth_at
 from cfebm.runner import RunError, run_training
-from cfebm.sampling import sampling_schedule
+from cfebm.trained import TrainedModel
 from cfebm.viz import save_grid
 
 # The quick start's settings carried to 32² (issue 11's first trial: FID 112 at 30 minutes).
@@ -159,30 +158,21 @@ def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:
                                              device=device), g.resolution)
     ref = compute_reference(cfg.data, "test", extractor, resolution=g.resolution,
                             image_channels=1, device=device)
-    schedule = sampling_schedule(g, init=cfg.sampler.init)
-    weights = {"model": state.net}
+    models = {"model": TrainedModel.from_state(state, ema=False)}
     if state.ema is not None:
-        weights["ema"] = state.ema
-    for key, net in weights.items():
-        batches = generate(net, args.eval_n, schedule, cfg.sampler, beta=g.beta,
-                           coarse=state.coarse, seed=cfg.train.seed, device=device)
+        models["ema"] = TrainedModel.from_state(state)
+    for key, model in models.items():
+        batches = model.sample_batches(args.eval_n, seed=cfg.train.seed)
         metrics, kept = evaluate_samples(
             batches, ref, extractor, keep=64,
             classifier=class_predictor("fashion_mnist", 1, extractor, g.resolution))
         save_grid(kept, run_dir / f"eval_{key}.png", scale=max(1, 64 // g.resolution))
         result[key] = {"fid": metrics.fid, "kid": metrics.kid, "kid_std": metrics.kid_std,
                        "coverage": metrics.coverage}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()},
-                  run_dir / f"{key}.safetensors", metadata={"config": json.dumps(cfg_dict(cfg))})
+        model.export(run_dir / f"{key}.safetensors")
     result["wall_seconds"] = time.time() - started
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def cfg_dict(cfg: Config) -> dict:
-    from cfebm.config import to_dict
-
-    return to_dict(cfg)
 
 
 def run_all(out: Path, args: argparse.Namespace) -> None:

@@ -10,8 +10,8 @@ renamed over the target, so a crash can never leave a half-written checkpoint be
 from __future__ import annotations
 
 import os
+import pickle
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import torch
 
 from cfebm import __version__
 from cfebm.config import Config, ConfigError, from_dict, to_dict
-from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen_copy
 from cfebm.training import TrainState, new_state, resolve_device
 
@@ -78,7 +77,14 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
+    except pickle.UnpicklingError as e:
+        if "was not an allowed global" not in str(e):  # not a pickle of tensors at all
+            raise CheckpointError(f"cannot read {str(path)!r} as a cfebm checkpoint (not a "
+                                  "PyTorch file of weights)") from e
+        # weights_only refused to build an object that is not a tensor or a plain container
+        raise CheckpointError(f"{str(path)!r} holds objects that are not weights; it was not "
+                              "loaded") from e
+    except Exception as e:  # torch raises several types for corrupt files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"cannot read {str(path)!r} as a cfebm checkpoint ({reason})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -121,28 +127,3 @@ def _coarse_nets(ckpt: dict[str, Any], like: EnergyNet) -> list[EnergyNet]:
         net.load_state_dict(weights)
         nets.append(net)
     return nets
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """What inference needs from a checkpoint."""
-
-    net: EnergyNet                # eval mode; the EMA weights unless asked otherwise
-    coarse: list[EnergyNet]       # frozen coarse-stage copies (sampler.init="frozen"), else []
-    cfg: Config
-    n_images: int                 # training images seen
-    growth: Growth                # the stage the checkpoint was saved in
-
-
-def load_sampler(
-    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> Sampler:
-    """The networks of a checkpoint for inference. With ``ema`` (default) the EMA weights are
-    used when the run kept them."""
-    ckpt = read(path, map_location=device)
-    cfg = config_of(ckpt)
-    net = EnergyNet(cfg.model)
-    weights = ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["model"]
-    net.load_state_dict(weights)
-    net, n_images = net.to(device).eval(), int(ckpt["n_images"])
-    return Sampler(net, _coarse_nets(ckpt, net), cfg, n_images, growth_at(n_images, cfg.growth))

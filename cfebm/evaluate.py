@@ -21,7 +21,7 @@ refuses statistics made another way (``check_reference``). Inception resizes any
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from cfebm import __version__
 from cfebm.checkpoint import read
-from cfebm.config import Config, DataConfig, SamplerConfig, TrainConfig
+from cfebm.config import Config, DataConfig, TrainConfig
 from cfebm.data import ImageSet, downsample, load_images, to_float
 from cfebm.metrics import (
     FeatureExtractor,
@@ -45,8 +45,8 @@ from cfebm.metrics import (
     kid,
     precision_recall,
 )
-from cfebm.model import EnergyNet, frozen
-from cfebm.sampling import sample, sample_negatives
+from cfebm.model import frozen
+from cfebm.training import sample_negatives
 
 FEATURES = ("fmnist", "inception")
 FMNIST_SIDE = 32      # FMNISTFeatures takes (N, 1, 32, 32) only
@@ -229,28 +229,6 @@ def check_reference(ref: Reference, extractor: FeatureExtractor, *, dataset: str
 
 # ------------------------------------------------------------------------------------------------
 # Samples and metrics
-
-
-def generate(net: EnergyNet, n: int, schedule: list[tuple[int, int]], cfg: SamplerConfig, *,
-             noise_std: float | None = None, beta: float = 1.0,
-             coarse: Sequence[EnergyNet] = (), batch_size: int = 250, seed: int = 0,
-             device: str | torch.device = "cpu", progress: bool = False) -> Iterator[Tensor]:
-    """Yield ``n`` samples (B, C, R, R) in [−1, 1] in batches of ``batch_size`` (``sample``'s
-    arguments otherwise).
-
-    One generator seeded with ``seed`` runs through all batches, so the same seed and batch size
-    give the same samples.
-    """
-    generator = torch.Generator(device=device).manual_seed(seed)
-    bar = tqdm(total=n, unit="img", disable=not progress, desc="sampling", dynamic_ncols=True)
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        with frozen(net):
-            x = sample(net, b, schedule, cfg, noise_std=noise_std, beta=beta, coarse=coarse,
-                       generator=generator, device=device)
-        bar.update(b)
-        yield x.detach()
-    bar.close()
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,14 @@ from cfebm.data import BatchStream, load_images
 from cfebm.evaluate import TrainingEval, best_fid
 from cfebm.growth import Growth, total_images
 from cfebm.model import frozen
-from cfebm.sampling import sample_negatives
-from cfebm.training import TrainState, data_batch, diverged, new_state, train_step
+from cfebm.training import (
+    TrainState,
+    data_batch,
+    diverged,
+    new_state,
+    sample_negatives,
+    train_step,
+)
 from cfebm.viz import plot_metrics, save_grid
 
 log = logging.getLogger(__name__)
@@ -135,7 +141,7 @@ def save_samples(state: TrainState, path: Path, growth: Growth | None = None) ->
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     net = state.sampling_net()
     with frozen(net):
-        x = sample_negatives(net, growth, cfg.train.n_grid, cfg.sampler,
+        x = sample_negatives(net, growth, cfg.train.n_grid, cfg.sampler, coarse=state.coarse,
                              generator=generator, device=device, autocast=state.autocast)
     return save_grid(x, path, scale=max(1, 128 // growth.resolution))
 

@@ -24,8 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cfebm.config import SamplerConfig
-from cfebm.growth import Growth
-from cfebm.model import EnergyNet
 
 Energy = Callable[[Tensor], Tensor]
 
@@ -40,6 +38,46 @@ class LangevinStep:
     energy: Tensor     # E at the state before the step, (N,)
     step_size: float
     noise_std: float
+
+
+class Streams:
+    """Independent random streams for consecutive groups of chains.
+
+    ``Streams.for_chains(seed, start, n)`` gives chains start … start+n−1 the streams of their
+    groups of ``CHAINS_PER_STREAM``, so a chain draws the same numbers whichever batch it runs
+    in: samples do not depend on the batch size. Pass it wherever a generator is taken.
+    """
+
+    CHAINS_PER_STREAM = 50
+
+    def __init__(self, generators: Sequence[torch.Generator], sizes: Sequence[int]):
+        self.generators, self.sizes = list(generators), list(sizes)
+
+    @classmethod
+    def for_chains(cls, seed: int, start: int, n: int,
+                   device: torch.device | str = "cpu") -> Streams:
+        k = cls.CHAINS_PER_STREAM
+        if start % k:
+            raise ValueError(f"a batch must start at a multiple of {k} chains, got {start}")
+        groups = range(start // k, (start + n + k - 1) // k)
+        generators = [torch.Generator(device=device).manual_seed(hash((seed, g)) & (2**62 - 1))
+                      for g in groups]
+        sizes = [min(k, start + n - g * k) for g in groups]
+        return cls(generators, sizes)
+
+
+Generator = torch.Generator | Streams | None
+
+
+def draw(fn: Callable, shape: Sequence[int], generator: Generator,
+         device: torch.device | str) -> Tensor:
+    """``fn(shape)`` (torch.rand or torch.randn) from a generator or from ``Streams``."""
+    if not isinstance(generator, Streams):
+        return fn(tuple(shape), generator=generator, device=device)
+    if sum(generator.sizes) != shape[0]:
+        raise ValueError(f"streams for {sum(generator.sizes)} chains, got a batch of {shape[0]}")
+    return torch.cat([fn((k, *shape[1:]), generator=g, device=device)
+                      for g, k in zip(generator.generators, generator.sizes)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,12 +104,12 @@ def noise_schedule(kind: str, n_steps: int, eta0: float) -> Tensor:
 
 
 def init_uniform(
-    n: int, channels: int, resolution: int, *, generator: torch.Generator | None = None,
+    n: int, channels: int, resolution: int, *, generator: Generator = None,
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Initial chain states x ~ U(−1, 1), shape (n, channels, resolution, resolution)."""
     shape = (n, channels, resolution, resolution)
-    return torch.rand(shape, generator=generator, device=device) * 2.0 - 1.0
+    return draw(torch.rand, shape, generator, device) * 2.0 - 1.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,7 +125,7 @@ def langevin(
     *,
     clamp: tuple[float, float] | None = (-1.0, 1.0),
     mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
     """Run ``n_steps`` of x <- x − step_size·∇ₓE(x) + noise_std·ε and return the final x.
@@ -124,7 +162,7 @@ def langevin(
         h, sigma = step_sizes[i], noise_stds[i]
         x = x - h * grad
         if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma * draw(torch.randn, x.shape, generator, x.device).to(x.dtype)
         if clamp is not None:
             x = x.clamp_(*clamp)
         if known is not None:
@@ -144,7 +182,7 @@ def _per_step(value: float | Tensor, n_steps: int, name: str) -> list[float]:
 
 def langevin_cfg(
     energy: Energy, x: Tensor, n_steps: int, cfg: SamplerConfig, *,
-    noise_std: float | None = None, generator: torch.Generator | None = None, **kwargs,
+    noise_std: float | None = None, generator: Generator = None, **kwargs,
 ) -> Tensor:
     """``langevin`` with the step size, noise schedule and clamp of a ``SamplerConfig``.
 
@@ -186,8 +224,8 @@ def mix_with_noise(x_up: Tensor, noise: Tensor, beta: float, mix: str = "sqrt") 
 
 def smooth_init(
     coarse_energy: Energy, n: int, channels: int, resolution: int, beta: float,
-    n_steps_coarse: int, cfg: SamplerConfig, *, generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
+    n_steps_coarse: int, cfg: SamplerConfig, *, generator: Generator = None,
+    device: torch.device | str = "cpu", callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
     """Initial states for the grown energy at ``resolution`` during a fade (Algorithm 1).
 
@@ -197,98 +235,41 @@ def smooth_init(
     """
     x = init_uniform(n, channels, resolution // 2, generator=generator, device=device)
     x = langevin_cfg(coarse_energy, x, int(n_steps_coarse * (1.0 - beta)), cfg,
-                     generator=generator)
+                     generator=generator, callback=callback)
     noise = init_uniform(n, channels, resolution, generator=generator, device=device)
     x = mix_with_noise(upsample(x), noise, beta, cfg.mix)
     return x.clamp(-1.0, 1.0) if cfg.clamp else x
 
 
 # ------------------------------------------------------------------------------------------------
-# Sampling from an EnergyNet: Algorithm 1's negatives, Algorithm 2 and the cascade (A.8)
+# Coarse-to-fine cascade (Algorithm 2 is its one-scale case; A.8)
 
 
-def energy_of(net: EnergyNet, beta: float,
+def energy_of(net: Callable[..., Tensor], beta: float,
               autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Energy:
-    """``net`` at fading factor ``beta`` as an energy function, run under ``autocast``."""
+    """An energy net at fading factor ``beta`` as a function of x alone, run under ``autocast``."""
     def energy(x: Tensor) -> Tensor:
         with autocast():
             return net(x, beta)
     return energy
 
 
-def sample_negatives(
-    net: EnergyNet, growth: Growth, n: int, cfg: SamplerConfig, *,
-    coarse: Sequence[EnergyNet] = (), generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-) -> Tensor:
-    """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1].
-
-    ``cfg.init == "noise"`` (the paper): while a new block fades in (β < 1) and ``cfg.smooth``
-    is set, the chains start from the coarse energy's samples (``smooth_init``), otherwise from
-    U(−1, 1); then T(s) steps of E(s)(·; β). ``"cascade"``: U(−1, 1) at the first resolution
-    and T steps at every stage up to this one (``sample`` over ``growth.cascade``), the coarse
-    scales by ``net`` itself; ``"frozen"`` (A.8, Table 9(e)): the coarse scales by ``coarse``,
-    the frozen copies of the finished stages. Call inside ``frozen(net)``.
-    """
-    if cfg.init != "noise":
-        return sample(net, n, list(growth.cascade), cfg, beta=growth.beta,
-                      coarse=coarse if cfg.init == "frozen" else (), generator=generator,
-                      device=device, autocast=autocast)
-    channels, r, beta = net.cfg.image_channels, growth.resolution, growth.beta
-    if growth.fading and cfg.smooth:
-        x = smooth_init(energy_of(net, 1.0, autocast), n, channels, r, beta,
-                        growth.n_steps_coarse, cfg, generator=generator, device=device)
-    else:
-        x = init_uniform(n, channels, r, generator=generator, device=device)
-    return langevin_cfg(energy_of(net, beta, autocast), x, growth.n_steps, cfg,
-                        generator=generator)
-
-
-def sampling_schedule(growth: Growth, *, steps: int | None = None, cascade: bool = False,
-                      init: str = "noise") -> list[tuple[int, int]]:
-    """(resolution, Langevin steps) pairs for ``sample`` from the model of ``growth``'s stage.
-
-    Algorithm 2 at its resolution with its training T, or every stage up to it in turn (A.8)
-    with each stage's T when ``cascade`` is asked for or the model was trained with cascade
-    chains (``init``, its ``sampler.init``). ``steps`` replaces T everywhere.
-    """
-    cascade = cascade or init != "noise"
-    pairs = list(growth.cascade) if cascade else [(growth.resolution, growth.n_steps)]
-    return [(r, t if steps is None else steps) for r, t in pairs]
-
-
-def sample(
-    net: EnergyNet, n: int, schedule: list[tuple[int, int]], cfg: SamplerConfig, *,
-    noise_std: float | None = None, generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu", beta: float = 1.0, coarse: Sequence[EnergyNet] = (),
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+def cascade(
+    energies: Sequence[Energy], x: Tensor, n_steps: Sequence[int], cfg: SamplerConfig, *,
+    noise_std: float | None = None, generator: Generator = None,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
-    """Draw n samples: Algorithm 2, or the coarse-to-fine cascade of Appendix A.8.
+    """Langevin chains at one resolution after another, upsampling 2× between them.
 
-    ``schedule`` lists (resolution, Langevin steps) from coarse to fine. A single entry
-    [(R, T)] is Algorithm 2: U(−1, 1) at R, then T steps. Several entries run a chain at each
-    resolution in turn, upsampling 2× between them, e.g. [(8, 15), (16, 15), (32, 15)].
-    Entry k is sampled by ``coarse[k]`` when given (A.8's frozen coarse EBMs), else by ``net``;
-    the last resolution sees ``net`` at fading factor ``beta``, the others fully grown.
-    ``noise_std`` sets the test-time η0 (Fig. 16). Call inside ``frozen(net)``.
-
-    Returns:
-        (n, C, R, R) samples in [−1, 1] at the last resolution of the schedule.
+    ``energies[k]`` runs ``n_steps[k]`` steps (``langevin_cfg``) at scale k; ``x`` is the start
+    at the first scale, (N, C, r, r). One scale from U(−1, 1) is Algorithm 2; several are the
+    coarse-to-fine cascade of Appendix A.8. Returns (N, C, r·2^(K−1), r·2^(K−1)).
     """
-    resolutions = [r for r, _ in schedule]
-    if not schedule or any(b != 2 * a for a, b in zip(resolutions, resolutions[1:])):
-        raise ValueError(f"schedule must list doubling resolutions, got {resolutions}")
-    if len(coarse) >= len(schedule):
-        raise ValueError(f"{len(coarse)} coarse models for a {len(schedule)}-scale schedule")
-    x = init_uniform(n, net.cfg.image_channels, resolutions[0], generator=generator,
-                     device=device)
-    for k, (_, n_steps) in enumerate(schedule):
+    if len(energies) != len(n_steps) or not energies:
+        raise ValueError(f"{len(energies)} energies for {len(n_steps)} step counts")
+    for k, (energy, steps) in enumerate(zip(energies, n_steps)):
         if k > 0:
             x = upsample(x)
-        last = k == len(schedule) - 1
-        model = coarse[k] if k < len(coarse) else net
-        x = langevin_cfg(energy_of(model, beta if last else 1.0, autocast), x, n_steps, cfg,
-                         noise_std=noise_std, generator=generator, callback=callback)
+        x = langevin_cfg(energy, x, steps, cfg, noise_std=noise_std, generator=generator,
+                         callback=callback)
     return x

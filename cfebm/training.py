@@ -10,17 +10,79 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from cfebm.config import Config
+from cfebm.config import Config, SamplerConfig
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
-from cfebm.sampling import sample_negatives
+from cfebm.sampling import (
+    Generator,
+    LangevinStep,
+    cascade,
+    energy_of,
+    init_uniform,
+    langevin_cfg,
+    smooth_init,
+)
+
+
+def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
+                      cascade: bool = False) -> list[tuple[int, int]]:
+    """(resolution, Langevin steps) of the chains that sample the model of ``growth``.
+
+    Algorithm 2 at its resolution with its T, or every stage up to it in turn (A.8) when
+    ``cascade`` is asked for or the model trains with cascade chains (``cfg.init``). ``steps``
+    replaces T everywhere. (During a fade, ``sample_negatives`` also runs the smooth
+    initialisation's coarse chain before these.)
+    """
+    pairs = (list(growth.cascade) if cascade or cfg.init != "noise"
+             else [(growth.resolution, growth.n_steps)])
+    return [(r, t if steps is None else steps) for r, t in pairs]
+
+
+def sample_negatives(
+    net: EnergyNet, growth: Growth, n: int, cfg: SamplerConfig, *,
+    coarse: Sequence[EnergyNet] = (), generator: Generator = None,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    steps: int | None = None, noise_std: float | None = None, cascade_all: bool = False,
+    callback: Callable[[LangevinStep], None] | None = None,
+) -> Tensor:
+    """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1]:
+    the model of ``growth`` sampled exactly as it trains. Call inside ``frozen(net)``.
+
+    ``cfg.init == "noise"`` (the paper): while a new block fades in (β < 1) and ``cfg.smooth``
+    is set, the chains start from the coarse energy's samples (``smooth_init``), otherwise from
+    U(−1, 1); then T(s) steps of E(s)(·; β). ``"cascade"``: U(−1, 1) at the first resolution and
+    T steps at every stage up to this one, the coarse scales by ``net`` itself; ``"frozen"``
+    (A.8, Table 9(e)): the coarse scales by ``coarse``, the frozen copies of finished stages.
+    ``steps``, ``noise_std`` and ``cascade_all`` (the cascade for any model) change the final
+    chains for inference; training uses none of them.
+    """
+    schedule = sampling_schedule(growth, cfg, steps=steps, cascade=cascade_all)
+    channels, beta = net.cfg.image_channels, growth.beta
+    last = energy_of(net, beta, autocast)
+    if len(schedule) > 1:
+        frozen_copies = coarse if cfg.init == "frozen" else ()
+        energies = [energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0, autocast)
+                    for k in range(len(schedule) - 1)] + [last]
+        x = init_uniform(n, channels, schedule[0][0], generator=generator, device=device)
+        return cascade(energies, x, [t for _, t in schedule], cfg, noise_std=noise_std,
+                       generator=generator, callback=callback)
+    if growth.fading and cfg.smooth:
+        x = smooth_init(energy_of(net, 1.0, autocast), n, channels, growth.resolution, beta,
+                        growth.n_steps_coarse, cfg, generator=generator, device=device,
+                        callback=callback)
+    else:
+        x = init_uniform(n, channels, growth.resolution, generator=generator, device=device)
+    return langevin_cfg(last, x, schedule[0][1], cfg, noise_std=noise_std, generator=generator,
+                        callback=callback)
 
 
 def cd_loss(e_data: Tensor, e_sample: Tensor, energy_reg: float = 0.0) -> Tensor:

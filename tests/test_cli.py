@@ -39,7 +39,7 @@ def test_sample_writes_a_grid_and_files(tiny_run, tmp_path, capsys):
 def test_info_describes_the_checkpoint(tiny_run, capsys):
     assert main(["info", str(tiny_run / "checkpoints" / "latest.pt")]) == 0
     out = capsys.readouterr().out
-    assert "384 / 384 images" in out and "stage           1 of 2" in out and "c=4" in out
+    assert "384 / 384 images" in out and "samples as      stage 1 of 2 (16x16, beta 1.000)" in out and "c=4" in out
 
 
 def test_resume_continues_and_refuses_without_flag(tiny_run, tmp_path, capsys):

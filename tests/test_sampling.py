@@ -8,9 +8,10 @@ from cfebm.config import ModelConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
-    init_uniform, langevin, langevin_cfg, mix_with_noise, noise_schedule, sample,
-    sample_negatives, sampling_schedule, smooth_init, upsample,
+    Streams, cascade, energy_of, init_uniform, langevin, langevin_cfg, mix_with_noise,
+    noise_schedule, smooth_init, upsample,
 )
+from cfebm.training import sample_negatives, sampling_schedule
 
 MU, S = 0.3, 0.5
 
@@ -60,10 +61,12 @@ def test_masked_pixels_stay_exactly_fixed():
 def test_same_seed_same_samples_and_no_parameter_grads():
     net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
     cfg = SamplerConfig()
+    def algorithm2(seed):
+        g = torch.Generator().manual_seed(seed)
+        return cascade([net], init_uniform(4, 1, 16, generator=g), [5], cfg, generator=g)
+
     with frozen(net):
-        a = sample(net, 4, [(16, 5)], cfg, generator=torch.Generator().manual_seed(3))
-        b = sample(net, 4, [(16, 5)], cfg, generator=torch.Generator().manual_seed(3))
-        c = sample(net, 4, [(16, 5)], cfg, generator=torch.Generator().manual_seed(4))
+        a, b, c = algorithm2(3), algorithm2(3), algorithm2(4)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert all(p.grad is None for p in net.parameters())
     assert a.min() >= -1 and a.max() <= 1
@@ -158,22 +161,24 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
 
 def test_cascade_runs_every_scale():
     net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=32))
+    seen = []
     with frozen(net):
-        x = sample(net, 2, [(8, 2), (16, 2), (32, 2)], SamplerConfig(),
-                   generator=torch.Generator())
-    assert x.shape == (2, 1, 32, 32)
-    with pytest.raises(ValueError, match="doubling"):
-        sample(net, 2, [(8, 2), (32, 2)], SamplerConfig())
+        x = cascade([energy_of(net, 1.0)] * 3, init_uniform(2, 1, 8), [2, 2, 2], SamplerConfig(),
+                    generator=torch.Generator(), callback=lambda s: seen.append(s.x.shape[-1]))
+    assert x.shape == (2, 1, 32, 32) and seen == [8, 8, 16, 16, 32, 32]
+    with pytest.raises(ValueError, match="energies"):
+        cascade([net, net], init_uniform(2, 1, 8), [2], SamplerConfig())
 
 
 def test_sampling_schedule_is_algorithm2_or_the_cascade():
     from cfebm.config import GrowthConfig
     from cfebm.growth import growth_at, total_images
 
-    growth = growth_at(total_images(GrowthConfig()), GrowthConfig())
-    assert sampling_schedule(growth) == [(32, 50)]
-    assert sampling_schedule(growth, cascade=True) == [(8, 15), (16, 30), (32, 50)]
-    assert sampling_schedule(growth, steps=0, cascade=True) == [(8, 0), (16, 0), (32, 0)]
+    growth, cfg = growth_at(total_images(GrowthConfig()), GrowthConfig()), SamplerConfig()
+    assert sampling_schedule(growth, cfg) == [(32, 50)]
+    assert sampling_schedule(growth, cfg, cascade=True) == [(8, 15), (16, 30), (32, 50)]
+    assert sampling_schedule(growth, cfg, steps=0, cascade=True) == [(8, 0), (16, 0), (32, 0)]
+    assert sampling_schedule(growth, SamplerConfig(init="frozen")) == [(8, 15), (16, 30), (32, 50)]
 
 
 def test_cascade_init_starts_from_the_coarsest_noise_and_runs_every_stage():
@@ -191,8 +196,8 @@ def test_cascade_init_starts_from_the_coarsest_noise_and_runs_every_stage():
         sample_negatives(counting_net, fading, 2, SamplerConfig(init="cascade"),
                          generator=torch.Generator())
     assert steps == [(8, 1.0)] * 3 + [(16, 0.25)] * 4
-    assert sampling_schedule(fading, cascade=True) == [(8, 3), (16, 4)]
-    assert sampling_schedule(fading) == [(16, 4)]
+    assert sampling_schedule(fading, SamplerConfig(), cascade=True) == [(8, 3), (16, 4)]
+    assert sampling_schedule(fading, SamplerConfig()) == [(16, 4)]
 
 
 def test_cascade_init_hands_the_fine_chain_an_upsampled_coarse_image():
@@ -231,8 +236,6 @@ def test_frozen_init_samples_each_coarse_scale_with_its_own_copy():
         sample_negatives(recording("live", net), growth, 2, SamplerConfig(init="frozen"),
                          coarse=[recording("stage 0", coarse)], generator=torch.Generator())
     assert calls == [("stage 0", 8, 1.0)] * 3 + [("live", 16, 0.5)] * 2
-    with pytest.raises(ValueError, match="coarse models"):
-        sample(net, 2, [(16, 2)], SamplerConfig(), coarse=[coarse])
 
 
 @pytest.mark.parametrize("every_step", [True, False])
@@ -245,3 +248,15 @@ def test_clamp_every_step_or_only_at_the_end(every_step):
                      callback=lambda s: seen.append(s.x.max().item()))
     assert torch.equal(x, torch.ones_like(x))
     assert seen == ([1.0, 1.0, 1.0] if every_step else [3.0, 6.0, 9.0])
+
+
+def test_streams_give_each_chain_its_own_numbers_whatever_the_batch():
+    """Chains 0–149 drawn as one batch or as batches of 50 and 100 get the same numbers."""
+    whole = init_uniform(150, 1, 4, generator=Streams.for_chains(7, 0, 150))
+    parts = [init_uniform(50, 1, 4, generator=Streams.for_chains(7, 0, 50)),
+             init_uniform(100, 1, 4, generator=Streams.for_chains(7, 50, 100))]
+    assert torch.equal(whole, torch.cat(parts))
+    assert not torch.equal(whole, init_uniform(150, 1, 4, generator=Streams.for_chains(8, 0, 150)))
+    assert not torch.equal(whole[:50], whole[50:100])
+    with pytest.raises(ValueError, match="multiple of 50"):
+        Streams.for_chains(7, 10, 50)

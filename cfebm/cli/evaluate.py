@@ -1,4 +1,4 @@
-"""The ``cfebm fid-ref`` and ``cfebm eval`` subcommands (registered by ``cli.build_parser``).
+"""``cfebm fid-ref`` and ``cfebm eval``: reference statistics and sample quality.
 
     cfebm fid-ref --dataset fashion_mnist --split test --features fmnist --out fmnist_test.npz
     cfebm eval runs/qs/checkpoints/latest.pt --n 10000 --features fmnist [--ref fmnist_test.npz]
@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cfebm.checkpoint import load_sampler
+from cfebm.cli.common import FORMATTER, add_chains, add_model, count, load_model
 from cfebm.config import Config, DataConfig, apply_overrides
 from cfebm.data import load_images
 from cfebm.evaluate import (
@@ -23,7 +23,6 @@ from cfebm.evaluate import (
     class_predictor,
     compute_reference,
     evaluate_samples,
-    generate,
     load_reference,
     make_extractor,
     nearest_neighbours,
@@ -31,7 +30,6 @@ from cfebm.evaluate import (
     reference_path,
     save_reference,
 )
-from cfebm.sampling import sampling_schedule
 from cfebm.training import resolve_device
 from cfebm.viz import save_grid
 
@@ -64,28 +62,27 @@ def cmd_fid_ref(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    model = load_sampler(args.checkpoint, ema=not args.no_ema, device=device)
+    model = load_model(args)
     cfg, growth = _with_data_overrides(model.cfg, args.set), model.growth
     data, res, channels = cfg.data, growth.resolution, cfg.model.image_channels
     features = args.features or ("fmnist" if data.dataset == "fashion_mnist" else "inception")
     extractor = at_resolution(make_extractor(features, dataset=data.dataset, channels=channels,
                                              device=device), res)
     ref = _reference(args, cfg, extractor, device, res)
-    schedule = sampling_schedule(growth, steps=args.steps, cascade=args.cascade,
-                                 init=cfg.sampler.init)
-    batches = generate(model.net, args.n, schedule, cfg.sampler, noise_std=args.noise,
-                       beta=growth.beta, coarse=model.coarse, batch_size=args.batch_size,
-                       seed=args.seed, device=device, progress=not args.no_progress)
+    schedule = model.schedule(steps=args.steps, cascade=args.cascade)
+    batches = model.sample_batches(args.n, steps=args.steps, noise=args.noise, seed=args.seed,
+                                   cascade=args.cascade, batch_size=args.batch_size,
+                                   progress=not args.no_progress)
     result, kept = evaluate_samples(
         batches, ref, extractor, classifier=class_predictor(data.dataset, channels, extractor,
                                                             res, device),
         kid_subsets=args.kid_subsets, keep=args.nn_samples, seed=args.seed)
-    report = {"checkpoint": str(args.checkpoint), "n_images": model.n_images,
-              "ema": not args.no_ema and cfg.train.ema_decay > 0, "seed": args.seed,
+    report = {"checkpoint": str(args.model), "n_images": model.n_images,
+              "ema": model.weights == "ema", "seed": args.seed,
               "schedule": schedule, "features": extractor.name,
               "reference": {**ref.metadata, "file": args.ref}, **dataclasses.asdict(result)}
     if args.nn_samples:
-        out = args.nn_out or Path(args.checkpoint).parent / "neighbours.png"
+        out = args.nn_out or Path(model.source).parent / "neighbours.png"
         report["neighbours"] = _neighbours(kept, cfg, args.nn_k, out, res)
     print(format_report(report))
     if args.json:
@@ -155,7 +152,7 @@ def format_report(r: dict) -> str:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``fid-ref`` and ``eval`` on the ``cfebm`` subparsers."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = FORMATTER
     overrides = dict(action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("fid-ref", help="write reference feature statistics (.npz) of a dataset",
@@ -175,32 +172,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fid_ref)
 
     p = sub.add_parser("eval", help="FID, KID, precision/recall, class coverage and nearest "
-                       "neighbours of a checkpoint's samples", formatter_class=fmt)
-    p.add_argument("checkpoint", help="a training checkpoint (.pt)")
-    p.add_argument("--batch-size", type=int, default=250, help="samples per sampling batch")
-    p.add_argument("--cascade", action="store_true",
-                   help="sample through every coarse stage in turn (A.8) instead of Algorithm 2; "
-                   "always on for models trained with sampler.init=cascade or frozen")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+                       "neighbours of a model's samples", formatter_class=fmt)
+    add_model(p)
+    add_chains(p)
     p.add_argument("--features", choices=FEATURES,
                    help="feature extractor (default: fmnist for Fashion-MNIST, else inception)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--kid-subsets", type=int, default=100, help="random subsets for KID")
-    p.add_argument("--n", type=int, default=10_000, help="number of samples")
-    p.add_argument("--nn-k", type=int, default=5, help="nearest training images per sample")
+    p.add_argument("--kid-subsets", type=count(1), default=100, help="random subsets for KID")
+    p.add_argument("--n", type=count(2), default=10_000, help="number of samples")
+    p.add_argument("--nn-k", type=count(1), default=5, help="nearest training images per sample")
     p.add_argument("--nn-out", help="the nearest-neighbour grid (default: neighbours.png "
-                   "beside the checkpoint)")
-    p.add_argument("--nn-samples", type=int, default=8,
+                   "beside the model file)")
+    p.add_argument("--nn-samples", type=count(0), default=8,
                    help="samples shown with their nearest training images (0: none)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--noise", type=float, help="test-time noise level η0 (default: training's)")
     p.add_argument("--ref", help="reference statistics from `cfebm fid-ref` (default: computed "
-                   "from the checkpoint's dataset, test split)")
+                   "from the model's dataset, test split)")
     p.add_argument("--save-ref", metavar="PATH", help="save the reference computed without --ref")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--set", **overrides, help="override the checkpoint's config for the "
+    p.add_argument("--set", **overrides, help="override the model's config for the "
                    "reference and neighbours, e.g. data.root=/data (repeatable)")
-    p.add_argument("--steps", type=int, help="Langevin steps (per scale with --cascade; "
-                   "default: the training schedule's)")
     p.set_defaults(func=cmd_eval)

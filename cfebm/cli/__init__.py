@@ -1,0 +1,54 @@
+"""The ``cfebm`` command line: each subcommand parses, calls the library and saves.
+
+    cfebm train --preset quickstart --run-dir runs/qs      (cli/train.py: train, info, presets)
+    cfebm sample MODEL --n 64 --out samples.png            (cli/sample.py: sample, export)
+    cfebm eval MODEL --features fmnist                     (cli/evaluate.py: fid-ref, eval)
+
+Errors the user can fix (bad flags, files, configs, data) print one line and exit with 2; any
+other exception is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cfebm import __version__
+from cfebm.checkpoint import CheckpointError
+from cfebm.cli import evaluate, sample, train
+from cfebm.cli.common import FORMATTER, CLIError
+from cfebm.config import ConfigError
+from cfebm.data import DataError
+from cfebm.evaluate import EvalError
+from cfebm.runner import RunError
+
+USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, EvalError, RunError,
+               FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cfebm", description=__doc__.split("\n")[0],
+                                     formatter_class=FORMATTER)
+    parser.add_argument("--version", action="version", version=f"cfebm {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (train, sample, evaluate):
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"cfebm: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

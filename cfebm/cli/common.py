@@ -1,0 +1,63 @@
+"""Flags and checks shared by the ``cfebm`` subcommands, each defined once."""
+
+from __future__ import annotations
+
+import argparse
+
+from cfebm.trained import TrainedModel, load
+
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+class CLIError(ValueError):
+    """A command-line value that cannot be used; printed as one line."""
+
+
+def count(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a float >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    """The model argument and how to load it: MODEL, --no-ema, --device."""
+    p.add_argument("model", help="a training checkpoint (.pt), an export (.safetensors) or "
+                   "a pretrained model's name (fmnist32)")
+    p.add_argument("--no-ema", action="store_true",
+                   help="use the trained weights, not the EMA (default: the EMA when kept)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def add_chains(p: argparse.ArgumentParser, cascade: bool = True) -> None:
+    """How chains run: --steps, --noise, --seed, --batch-size (and --cascade)."""
+    p.add_argument("--steps", type=count(0), help="Langevin steps per chain (per scale with "
+                   "--cascade; default: the training schedule's)")
+    p.add_argument("--noise", type=non_negative,
+                   help="test-time noise level η0 (default: training's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--batch-size", type=count(1), default=250, help="chains per batch")
+    if cascade:
+        p.add_argument("--cascade", action="store_true",
+                       help="sample through every coarse stage in turn (A.8) instead of "
+                       "Algorithm 2; always on for models trained with sampler.init=cascade or "
+                       "frozen")
+
+
+def load_model(args: argparse.Namespace) -> TrainedModel:
+    return load(args.model, ema=False if args.no_ema else None, device=args.device)
+
+
+def describe_schedule(schedule: list[tuple[int, int]]) -> str:
+    return " -> ".join(f"{r}px×{t}" for r, t in schedule)

@@ -1,0 +1,50 @@
+"""``cfebm sample`` and ``cfebm export``: draw from a trained model, write its inference weights.
+
+    cfebm sample MODEL --n 64 --out samples.png [--steps T] [--noise η0] [--cascade]
+    cfebm export runs/f32/checkpoints/latest.pt --out f32.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cfebm.cli.common import FORMATTER, add_chains, add_model, count, describe_schedule, load_model
+from cfebm.viz import save_grid, save_images
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    x = model.sample(args.n, steps=args.steps, noise=args.noise, seed=args.seed,
+                     cascade=args.cascade, batch_size=args.batch_size,
+                     progress=not args.no_progress)
+    out = save_grid(x, args.out, scale=args.scale)
+    schedule = model.schedule(steps=args.steps, cascade=args.cascade)
+    print(f"wrote {args.n} samples of {model} ({describe_schedule(schedule)}) to {out}")
+    if args.each:
+        paths = save_images(x, args.each)
+        print(f"wrote {len(paths)} image files to {args.each}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    path = model.export(args.out)
+    print(f"wrote {model} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="draw samples as the model was trained (Algorithm 2)",
+                       formatter_class=FORMATTER)
+    add_model(p)
+    add_chains(p)
+    p.add_argument("--n", type=count(1), default=64, help="number of samples")
+    p.add_argument("--out", default="samples.png", help="the grid image to write")
+    p.add_argument("--each", metavar="DIR", help="also write one PNG per sample into DIR")
+    p.add_argument("--scale", type=count(1), default=2, help="enlarge the grid this many times")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="write a model's inference weights and config to a "
+                       ".safetensors file", formatter_class=FORMATTER)
+    add_model(p)
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_export)

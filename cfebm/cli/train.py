@@ -1,0 +1,117 @@
+"""``cfebm train``, ``cfebm info`` and ``cfebm presets``.
+
+    cfebm train --preset quickstart --run-dir runs/qs [--set growth.lr=[1e-3,1e-3]] [--resume]
+    cfebm info runs/qs/checkpoints/latest.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from cfebm import __version__
+from cfebm.checkpoint import config_of, read
+from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
+from cfebm.config import apply_overrides, load_preset, preset_names, to_dict
+from cfebm.growth import total_images
+from cfebm.model import count_parameters
+from cfebm.runner import run_training
+from cfebm.trained import load
+
+DEFAULT_PRESET = "quickstart"
+
+
+def _next_run_dir(root: Path, preset: str) -> Path:
+    """runs/00007-<preset>: one more than the highest number already there."""
+    numbers = [int(p.name[:5]) for p in root.glob("[0-9][0-9][0-9][0-9][0-9]-*")]
+    return root / f"{max(numbers, default=-1) + 1:05d}-{preset}"
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    latest = Path(args.run_dir) / "checkpoints" / "latest.pt" if args.run_dir else None
+    if args.resume and (latest is None or not latest.exists()):
+        if args.preset is None:
+            raise CLIError(f"--resume: {args.run_dir or 'no --run-dir'} holds no checkpoint to "
+                           "continue; pass --preset to start a new run there")
+        logging.info("no checkpoint in %s: starting a new %s run", args.run_dir, args.preset)
+    if args.resume and latest is not None and latest.exists():
+        cfg = config_of(read(latest))  # continue with the run's own config (plus any --set)
+    else:
+        cfg = load_preset(args.preset or DEFAULT_PRESET)
+    cfg = apply_overrides(cfg, args.set)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return
+    run_dir = (Path(args.run_dir) if args.run_dir
+               else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
+    logging.info("run directory: %s", run_dir)
+    budget = None if args.minutes is None else 60.0 * args.minutes
+    state = run_training(cfg, run_dir, resume=args.resume, stop_at=args.stop_at,
+                         time_budget=budget, progress=not args.no_progress)
+    print(f"trained to {state.n_images} images; samples in {run_dir / 'samples'}, "
+          f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    model = load(args.model, device="cpu")
+    cfg, m, g = model.cfg, model.cfg.model, model.growth
+    path = Path(model.source)
+    size = f" ({path.stat().st_size / 1e6:.1f} MB)" if path.is_file() else ""
+    lines = [f"file            {model.source}{size}"]
+    if path.suffix == ".pt":
+        ckpt = read(path)
+        lines.append(f"cfebm version   {ckpt['version']} (reading with {__version__})")
+        lines.append(f"recoveries      {ckpt['recoveries']} (learning-rate scale "
+                     f"{ckpt['lr_scale']})")
+    lines += [
+        f"progress        {model.n_images:,} / {total_images(cfg.growth):,} images",
+        f"samples as      stage {g.stage} of {len(cfg.growth.resolutions)} "
+        f"({g.resolution}x{g.resolution}, beta {g.beta:.3f}), "
+        f"{describe_schedule(model.schedule())}",
+        f"model           c={m.channels}, {m.image_channels} channel(s), up to "
+        f"{m.max_resolution}x{m.max_resolution}, {m.activation}, spectral_norm={m.spectral_norm}, "
+        f"residual={m.residual}, head={m.head}, equalized_lr={m.equalized_lr}",
+        f"parameters      {count_parameters(model.net):,} in total, "
+        f"{count_parameters(model.net, m.max_resolution):,} used at "
+        f"{m.max_resolution}x{m.max_resolution}",
+        f"weights         {model.weights} (train.ema_decay {cfg.train.ema_decay:g}), "
+        f"{cfg.train.precision}",
+        f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
+        f"model(s), step {cfg.sampler.step_size:g}, noise {cfg.sampler.noise_std:g} "
+        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}",
+        f"data            {cfg.data.dataset}",
+        "schedule        " + ", ".join(
+            f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
+                cfg.growth.resolutions, cfg.growth.stage_images, cfg.growth.fade_images,
+                cfg.growth.batch_size, cfg.growth.lr, cfg.growth.n_steps)),
+    ]
+    print("\n".join(lines))
+    if args.config:
+        print(json.dumps(to_dict(cfg), indent=2))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an energy-based model coarse to fine",
+                       formatter_class=FORMATTER)
+    p.add_argument("--preset", help=f"configuration preset, one of {preset_names()} "
+                   f"(default: {DEFAULT_PRESET}; with --resume, the run's own config)")
+    p.add_argument("--run-dir", help="output folder (default: runs/NNNNN-<preset>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. growth.lr=[1e-3,1e-3] (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--stop-at", type=count(1), help="stop after this many training images")
+    p.add_argument("--minutes", type=float,
+                   help="stop after this many minutes of training iterations (a time budget)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="describe a checkpoint or export", formatter_class=FORMATTER)
+    p.add_argument("model", help="a checkpoint (.pt), an export (.safetensors) or a name")
+    p.add_argument("--config", action="store_true", help="also print the full config")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("presets", help="list the configuration presets", formatter_class=FORMATTER)
+    p.set_defaults(func=lambda _: print("\n".join(preset_names())))

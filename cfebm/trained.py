@@ -1,0 +1,317 @@
+"""A trained model as one object: its energy, and Langevin chains from any start, as trained.
+
+``load(path_or_name)`` reads a training checkpoint (``.pt``), an inference export
+(``.safetensors``, written by ``TrainedModel.export`` or ``cfebm export``) or a packaged
+pretrained model by name, and returns a ``TrainedModel``. Every command and application goes
+through it, so "sample this model as it was trained" is decided in one place
+(``training.sample_negatives``) and the model's resolution, fading factor β, precision and
+frozen coarse copies travel with it.
+
+A checkpoint written at a stage boundary (``stage0-8x8.pt``) holds a net whose new block has not
+trained yet (β = 0 there, which equals the finished coarse stage on pooled input exactly), so it
+is sampled as that finished stage: at its resolution with β = 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cfebm import __version__
+from cfebm.checkpoint import CheckpointError, config_of, read
+from cfebm.config import Config, ConfigError, from_dict, to_dict
+from cfebm.growth import Growth, growth_at
+from cfebm.model import EnergyNet, frozen, frozen_copy
+from cfebm.sampling import Generator, LangevinStep, Streams, langevin_cfg
+from cfebm.training import resolve_device, sample_negatives, sampling_schedule
+
+EXPORT_FORMAT = "cfebm-export-v1"
+PRETRAINED = {"fmnist32": "fmnist32.safetensors"}   # name -> file in cfebm/weights/
+
+
+def trained_growth(n_images: int, cfg: Config) -> Growth:
+    """The stage a model that has seen ``n_images`` images was trained as.
+
+    At the first image of a stage nothing of the new block has trained yet, so that is the
+    previous stage's model (see the module docstring).
+    """
+    growth = growth_at(n_images, cfg.growth)
+    if growth.stage > 0 and growth.images_in_stage == 0:
+        return growth_at(n_images - 1, cfg.growth)
+    return growth
+
+
+class TrainedModel:
+    """An energy-based model for inference.
+
+    Attributes:
+        net: the energy network (eval mode, no parameter gradients).
+        coarse: frozen copies of finished stages (``sampler.init="frozen"``), else [].
+        cfg: the configuration it was trained with.
+        n_images: training images it has seen.
+        weights: "ema" or "trained".
+        growth: the stage it is sampled as (``trained_growth``).
+    """
+
+    def __init__(self, net: EnergyNet, cfg: Config, n_images: int, *,
+                 coarse: list[EnergyNet] | None = None, weights: str = "trained",
+                 source: str = ""):
+        self.net = net.eval().requires_grad_(False)
+        self.coarse = [c.eval().requires_grad_(False) for c in coarse or []]
+        self.cfg, self.n_images, self.weights, self.source = cfg, n_images, weights, source
+        self.growth = trained_growth(n_images, cfg)
+
+    @classmethod
+    def from_state(cls, state, *, ema: bool | None = None) -> TrainedModel:
+        """Copies of a ``training.TrainState``'s networks as a model (EMA as in ``load``)."""
+        use_ema = state.ema is not None and ema is not False
+        net = frozen_copy(state.ema if use_ema else state.net)
+        return cls(net, state.cfg, state.n_images, coarse=[frozen_copy(c) for c in state.coarse],
+                   weights="ema" if use_ema else "trained", source="training state")
+
+    @property
+    def resolution(self) -> int:
+        return self.growth.resolution
+
+    @property
+    def channels(self) -> int:
+        return self.cfg.model.image_channels
+
+    @property
+    def beta(self) -> float:
+        return self.growth.beta
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> TrainedModel:
+        """Move the model (and its coarse copies) to ``device``; returns self."""
+        device = resolve_device(str(device))
+        self.net.to(device)
+        for net in self.coarse:
+            net.to(device)
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision the model was trained in (bf16 autocast or none)."""
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def check_images(self, x: Tensor, what: str = "images") -> None:
+        shape = (self.channels, self.resolution, self.resolution)
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{what} must have shape (N, {', '.join(map(str, shape))}) for this "
+                             f"model, got {tuple(x.shape)}")
+
+    def energy(self, x: Tensor) -> Tensor:
+        """E(x) as trained (its β and precision), (N,) float32; lower is more likely.
+
+        ``x``: (N, C, R, R) in [−1, 1] at the model's resolution. Gradients flow to ``x`` when it
+        requires them; the parameters never take any.
+        """
+        self.check_images(x)
+        with frozen(self.net), self.autocast():
+            return self.net(x, self.beta)
+
+    def schedule(self, *, steps: int | None = None,
+                 cascade: bool = False) -> list[tuple[int, int]]:
+        """(resolution, steps) of the chains ``sample`` runs from noise."""
+        return sampling_schedule(self.growth, self.cfg.sampler, steps=steps, cascade=cascade)
+
+    def sample(
+        self, n: int | None = None, *, start: Tensor | None = None, steps: int | None = None,
+        noise: float | None = None, mask: Tensor | None = None, seed: int = 0,
+        generator: torch.Generator | None = None, cascade: bool = False,
+        callback: Callable[[LangevinStep], None] | None = None, batch_size: int = 250,
+        progress: bool = False,
+    ) -> Tensor:
+        """Langevin chains of the model, (N, C, R, R) in [−1, 1].
+
+        Args:
+            n: chains from noise, sampled as trained: Algorithm 2, the smooth initialisation of
+                a mid-fade model, or the cascade for ``sampler.init`` cascade/frozen.
+            start: instead of ``n``, chains that start exactly at these images (N, C, R, R) in
+                [−1, 1] and run ``steps`` Langevin steps of ``energy`` (restoration etc.).
+            steps: Langevin steps per chain (default: the model's T).
+            noise: the test-time noise level η0 (default: training's; Fig. 16).
+            mask: with ``start``, 1 where a pixel is known and kept exactly, broadcastable.
+            seed: seeds one stream per 50 chains, so the samples do not depend on
+                ``batch_size``. ``generator`` instead runs everything as one batch from it.
+            cascade: from noise, through every coarse stage in turn (A.8).
+            callback: sees every Langevin step of every batch.
+            batch_size: chains per batch (rounded up to a multiple of 50).
+            progress: show a progress bar.
+        """
+        return torch.cat(list(self.sample_batches(
+            n, start=start, steps=steps, noise=noise, mask=mask, seed=seed, generator=generator,
+            cascade=cascade, callback=callback, batch_size=batch_size, progress=progress)))
+
+    def sample_batches(
+        self, n: int | None = None, *, start: Tensor | None = None, steps: int | None = None,
+        noise: float | None = None, mask: Tensor | None = None, seed: int = 0,
+        generator: torch.Generator | None = None, cascade: bool = False,
+        callback: Callable[[LangevinStep], None] | None = None, batch_size: int = 250,
+        progress: bool = False,
+    ) -> Iterator[Tensor]:
+        """``sample`` batch by batch (same arguments, same samples), for large counts."""
+        if (n is None) == (start is None):
+            raise ValueError("give either n (chains from noise) or start (chains from images)")
+        if steps is not None and steps < 0 or noise is not None and noise < 0:
+            raise ValueError("steps and noise must be >= 0")
+        if start is not None:
+            self.check_images(start, "start")
+            if mask is not None:
+                _check_mask(mask, start)
+            total = len(start)
+        else:
+            if mask is not None:
+                raise ValueError("a mask needs start images")
+            total = n
+        if total < 1:
+            raise ValueError(f"need at least one chain, got {total}")
+        chunks = [(0, total, generator)] if generator is not None else list(
+            self._stream_batches(total, seed, batch_size))
+        with tqdm(total=total, unit="img", desc="sampling", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for begin, size, gen in chunks:
+                if start is not None:
+                    part = None if mask is None or mask.shape[0] == 1 else mask[begin:begin + size]
+                    x = self._chain(start[begin:begin + size], steps, noise,
+                                    mask if part is None else part, gen, callback)
+                else:
+                    x = self._from_noise(size, steps, noise, gen, cascade, callback)
+                bar.update(size)
+                yield x
+
+    def _stream_batches(self, total: int, seed: int,
+                        batch_size: int) -> Iterator[tuple[int, int, Generator]]:
+        k = Streams.CHAINS_PER_STREAM
+        batch = max(k, -(-batch_size // k) * k)
+        for begin in range(0, total, batch):
+            size = min(batch, total - begin)
+            yield begin, size, Streams.for_chains(seed, begin, size, self.device)
+
+    def _chain(self, start: Tensor, steps: int | None, noise: float | None, mask: Tensor | None,
+               generator: Generator, callback) -> Tensor:
+        steps = self.growth.n_steps if steps is None else steps
+        mask = None if mask is None else mask.to(self.device)
+        with frozen(self.net):  # the spectral-norm weights are computed once for the chain
+            return langevin_cfg(self.energy, start.to(self.device), steps, self.cfg.sampler,
+                                noise_std=noise, generator=generator, mask=mask,
+                                callback=callback)
+
+    def _from_noise(self, n: int, steps: int | None, noise: float | None,
+                    generator: Generator, cascade: bool, callback) -> Tensor:
+        with frozen(self.net):
+            return sample_negatives(self.net, self.growth, n, self.cfg.sampler,
+                                    coarse=self.coarse, generator=generator, device=self.device,
+                                    autocast=self.autocast, steps=steps, noise_std=noise,
+                                    cascade_all=cascade, callback=callback)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the inference weights (these weights, the frozen coarse copies, the config) to a
+        ``.safetensors`` file that ``load`` reads; no optimiser, no code."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"an export is a .safetensors file, got {str(path)!r}")
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        for i, net in enumerate(self.coarse):
+            tensors.update({f"coarse.{i}.{k}": v for k, v in net.state_dict().items()})
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        metadata = {"format": EXPORT_FORMAT, "config": json.dumps(to_dict(self.cfg)),
+                    "n_images": str(self.n_images), "weights": self.weights,
+                    "coarse": str(len(self.coarse)), "cfebm_version": __version__}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, path, metadata=metadata)
+        return path
+
+    def __repr__(self) -> str:
+        return (f"TrainedModel({self.source or 'in memory'}: {self.resolution}x{self.resolution}"
+                f", {self.channels} channel(s), beta {self.beta:.2f}, {self.weights} weights, "
+                f"{self.n_images:,} images)")
+
+
+def _check_mask(mask: Tensor, start: Tensor) -> None:
+    try:
+        torch.broadcast_shapes(mask.shape, start.shape)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit images of shape "
+                         f"{tuple(start.shape)}") from None
+    if mask.ndim != 4 or not torch.all((mask == 0) | (mask == 1)):
+        raise ValueError("a mask must be (N or 1, C or 1, R, R) of zeros and ones")
+
+
+def load(path_or_name: str | Path, *, ema: bool | None = None,
+         device: str | torch.device = "auto") -> TrainedModel:
+    """A ``TrainedModel`` from a checkpoint (.pt), an export (.safetensors) or a packaged name.
+
+    ``ema``: None takes the EMA weights when the run kept them (every preset's best); False the
+    trained weights; True insists on the EMA. Loading never executes code from the file.
+    """
+    if str(path_or_name) in PRETRAINED:
+        path = Path(str(resources.files("cfebm") / "weights" / PRETRAINED[str(path_or_name)]))
+        if not path.is_file():
+            raise CheckpointError(f"the pretrained model {path_or_name!r} is not installed")
+    else:
+        path = Path(path_or_name)
+    device = resolve_device(str(device))
+    model = _load_export(path, ema) if path.suffix == ".safetensors" else _load_checkpoint(path, ema)
+    return model.to(device)
+
+
+def _load_checkpoint(path: Path, ema: bool | None) -> TrainedModel:
+    ckpt = read(path)
+    cfg = config_of(ckpt)
+    if ema and ckpt["ema"] is None:
+        raise CheckpointError(f"{str(path)!r} has no EMA weights (train.ema_decay was 0)")
+    use_ema = ckpt["ema"] is not None and ema is not False
+    net = EnergyNet(cfg.model)
+    net.load_state_dict(ckpt["ema"] if use_ema else ckpt["model"])
+    coarse = []
+    for weights in ckpt.get("coarse", []):
+        coarse.append(frozen_copy(net))
+        coarse[-1].load_state_dict(weights)
+    return TrainedModel(net, cfg, int(ckpt["n_images"]), coarse=coarse,
+                        weights="ema" if use_ema else "trained", source=str(path))
+
+
+def _load_export(path: Path, ema: bool | None) -> TrainedModel:
+    if not path.is_file():
+        raise CheckpointError(f"export {str(path)!r} does not exist")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {str(path)!r} as a cfebm export ({e})") from e
+    if meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a cfebm export")
+    try:
+        cfg = from_dict(json.loads(meta["config"]))
+    except (ConfigError, ValueError, KeyError) as e:
+        raise CheckpointError(f"the export's config is invalid: {e}") from e
+    if ema is not None and ema != (meta["weights"] == "ema"):
+        raise CheckpointError(f"{str(path)!r} holds the {meta['weights']} weights only")
+    net = EnergyNet(cfg.model)
+    net.load_state_dict(_prefixed(tensors, "net."))
+    coarse = []
+    for i in range(int(meta.get("coarse", "0"))):
+        coarse.append(frozen_copy(net))
+        coarse[-1].load_state_dict(_prefixed(tensors, f"coarse.{i}."))
+    return TrainedModel(net, cfg, int(meta["n_images"]), coarse=coarse, weights=meta["weights"],
+                        source=str(path))
+
+
+def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
