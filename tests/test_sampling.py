@@ -8,8 +8,16 @@ from cfebm.config import ModelConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
-    Streams, cascade, energy_of, init_uniform, langevin, langevin_cfg, mix_with_noise,
-    noise_schedule, smooth_init, upsample,
+    Streams,
+    cascade,
+    energy_of,
+    init_uniform,
+    langevin,
+    langevin_cfg,
+    mix_with_noise,
+    noise_schedule,
+    smooth_init,
+    upsample,
 )
 from cfebm.training import sample_negatives, sampling_schedule
 

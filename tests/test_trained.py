@@ -145,9 +145,10 @@ def test_cli_export_then_sample_and_info(tiny_run, tmp_path, capsys):
 
 def test_cli_samples_equal_library_samples(tiny_run, tmp_path):
     """`cfebm sample --each` writes exactly the library's samples (as 8-bit images)."""
-    from cfebm.data import to_uint8
-    from PIL import Image
     import numpy as np
+    from PIL import Image
+
+    from cfebm.data import to_uint8
 
     ckpt = str(tiny_run / "checkpoints" / "latest.pt")
     assert main(["sample", ckpt, "--n", "3", "--seed", "5", "--steps", "2", "--noise", "0.1",
