@@ -64,13 +64,22 @@ class GrowthConfig:
                  "growth.fade_images must lie in [0, stage_images]")
 
 
+NOISE_SCHEDULES = ("std_linear", "variance_linear", "a2", "constant")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """Short-run Langevin dynamics, Eq. (3): x <- x - step_size·∇E(x) + noise_std_t·ε."""
 
     step_size: float = 1.0          # A.2: "the Langevin step size as 1.0"
-    noise_std: float = 0.015        # η0; the authors' final scripts and Fig. 18 use 0.015
-    noise_schedule: str = "linear"  # "linear" (to 0, Sec. 3.1), "a2" (A.2 formula), "constant"
+    # η0, the start of the noise schedule: a noise *std* for "std_linear" and "constant", a noise
+    # *variance* for "variance_linear" and "a2" (A.2 writes η_t as a variance). 0.015 is the
+    # std of the authors' final scripts (Fig. 18); A.2 uses the variance 0.02.
+    eta0: float = 0.015
+    # "std_linear": the std falls linearly from η0 to 0 (the authors' final scripts);
+    # "variance_linear": the variance falls linearly from η0 to 0 (Sec. 3.1's words);
+    # "a2": the variance η_t = η0 − η0/(T−t+1) of Appendix A.2; "constant": std η0 throughout.
+    noise_schedule: str = "std_linear"
     clamp: bool = True              # keep the chain in [-1, 1]
     # True: clamp after every Langevin step (ours); False: only at the end of each scale's chain
     # and after upsampling (the authors' scripts). The paper is silent.
@@ -86,9 +95,9 @@ class SamplerConfig:
 
     def __post_init__(self):
         _require(self.step_size > 0, "sampler.step_size must be > 0")
-        _require(self.noise_std >= 0, "sampler.noise_std must be >= 0")
-        _require(self.noise_schedule in ("linear", "a2", "constant"),
-                 "sampler.noise_schedule must be 'linear', 'a2' or 'constant'")
+        _require(self.eta0 >= 0, "sampler.eta0 must be >= 0")
+        _require(self.noise_schedule in NOISE_SCHEDULES,
+                 f"sampler.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}")
         _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
         _require(self.init in ("noise", "cascade", "frozen"),
                  "sampler.init must be 'noise', 'cascade' or 'frozen'")
@@ -184,7 +193,12 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> Config:
-    """Inverse of ``to_dict``; unknown sections or keys raise ``ConfigError``."""
+    """Inverse of ``to_dict``; unknown sections or keys raise ``ConfigError``.
+
+    Configs written by cfebm 0.1.0 (``sampler.noise_std``, schedule ``"linear"``) are read
+    under today's names.
+    """
+    d = _migrate(d)
     sections = {}
     for f in dataclasses.fields(Config):
         values = dict(d.get(f.name, {}))
@@ -196,6 +210,15 @@ def from_dict(d: dict[str, Any]) -> Config:
                                   for k, v in values.items()})
     _require(not set(d) - set(sections), f"unknown section(s): {sorted(set(d) - set(sections))}")
     return Config(**sections)
+
+
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    sampler = dict(d.get("sampler", {}))
+    if "noise_std" in sampler:
+        sampler["eta0"] = sampler.pop("noise_std")
+    if sampler.get("noise_schedule") == "linear":
+        sampler["noise_schedule"] = "std_linear"
+    return {**d, "sampler": sampler} if "sampler" in d else d
 
 
 def preset_names() -> list[str]:

@@ -87,20 +87,26 @@ def draw(fn: Callable, shape: Sequence[int], generator: Generator,
 def noise_schedule(kind: str, n_steps: int, eta0: float) -> Tensor:
     """Per-step noise standard deviations, shape (n_steps,).
 
-    - "linear": η0 decaying linearly to exactly 0 at the last step (Sec. 3.1, the authors' code).
-    - "a2": Appendix A.2's variance η_t = η0 − η0/(T − t + 1), t = 1..T, as the std √η_t of Eq. 3.
-    - "constant": η0 at every step.
+    - "std_linear": the std falls linearly from η0 to exactly 0 at the last step (the authors'
+      final scripts).
+    - "variance_linear": the variance falls linearly from η0 to 0 (Sec. 3.1: "linearly decay
+      the noise variance till 0"); std √(variance).
+    - "a2": Appendix A.2's variance η_t = η0 − η0/(T − t + 1), t = 1..T; std √η_t, as in Eq. 3.
+    - "constant": std η0 at every step.
     """
     if n_steps == 0:
         return torch.zeros(0, dtype=torch.float64)
-    if kind == "linear":
+    if kind == "std_linear":
         return torch.linspace(eta0, 0.0, n_steps, dtype=torch.float64)
+    if kind == "variance_linear":
+        return torch.linspace(eta0, 0.0, n_steps, dtype=torch.float64).sqrt()
     if kind == "a2":
         t = torch.arange(1, n_steps + 1, dtype=torch.float64)
         return (eta0 - eta0 / (n_steps - t + 1)).sqrt()
     if kind == "constant":
         return torch.full((n_steps,), float(eta0), dtype=torch.float64)
-    raise ValueError(f"unknown noise schedule {kind!r}; choose 'linear', 'a2' or 'constant'")
+    raise ValueError(f"unknown noise schedule {kind!r}; choose 'std_linear', 'variance_linear', "
+                     "'a2' or 'constant'")
 
 
 def init_uniform(
@@ -182,15 +188,15 @@ def _per_step(value: float | Tensor, n_steps: int, name: str) -> list[float]:
 
 def langevin_cfg(
     energy: Energy, x: Tensor, n_steps: int, cfg: SamplerConfig, *,
-    noise_std: float | None = None, generator: Generator = None, **kwargs,
+    eta0: float | None = None, generator: Generator = None, **kwargs,
 ) -> Tensor:
     """``langevin`` with the step size, noise schedule and clamp of a ``SamplerConfig``.
 
-    ``noise_std`` overrides the config's η0 (the test-time noise level of Fig. 16). With
+    ``eta0`` overrides the config's η0 (the test-time noise level of Fig. 16). With
     ``cfg.clamp`` the result lies in [−1, 1]: clamped after every step, or only at the end when
     ``cfg.clamp_every_step`` is off.
     """
-    eta0 = cfg.noise_std if noise_std is None else noise_std
+    eta0 = cfg.eta0 if eta0 is None else eta0
     every_step = cfg.clamp and cfg.clamp_every_step
     x = langevin(
         energy, x, n_steps, cfg.step_size, noise_schedule(cfg.noise_schedule, n_steps, eta0),
@@ -256,7 +262,7 @@ def energy_of(net: Callable[..., Tensor], beta: float,
 
 def cascade(
     energies: Sequence[Energy], x: Tensor, n_steps: Sequence[int], cfg: SamplerConfig, *,
-    noise_std: float | None = None, generator: Generator = None,
+    eta0: float | None = None, generator: Generator = None,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
     """Langevin chains at one resolution after another, upsampling 2× between them.
@@ -270,6 +276,6 @@ def cascade(
     for k, (energy, steps) in enumerate(zip(energies, n_steps)):
         if k > 0:
             x = upsample(x)
-        x = langevin_cfg(energy, x, steps, cfg, noise_std=noise_std, generator=generator,
+        x = langevin_cfg(energy, x, steps, cfg, eta0=eta0, generator=generator,
                          callback=callback)
     return x

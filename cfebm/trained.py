@@ -144,7 +144,8 @@ class TrainedModel:
             start: instead of ``n``, chains that start exactly at these images (N, C, R, R) in
                 [−1, 1] and run ``steps`` Langevin steps of ``energy`` (restoration etc.).
             steps: Langevin steps per chain (default: the model's T).
-            noise: the test-time noise level η0 (default: training's; Fig. 16).
+            noise: the test-time η0 of the model's noise schedule (default: training's;
+                Fig. 16).
             mask: with ``start``, 1 where a pixel is known and kept exactly, broadcastable.
             seed: seeds one stream per 50 chains, so the samples do not depend on
                 ``batch_size``. ``generator`` instead runs everything as one batch from it.
@@ -208,7 +209,7 @@ class TrainedModel:
         mask = None if mask is None else mask.to(self.device)
         with frozen(self.net):  # the spectral-norm weights are computed once for the chain
             return langevin_cfg(self.energy, start.to(self.device), steps, self.cfg.sampler,
-                                noise_std=noise, generator=generator, mask=mask,
+                                eta0=noise, generator=generator, mask=mask,
                                 callback=callback)
 
     def _from_noise(self, n: int, steps: int | None, noise: float | None,
@@ -216,7 +217,7 @@ class TrainedModel:
         with frozen(self.net):
             return sample_negatives(self.net, self.growth, n, self.cfg.sampler,
                                     coarse=self.coarse, generator=generator, device=self.device,
-                                    autocast=self.autocast, steps=steps, noise_std=noise,
+                                    autocast=self.autocast, steps=steps, eta0=noise,
                                     cascade_all=cascade, callback=callback)
 
     def export(self, path: str | Path) -> Path:

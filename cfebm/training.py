@@ -51,7 +51,7 @@ def sample_negatives(
     coarse: Sequence[EnergyNet] = (), generator: Generator = None,
     device: torch.device | str = "cpu",
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-    steps: int | None = None, noise_std: float | None = None, cascade_all: bool = False,
+    steps: int | None = None, eta0: float | None = None, cascade_all: bool = False,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
     """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1]:
@@ -62,7 +62,7 @@ def sample_negatives(
     U(−1, 1); then T(s) steps of E(s)(·; β). ``"cascade"``: U(−1, 1) at the first resolution and
     T steps at every stage up to this one, the coarse scales by ``net`` itself; ``"frozen"``
     (A.8, Table 9(e)): the coarse scales by ``coarse``, the frozen copies of finished stages.
-    ``steps``, ``noise_std`` and ``cascade_all`` (the cascade for any model) change the final
+    ``steps``, ``eta0`` (the test-time noise) and ``cascade_all`` (the cascade for any model) change the final
     chains for inference; training uses none of them.
     """
     schedule = sampling_schedule(growth, cfg, steps=steps, cascade=cascade_all)
@@ -73,7 +73,7 @@ def sample_negatives(
         energies = [energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0, autocast)
                     for k in range(len(schedule) - 1)] + [last]
         x = init_uniform(n, channels, schedule[0][0], generator=generator, device=device)
-        return cascade(energies, x, [t for _, t in schedule], cfg, noise_std=noise_std,
+        return cascade(energies, x, [t for _, t in schedule], cfg, eta0=eta0,
                        generator=generator, callback=callback)
     if growth.fading and cfg.smooth:
         x = smooth_init(energy_of(net, 1.0, autocast), n, channels, growth.resolution, beta,
@@ -81,7 +81,7 @@ def sample_negatives(
                         callback=callback)
     else:
         x = init_uniform(n, channels, growth.resolution, generator=generator, device=device)
-    return langevin_cfg(last, x, schedule[0][1], cfg, noise_std=noise_std, generator=generator,
+    return langevin_cfg(last, x, schedule[0][1], cfg, eta0=eta0, generator=generator,
                         callback=callback)
 
 

@@ -49,3 +49,12 @@ def test_bad_overrides_raise_one_clear_error(override, message):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("imagenet-9000")
+
+
+def test_configs_of_version_0_1_read_under_todays_names():
+    """Checkpoints written before the noise fields were renamed still load, unchanged."""
+    old = to_dict(Config())
+    old["sampler"].pop("eta0")
+    old["sampler"].update(noise_std=0.02, noise_schedule="linear")
+    cfg = from_dict(old)
+    assert cfg.sampler.eta0 == 0.02 and cfg.sampler.noise_schedule == "std_linear"

@@ -105,12 +105,14 @@ def test_no_graph_outlives_its_step():
     assert alive_before == [0] * 20
 
 
-@pytest.mark.parametrize("kind", ["linear", "a2", "constant"])
+@pytest.mark.parametrize("kind", ["std_linear", "variance_linear", "a2", "constant"])
 def test_noise_schedules(kind):
     s = noise_schedule(kind, 10, 0.04)
     assert s.shape == (10,) and (s >= 0).all()
-    if kind == "linear":
-        assert s[0] == pytest.approx(0.04) and s[-1] == 0 and (s[:-1] > s[1:]).all()
+    if kind == "std_linear":   # std 0.04, 0.04·8/9, …, 0: equal decrements of the std
+        torch.testing.assert_close(s, 0.04 * (1 - torch.arange(10, dtype=torch.float64) / 9))
+    elif kind == "variance_linear":   # the variance 0.04 falls by equal decrements to 0
+        torch.testing.assert_close(s**2, 0.04 * (1 - torch.arange(10, dtype=torch.float64) / 9))
     elif kind == "a2":
         t = torch.arange(1, 11, dtype=torch.float64)
         torch.testing.assert_close(s**2, 0.04 - 0.04 / (10 - t + 1))
@@ -214,7 +216,7 @@ def test_cascade_init_hands_the_fine_chain_an_upsampled_coarse_image():
     net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
     growth = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=2, n_steps_coarse=2,
                     cascade=((8, 2), (16, 2)))
-    still = {"step_size": 1e-30, "noise_std": 0.0}
+    still = {"step_size": 1e-30, "eta0": 0.0}
     with frozen(net):
         x = sample_negatives(net, growth, 3, SamplerConfig(init="cascade", **still),
                              generator=torch.Generator().manual_seed(0))
@@ -250,7 +252,7 @@ def test_frozen_init_samples_each_coarse_scale_with_its_own_copy():
 def test_clamp_every_step_or_only_at_the_end(every_step):
     """E(x) = −3·Σx pushes every pixel up by 3 per step: clamped after each step the chain sits
     at 1 throughout; clamped only at the end (the authors' scripts) it runs past 1 first."""
-    cfg = SamplerConfig(noise_std=0.0, clamp_every_step=every_step)
+    cfg = SamplerConfig(eta0=0.0, clamp_every_step=every_step)
     seen = []
     x = langevin_cfg(lambda x: -3.0 * x.flatten(1).sum(1), torch.zeros(2, 1, 4, 4), 3, cfg,
                      callback=lambda s: seen.append(s.x.max().item()))

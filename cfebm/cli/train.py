@@ -79,7 +79,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"weights         {model.weights} (train.ema_decay {cfg.train.ema_decay:g}), "
         f"{cfg.train.precision}",
         f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
-        f"model(s), step {cfg.sampler.step_size:g}, noise {cfg.sampler.noise_std:g} "
+        f"model(s), step {cfg.sampler.step_size:g}, η0 {cfg.sampler.eta0:g} "
         f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}",
         f"data            {cfg.data.dataset}",
         "schedule        " + ", ".join(
