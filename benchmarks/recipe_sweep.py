@@ -225,9 +225,39 @@ def report(out: Path) -> None:
     print(table)
 
 
+def plot_curves(outs: list[Path], path: Path, groups: dict[str, str]) -> None:
+    """In-training FID (500 samples, as trained) against images seen, through every fade, for
+    the variants whose names start with each prefix in ``groups`` (prefix -> label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for k, (prefix, label) in enumerate(groups.items()):
+        runs = [d for out in outs for d in sorted(out.iterdir())
+                if d.is_dir() and (d.name == prefix or d.name.startswith(prefix + "-seed"))]
+        for i, run in enumerate(runs):
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                    if "eval_fid" in line]
+            ax.plot([r["n_images"] / 1000 for r in rows], [r["eval_fid"] for r in rows],
+                    color=f"C{k}", alpha=0.8, marker=".", label=label if i == 0 else None)
+    for x, text in ((19.2, "fade into 16²"), (64, "fade into 32²")):
+        ax.axvspan(x, x + 12.8, color="0.9")
+        ax.text(x + 0.5, ax.get_ylim()[1] * 0.9, text, fontsize=7)
+    ax.set_xlabel("training images (thousands)")
+    ax.set_ylabel("FMNIST-FID, 500 samples, EMA, as trained")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "one", "report", "plan"])
+    parser.add_argument("command", choices=["run", "one", "report", "plan", "curves"])
     parser.add_argument("variant", nargs="?", help="with 'one': the variant to run")
     parser.add_argument("--variants", nargs="*", help="with 'run': a subset of the variants")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
@@ -250,6 +280,10 @@ def main() -> None:
         for name in args.variants or VARIANTS:
             cfg, total = config_of(name, args.budget_minutes, args.data_root)
             print(f"{name:14s} {total:>9,} images  stages {list(cfg.growth.stage_images)}")
+    elif args.command == "curves":  # --out and the folders of --variants hold results
+        outs = [args.out, *map(Path, args.variants or [])]
+        plot_curves(outs, args.out / "fid_curves.png",
+                    {"base": "base recipe", "equalized-lr": "+ equalised lr"})
     else:
         report(args.out)
 
