@@ -29,13 +29,8 @@ from pathlib import Path
 import torch
 
 from cfebm.config import Config, apply_overrides, load_preset
-from cfebm.evaluate import (
-    at_resolution,
-    class_predictor,
-    compute_reference,
-    evaluate_samples,
-    make_extractor,
-)
+from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
+from cfebm.metrics.reference import compute_reference
 from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
 from cfebm.viz import save_grid

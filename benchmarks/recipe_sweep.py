@@ -30,14 +30,9 @@ from pathlib import Path
 import torch
 
 from cfebm.config import Config, apply_overrides, load_preset
-from cfebm.evaluate import (
-    at_resolution,
-    class_predictor,
-    compute_reference,
-    evaluate_samples,
-    make_extractor,
-)
+from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.growth import growth_at
+from cfebm.metrics.reference import compute_reference
 from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
 from cfebm.viz import save_grid
@@ -212,7 +207,7 @@ def report(out: Path) -> None:
     for r in sorted(rows, key=key):
         head = f"| {r['variant']} | {30 * r['budget_x']:g} min "
         if r.get("diverged"):
-            lines.append(head + f"| — ({r['planned_images']:,}) | diverged | — | — | — | — | — | — |")
+            lines.append(head + f"| — ({r['planned_images']:,}) | diverged |" + " — |" * 6)
             continue
         m, e = r["model"], r.get("ema", {})
         cov = (m.get("coverage") or {}).get("n_covered", "—")

@@ -7,34 +7,25 @@ training images to check that the model does not copy its data. The metrics (``c
 FID (Heusel et al., 2017), KID (Bińkowski et al., 2018), improved precision and recall
 (Kynkäänniemi et al., 2019) and, for Fashion-MNIST, class coverage.
 
-Reference statistics (``Reference``) are an ``.npz`` with μ, Σ, the count, the features
-themselves (for KID and precision/recall) and string metadata: dataset, split, resolution,
-channels, extractor ``name`` and ``protocol``. The protocol includes how images reach the
-extractor. The Fashion-MNIST classifier takes 32×32 only, so images of side r < 32 are upsampled
-by nearest neighbour (each pixel becomes a block of equal pixels) and r > 32 average-pooled
+Reference statistics live in ``cfebm.metrics.reference``; their protocol includes how images
+reach the extractor. The Fashion-MNIST classifier takes 32×32 only, so images of side r < 32 are
+upsampled by nearest neighbour (each pixel becomes a block of equal pixels) and r > 32 average-pooled
 (``Resized``); references and samples of one resolution take the same route, and ``eval``
 refuses statistics made another way (``check_reference``). Inception resizes any size itself.
 
-``TrainingEval`` is the small-sample version run during training (``train.eval_every``).
+The small-sample version run during training (``train.eval_every``) is ``runner.TrainingEval``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from cfebm import __version__
-from cfebm.checkpoint import read
-from cfebm.config import Config, DataConfig, TrainConfig
-from cfebm.data import ImageSet, downsample, load_images, to_float
+from cfebm.data import ImageSet, downsample, to_float
 from cfebm.metrics import (
     FeatureExtractor,
     FeatureStats,
@@ -45,16 +36,10 @@ from cfebm.metrics import (
     kid,
     precision_recall,
 )
-from cfebm.model import frozen
-from cfebm.training import sample_negatives
+from cfebm.metrics.reference import EvalError, Reference
 
 FEATURES = ("fmnist", "inception")
 FMNIST_SIDE = 32      # FMNISTFeatures takes (N, 1, 32, 32) only
-FEATURE_BATCH = 500   # real images per feature batch when building a reference
-
-
-class EvalError(ValueError):
-    """Evaluation inputs that do not fit together: features, reference, checkpoint."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,106 +110,6 @@ def class_predictor(dataset: str, channels: int, extractor: FeatureExtractor, re
     if dataset == "fashion_mnist" and channels == 1:
         return at_resolution(FMNISTFeatures(device=device), resolution)
     return None
-
-
-# ------------------------------------------------------------------------------------------------
-# Reference statistics
-
-
-@dataclass
-class Reference:
-    """Features of real images: ``stats`` (μ, Σ, count, metadata strings) and ``features``
-    (N, D) float32 for KID and precision/recall (None when the file holds no features)."""
-
-    stats: FeatureStats
-    features: Tensor | None
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return self.stats.metadata
-
-
-def reference_of(batches: Iterable[Tensor], extractor: FeatureExtractor,
-                 **metadata: str | int) -> Reference:
-    """The ``Reference`` of image batches (N, C, R, R) in [−1, 1]; ``metadata`` is stored as
-    strings beside the extractor's name and protocol and the count."""
-    with torch.no_grad():
-        features = [extractor(x).float().cpu() for x in batches]
-    if not features:
-        raise EvalError("no images to compute reference statistics from")
-    features = torch.cat(features)
-    meta = {"name": extractor.name, "protocol": extractor.protocol, "count": len(features),
-            "cfebm_version": __version__, **metadata}
-    stats = FeatureStats(metadata={k: str(v) for k, v in meta.items()}).update(features)
-    return Reference(stats, features)
-
-
-def image_batches(images: ImageSet, batch_size: int, *, device: str | torch.device = "cpu",
-                  progress: bool = False) -> Iterator[Tensor]:
-    """All of ``images`` in order, as float batches (B, C, R, R) in [−1, 1] on ``device``."""
-    for start in tqdm(range(0, len(images), batch_size), disable=not progress, unit="batch",
-                      desc="reference", dynamic_ncols=True):
-        indices = torch.arange(start, min(start + batch_size, len(images)))
-        yield to_float(images.get_batch(indices).to(device))
-
-
-def compute_reference(data: DataConfig, split: str, extractor: FeatureExtractor, *,
-                      resolution: int, image_channels: int, batch_size: int = FEATURE_BATCH,
-                      device: str | torch.device = "cpu", progress: bool = False) -> Reference:
-    """Reference statistics of one split of ``data`` at ``resolution`` (``load_images``).
-
-    ``extractor`` must already be ``at_resolution(…, resolution)``. The first ``data.limit``
-    images are used (0: all); dataset, split, resolution, channels, limit and subset go into the
-    metadata.
-    """
-    images = load_images(data, split=split, resolution=resolution, image_channels=image_channels)
-    return reference_of(image_batches(images, batch_size, device=device, progress=progress),
-                        extractor, dataset=data.dataset, split=split, resolution=resolution,
-                        image_channels=image_channels, limit=data.limit, subset=data.subset)
-
-
-def reference_path(path: str | Path) -> Path:
-    """``path`` as a Path, checked to end in .npz (numpy would silently append it)."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise EvalError(f"reference statistics go to a .npz file, got {str(path)!r}")
-    return path
-
-
-def save_reference(ref: Reference, path: str | Path) -> Path:
-    """Write ``ref`` to an ``.npz`` (μ, Σ, count, metadata and the float32 features)."""
-    path = reference_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ref.stats.save_npz(path, features=ref.features)
-    return path
-
-
-def load_reference(path: str | Path) -> Reference:
-    """Read a file written by ``save_reference`` (features are optional)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"reference statistics {str(path)!r} do not exist")
-    try:
-        stats = FeatureStats.load_npz(path)
-        with np.load(path, allow_pickle=False) as f:
-            features = torch.from_numpy(f["features"]) if "features" in f.files else None
-    except (OSError, KeyError, ValueError) as e:
-        raise EvalError(f"cannot read {str(path)!r} as reference statistics ({e})") from e
-    return Reference(stats, features)
-
-
-def check_reference(ref: Reference, extractor: FeatureExtractor, *, dataset: str,
-                    resolution: int, image_channels: int) -> None:
-    """Raise ``EvalError`` unless ``ref`` was made from ``dataset`` at this resolution and
-    channel count, with ``extractor``'s network and protocol (resize step included)."""
-    expected = {"dataset": dataset, "resolution": str(resolution),
-                "image_channels": str(image_channels), "name": extractor.name,
-                "protocol": extractor.protocol}
-    for key, want in expected.items():
-        got = ref.metadata.get(key)
-        if got != want:
-            raise EvalError(f"the reference statistics have {key} {got!r} but the samples "
-                            f"{want!r}; make matching ones with `cfebm fid-ref` or leave out --ref")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,85 +222,3 @@ def neighbour_grid(x: Tensor, images: ImageSet, indices: Tensor) -> Tensor:
     rows = [torch.cat([xi[None].cpu(), to_float(images.get_batch(idx))]) for xi, idx in
             zip(x, indices)]
     return torch.cat(rows)
-
-
-# ------------------------------------------------------------------------------------------------
-# In-training evaluation (train.eval_every)
-
-TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
-TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
-
-
-class TrainingEval:
-    """FID and KID of ``train.eval_n`` samples of the sampling network during training.
-
-    Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
-    a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
-    only by the network. The reference is the run's test split (the first 10,000 images) at the
-    same resolution, pooled from the top resolution as the training data is; its features are
-    computed once per resolution. Only evaluations at the last stage, fully faded in, compete for
-    the best checkpoint.
-
-    Args:
-        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
-        device: where sampling and features run.
-        best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
-    """
-
-    def __init__(self, cfg: Config, device: torch.device, best: float = math.inf):
-        m = cfg.model
-        self.cfg, self.device, self.best = cfg, device, best
-        self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
-                                        channels=m.image_channels, device=device)
-        test = load_images(cfg.data, split="test", resolution=m.max_resolution,
-                           image_channels=m.image_channels)
-        self.test = test.get_batch(torch.arange(min(len(test), TRAINING_REFERENCE_MAX)))
-        self.references: dict[int, Reference] = {}
-
-    def reference(self, resolution: int) -> Reference:
-        if resolution not in self.references:
-            extractor = at_resolution(self.extractor, resolution)
-            batches = (downsample(to_float(x.to(self.device)), resolution)
-                       for x in self.test.split(FEATURE_BATCH))
-            self.references[resolution] = reference_of(batches, extractor, split="test")
-        return self.references[resolution]
-
-    def __call__(self, state) -> tuple[dict, bool]:
-        """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
-        cfg, growth, net = self.cfg, state.growth, state.sampling_net()
-        generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
-        batch = growth.batch_size
-
-        def batches() -> Iterator[Tensor]:
-            for start in range(0, cfg.train.eval_n, batch):
-                with frozen(net):
-                    x = sample_negatives(net, growth, min(batch, cfg.train.eval_n - start),
-                                         cfg.sampler, coarse=state.coarse, generator=generator,
-                                         device=self.device, autocast=state.autocast)
-                yield x.detach()
-
-        result, _ = evaluate_samples(batches(), self.reference(growth.resolution),
-                                     at_resolution(self.extractor, growth.resolution),
-                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
-        candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
-        improved = candidate and result.fid < self.best
-        if improved:
-            self.best = result.fid
-        row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
-               "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
-               "eval_kid_std": result.kid_std, "eval_best": improved}
-        return row, improved
-
-
-def best_fid(path: str | Path, train: TrainConfig) -> float:
-    """The FID stored in a best checkpoint written during training (its ``eval`` entry), or inf
-    if there is none or it was measured otherwise (other ``eval_n`` or features): FID is biased
-    by the sample count, so only like with like competes."""
-    path = Path(path)
-    if not path.is_file():
-        return math.inf
-    ckpt = read(path)
-    row, saved = ckpt.get("eval") or {}, ckpt["config"]["train"]
-    same = (row.get("eval_n") == train.eval_n
-            and saved.get("eval_features") == train.eval_features)
-    return float(row["eval_fid"]) if same and "eval_fid" in row else math.inf

@@ -6,7 +6,9 @@ Layout of a run directory::
     metrics.jsonl               one JSON object per log interval (and per recovery event)
     checkpoints/latest.pt       the newest training state (atomic; ``--resume`` reads it)
     checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
-    checkpoints/best.pt         the state with the lowest in-training FID (``train.eval_every``)
+    checkpoints/best.pt         the state with the lowest in-training FID (``train.eval_every``;
+                                ``TrainingEval`` below writes its ``"eval"`` entry, ``best_fid``
+                                reads it)
     samples/<kimg>-<r>x<r>.png  sample grids, at every stage change and periodically
     training.png                loss and energies against images seen
     tb/                         TensorBoard events, when tensorboard is installed
@@ -28,13 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from cfebm.checkpoint import atomic_save, load_state, save_state, state_dict
-from cfebm.config import Config, to_dict
-from cfebm.data import BatchStream, load_images
-from cfebm.evaluate import TrainingEval, best_fid
+from cfebm.checkpoint import atomic_save, load_state, read, save_state, state_dict
+from cfebm.config import Config, TrainConfig, to_dict
+from cfebm.data import BatchStream, downsample, load_images, to_float
+from cfebm.evaluate import at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
+from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
 from cfebm.training import (
     TrainState,
@@ -240,3 +244,85 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                    f"stage{growth.stage}-{growth.resolution}x{growth.resolution}.pt")
     if _crossed(before, now, t.checkpoint_every) or stage_done:
         save_state(state, run_dir / "checkpoints" / "latest.pt")
+
+
+# ------------------------------------------------------------------------------------------------
+# In-training evaluation (train.eval_every) and the best checkpoint
+
+TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
+TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
+
+
+class TrainingEval:
+    """FID and KID of ``train.eval_n`` samples of the sampling network during training.
+
+    Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
+    a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
+    only by the network. The reference is the run's test split (the first 10,000 images) at the
+    same resolution, pooled from the top resolution as the training data is; its features are
+    computed once per resolution. Only evaluations at the last stage, fully faded in, compete for
+    the best checkpoint.
+
+    Args:
+        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
+        device: where sampling and features run.
+        best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, best: float = math.inf):
+        m = cfg.model
+        self.cfg, self.device, self.best = cfg, device, best
+        self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
+                                        channels=m.image_channels, device=device)
+        test = load_images(cfg.data, split="test", resolution=m.max_resolution,
+                           image_channels=m.image_channels)
+        self.test = test.get_batch(torch.arange(min(len(test), TRAINING_REFERENCE_MAX)))
+        self.references: dict[int, Reference] = {}
+
+    def reference(self, resolution: int) -> Reference:
+        if resolution not in self.references:
+            extractor = at_resolution(self.extractor, resolution)
+            batches = (downsample(to_float(x.to(self.device)), resolution)
+                       for x in self.test.split(FEATURE_BATCH))
+            self.references[resolution] = reference_of(batches, extractor, split="test")
+        return self.references[resolution]
+
+    def __call__(self, state) -> tuple[dict, bool]:
+        """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
+        cfg, growth, net = self.cfg, state.growth, state.sampling_net()
+        generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
+        batch = growth.batch_size
+
+        def batches() -> Iterator[Tensor]:
+            for start in range(0, cfg.train.eval_n, batch):
+                with frozen(net):
+                    x = sample_negatives(net, growth, min(batch, cfg.train.eval_n - start),
+                                         cfg.sampler, coarse=state.coarse, generator=generator,
+                                         device=self.device, autocast=state.autocast)
+                yield x.detach()
+
+        result, _ = evaluate_samples(batches(), self.reference(growth.resolution),
+                                     at_resolution(self.extractor, growth.resolution),
+                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
+        candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
+        improved = candidate and result.fid < self.best
+        if improved:
+            self.best = result.fid
+        row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
+               "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
+               "eval_kid_std": result.kid_std, "eval_best": improved}
+        return row, improved
+
+
+def best_fid(path: str | Path, train: TrainConfig) -> float:
+    """The FID stored in a best checkpoint written during training (its ``eval`` entry), or inf
+    if there is none or it was measured otherwise (other ``eval_n`` or features): FID is biased
+    by the sample count, so only like with like competes."""
+    path = Path(path)
+    if not path.is_file():
+        return math.inf
+    ckpt = read(path)
+    row, saved = ckpt.get("eval") or {}, ckpt["config"]["train"]
+    same = (row.get("eval_n") == train.eval_n
+            and saved.get("eval_features") == train.eval_features)
+    return float(row["eval_fid"]) if same and "eval_fid" in row else math.inf

@@ -21,15 +21,13 @@ from cfebm.data import load_images, to_float
 from cfebm.evaluate import (
     Resized,
     at_resolution,
-    best_fid,
     evaluate_samples,
-    image_batches,
-    load_reference,
     make_extractor,
     nearest_neighbours,
 )
 from cfebm.metrics import FeatureStats, FMNISTFeatures, kid
-from cfebm.runner import run_training
+from cfebm.metrics.reference import image_batches, load_reference
+from cfebm.runner import best_fid, run_training
 
 # The tiny preset (8 -> 16 px, 384 images) on the first 256 Fashion-MNIST images of each split.
 TINY_FMNIST = ['data.dataset="fashion_mnist"', "data.limit=256"]

@@ -20,7 +20,7 @@ from cfebm.cli import evaluate, sample, train
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
-from cfebm.evaluate import EvalError
+from cfebm.metrics.reference import EvalError
 from cfebm.runner import RunError
 
 USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, EvalError, RunError,

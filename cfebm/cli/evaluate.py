@@ -16,17 +16,19 @@ from cfebm.config import Config, DataConfig, apply_overrides
 from cfebm.data import load_images
 from cfebm.evaluate import (
     FEATURES,
-    EvalError,
-    Reference,
     at_resolution,
-    check_reference,
     class_predictor,
-    compute_reference,
     evaluate_samples,
-    load_reference,
     make_extractor,
     nearest_neighbours,
     neighbour_grid,
+)
+from cfebm.metrics.reference import (
+    EvalError,
+    Reference,
+    check_reference,
+    compute_reference,
+    load_reference,
     reference_path,
     save_reference,
 )
