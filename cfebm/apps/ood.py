@@ -1,0 +1,194 @@
+"""Out-of-distribution detection with a trained energy (paper Sec. 4.2, Table 4).
+
+A model scores images by how in-distribution they look; the held-out test split of its own
+dataset is the in-distribution set, and each out-of-distribution set is ranked against it by
+AUROC, AUPR (in-distribution as the positive class, and as the negative) and the false-positive
+rate at 95% true positives, all from scikit-learn.
+
+Scores, each oriented so that **higher means more in-distribution**:
+- ``"energy"``: −E(x), the paper's (low energy = likely).
+- ``"grad_norm"``: −‖∇ₓE(x)‖₂, the authors' code's default (REFERENCE §5.6): data sit near
+  modes, where the energy is flat.
+
+Sets: ``uniform`` U(−1, 1); ``constant`` (one random value per image and channel, so colour
+images get a random colour); ``interp`` (the midpoint of two random held-out images, as in the
+paper's Interp); any dataset name ``cfebm.data`` loads, or a folder of images; each is read at the
+model's resolution and channel count (``load_images`` resizes and converts) and the conversion
+is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cfebm.config import DataConfig
+from cfebm.data import DATASETS, DataError, load_images, to_float
+from cfebm.trained import TrainedModel
+
+SCORES = ("energy", "grad_norm")
+SYNTHETIC = ("uniform", "constant", "interp")
+
+
+def score(model: TrainedModel, x: Tensor, kind: str = "energy", *, batch_size: int = 500,
+          progress: bool = False) -> Tensor:
+    """OOD scores of images ``x`` (N, C, R, R) in [−1, 1]: (N,) float32, higher = more
+    in-distribution (see the module docstring for ``kind``)."""
+    if kind not in SCORES:
+        raise ValueError(f"unknown score {kind!r}; choose one of {', '.join(SCORES)}")
+    model.check_images(x)
+    out = []
+    for start in tqdm(range(0, len(x), batch_size), disable=not progress, unit="batch",
+                      desc=f"scoring ({kind})", dynamic_ncols=True):
+        xb = x[start:start + batch_size].to(model.device)
+        if kind == "energy":
+            with torch.no_grad():
+                out.append(-model.energy(xb).cpu())
+            continue
+        xb = xb.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.energy(xb).sum(), xb)
+        out.append(-grad.flatten(1).norm(dim=1).cpu())
+    return torch.cat(out).float()
+
+
+@dataclass(frozen=True)
+class OODSet:
+    name: str
+    images: Tensor        # (N, C, R, R) float in [−1, 1], at the model's resolution
+    how: str              # where the images came from and how they were converted
+
+
+def in_distribution(model: TrainedModel, n: int) -> OODSet:
+    """The first ``n`` images of the test split of the model's own dataset."""
+    images = load_images(model.cfg.data, split="test", resolution=model.resolution,
+                         image_channels=model.channels)
+    x = to_float(images.get_batch(torch.arange(min(n, len(images)))))
+    return OODSet(model.cfg.data.dataset, x, f"{model.cfg.data.dataset} test split, "
+                  f"{len(x)} images at {model.resolution}x{model.resolution}")
+
+
+def build_set(name: str, model: TrainedModel, n: int, seed: int = 0,
+              held_out: Tensor | None = None) -> OODSet:
+    """An out-of-distribution set of ``n`` images for ``model`` (see the module docstring).
+
+    ``held_out`` are in-distribution images for ``interp`` (default: the test split's).
+    Raises ``DataError`` for a name that is neither a set, a dataset nor a folder.
+    """
+    g = torch.Generator().manual_seed(seed)
+    c, r = model.channels, model.resolution
+    if name == "uniform":
+        return OODSet(name, torch.rand(n, c, r, r, generator=g) * 2 - 1, "U(-1, 1) per pixel")
+    if name == "constant":
+        value = torch.rand(n, c, 1, 1, generator=g) * 2 - 1
+        return OODSet(name, value.expand(n, c, r, r).clone(),
+                      "one random value in [-1, 1] per image and channel")
+    if name == "interp":
+        x = in_distribution(model, 10 * n).images if held_out is None else held_out
+        i, j = (torch.randint(len(x), (n,), generator=g) for _ in range(2))
+        return OODSet(name, 0.5 * (x[i] + x[j]), "midpoints of random pairs of held-out "
+                      "in-distribution images")
+    if name in DATASETS:
+        cfg = DataConfig(dataset=name)
+    elif Path(name).is_dir():
+        cfg = DataConfig(dataset="folder", root=name)
+    else:
+        raise DataError(f"unknown OOD set {name!r}: use {', '.join(SYNTHETIC)}, a dataset "
+                        f"({', '.join(d for d in DATASETS if d != 'folder')}) or a folder")
+    images = load_images(cfg, split="test", resolution=r, image_channels=c)
+    pick = torch.randperm(len(images), generator=g)[:n].sort().values
+    return OODSet(Path(name).name or name, to_float(images.get_batch(pick)),
+                  f"{name}: {len(pick)} test images resized to {r}x{r}, {c} channel(s)")
+
+
+def ood_metrics(score_in: Tensor, score_out: Tensor) -> dict[str, float]:
+    """AUROC, AUPR-in, AUPR-out and FPR at 95% TPR, in-distribution as the positive class
+    (scores: higher = more in-distribution)."""
+    y = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
+    s = np.r_[score_in.numpy(), score_out.numpy()].astype(np.float64)
+    fpr, tpr, _ = roc_curve(y, s)
+    return {"auroc": float(roc_auc_score(y, s)),
+            "aupr_in": float(average_precision_score(y, s)),
+            "aupr_out": float(average_precision_score(1 - y, -s)),
+            "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")])}
+
+
+@dataclass
+class OODReport:
+    """Scores and metrics of one model against several sets, for one or more score kinds."""
+
+    in_set: OODSet
+    sets: list[OODSet]
+    scores: dict[str, dict[str, Tensor]]     # kind -> set name (in-distribution too) -> (N,)
+    metrics: dict[str, dict[str, dict]]      # kind -> OOD set name -> ood_metrics
+
+    def table(self, metric: str = "auroc") -> str:
+        """A Markdown table like Table 4: one row per score, one column per set, and Average."""
+        names = [s.name for s in self.sets]
+        head = f"| score ({metric}) | " + " | ".join(names) + " | Average |"
+        rows = [head, "|---" * (len(names) + 2) + "|"]
+        for kind, per_set in self.metrics.items():
+            values = [per_set[name][metric] for name in names]
+            cells = " | ".join(f"{v:.3f}" for v in values)
+            rows.append(f"| {kind} | {cells} | {np.mean(values):.3f} |")
+        return "\n".join(rows)
+
+    def write(self, out: str | Path) -> list[Path]:
+        """``ood.md`` (every metric's table and the sets' provenance), ``ood.csv`` and one
+        score histogram per score kind."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        md = [self.table(m) + "\n" for m in ("auroc", "aupr_in", "aupr_out", "fpr95")]
+        md += [f"- in-distribution: {self.in_set.how}"]
+        md += [f"- {s.name}: {s.how}" for s in self.sets]
+        (out / "ood.md").write_text("\n".join(md) + "\n")
+        with (out / "ood.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["score", "set", "auroc", "aupr_in", "aupr_out", "fpr95"])
+            for kind, per_set in self.metrics.items():
+                for name, m in per_set.items():
+                    writer.writerow([kind, name, *(f"{m[k]:.6f}" for k in
+                                                   ("auroc", "aupr_in", "aupr_out", "fpr95"))])
+        return [out / "ood.md", out / "ood.csv", *(self._histogram(k, out) for k in self.scores)]
+
+    def _histogram(self, kind: str, out: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for name, s in self.scores[kind].items():
+            ax.hist(s.numpy(), bins=50, alpha=0.45, density=True,
+                    label=f"{name} (in-distribution)" if name == self.in_set.name else name)
+        ax.set_xlabel("−E(x)" if kind == "energy" else "−‖∇ₓE(x)‖")
+        ax.set_ylabel("density")
+        ax.set_title(f"OOD scores ({kind}): higher = more in-distribution", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"ood_hist_{kind}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def evaluate_ood(model: TrainedModel, set_names: Sequence[str], *, n: int = 1000,
+                 kinds: Sequence[str] = SCORES, seed: int = 0, batch_size: int = 500,
+                 progress: bool = False) -> OODReport:
+    """Score the model's test split and each named set with each score kind."""
+    in_set = in_distribution(model, n)
+    sets = [build_set(name, model, n, seed, held_out=in_set.images) for name in set_names]
+    scores, metrics = {}, {}
+    for kind in kinds:
+        scores[kind] = {s.name: score(model, s.images, kind, batch_size=batch_size,
+                                      progress=progress) for s in [in_set, *sets]}
+        metrics[kind] = {s.name: ood_metrics(scores[kind][in_set.name], scores[kind][s.name])
+                         for s in sets}
+    return OODReport(in_set, sets, scores, metrics)

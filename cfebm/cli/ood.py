@@ -1,0 +1,41 @@
+"""``cfebm ood``: rank out-of-distribution sets against the model's test split (Table 4).
+
+    cfebm ood fmnist32 --ood uniform constant interp digits my_images/ --out runs/ood
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cfebm.apps.ood import SCORES, SYNTHETIC, evaluate_ood
+from cfebm.cli.common import FORMATTER, add_model, count, load_model
+
+
+def cmd_ood(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    kinds = SCORES if args.score == "both" else (args.score,)
+    report = evaluate_ood(model, args.ood, n=args.n, kinds=kinds, seed=args.seed,
+                          batch_size=args.batch_size, progress=not args.no_progress)
+    for metric in ("auroc", "fpr95"):
+        print(report.table(metric) + "\n")
+    print(f"in-distribution: {report.in_set.how}")
+    for s in report.sets:
+        print(f"{s.name}: {s.how}")
+    paths = report.write(args.out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ood", help="out-of-distribution detection: AUROC, AUPR and FPR@95 of "
+                       "sets against the model's test split", formatter_class=FORMATTER)
+    add_model(p)
+    p.add_argument("--ood", nargs="+", default=list(SYNTHETIC), metavar="SET",
+                   help=f"{', '.join(SYNTHETIC)}, a dataset name or an image folder")
+    p.add_argument("--score", choices=(*SCORES, "both"), default="both",
+                   help="energy: −E(x) (the paper); grad_norm: −‖∇E(x)‖ (the authors' code)")
+    p.add_argument("--n", type=count(2), default=1000, help="images per set")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sets")
+    p.add_argument("--batch-size", type=count(1), default=500, help="images per batch")
+    p.add_argument("--out", default="ood", help="folder for ood.md, ood.csv and histograms")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=cmd_ood)
