@@ -71,6 +71,17 @@ VARIANTS: dict[str, tuple[list[str], float, int]] = {
     "eqlr-lr32-2e-3": (["model.equalized_lr=true", "growth.lr=[3e-3, 3e-3, 2e-3]"], 1, 0),
     "eqlr-eta0-0.03": (["model.equalized_lr=true", "sampler.eta0=0.03"], 1, 0),
     "eqlr-no-smooth": (["model.equalized_lr=true", "sampler.smooth=false"], 1, 0),
+    # For the next lent GPU: the fade question, Table 9(d) with 3 seeds, the 2-hour schedule.
+    "eqlr-no-smooth-seed1": (["model.equalized_lr=true", "sampler.smooth=false"], 1, 1),
+    "eqlr-no-smooth-seed2": (["model.equalized_lr=true", "sampler.smooth=false"], 1, 2),
+    "eqlr-cascade": (["model.equalized_lr=true", "sampler.init=cascade"], 1, 0),
+    "eqlr-frozen": (["model.equalized_lr=true", "sampler.init=frozen"], 1, 0),
+    "eqlr-fade32-25k": (["model.equalized_lr=true", "growth.fade_images=[0, 12_800, 25_600]"],
+                        1, 0),
+    "eqlr-single-32": (["model.equalized_lr=true", *SINGLE_32], 1, 0),
+    "eqlr-single-32-seed1": (["model.equalized_lr=true", *SINGLE_32], 1, 1),
+    "eqlr-single-32-seed2": (["model.equalized_lr=true", *SINGLE_32], 1, 2),
+    "eqlr-2h": (["model.equalized_lr=true"], 4, 0),
     "single-32-2h": (SINGLE_32, 4, 0),
 }
 
@@ -84,11 +95,14 @@ def iteration_cost(cfg: Config, n_images: int) -> tuple[float, int]:
     """Unscaled model seconds of the training iteration at ``n_images``, and its batch size.
 
     T(s)+1 steps of the current resolution (the chain plus the loss's forward and backward) and,
-    during a fade, the coarse chain's ⌊T(s−1)(1−β)⌋ steps at half resolution.
+    during a fade, the coarse chain's ⌊T(s−1)(1−β)⌋ steps at half resolution (or, for the
+    cascade inits, every coarser stage's T steps).
     """
     g = growth_at(n_images, cfg.growth)
     steps = (g.n_steps + 1) * STEP_SECONDS[g.resolution]
-    if g.fading and cfg.sampler.smooth:
+    if cfg.sampler.init != "noise":  # the cascade runs every coarser stage's chain too
+        steps += sum(t * STEP_SECONDS[r] for r, t in g.cascade[:-1])
+    elif g.fading and cfg.sampler.smooth:
         steps += int(g.n_steps_coarse * (1 - g.beta)) * STEP_SECONDS[g.resolution // 2]
     return steps * g.batch_size / 64, g.batch_size
 
