@@ -189,3 +189,18 @@ def test_from_state_copies_and_leaves_training_untouched(tiny_run):
     assert torch.equal(model.energy(x), expected)
     y = langevin_cfg(model.energy, x, 1, model.cfg.sampler)
     assert y.shape == x.shape and not torch.equal(F.avg_pool2d(y, 2), F.avg_pool2d(x, 2))
+
+
+def test_frozen_coarse_copies_travel_in_the_export(tmp_path):
+    """A model trained with sampler.init=frozen samples its 8² scale with the frozen copy of
+    stage 0; the export carries that copy, so both files give the same samples."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress",
+                 "--set", "sampler.init=frozen"]) == 0
+    model = load(run_dir / "checkpoints" / "latest.pt")
+    assert len(model.coarse) == 1 and model.schedule() == [(8, 5), (16, 5)]
+    again = load(model.export(tmp_path / "m.safetensors"))
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    assert torch.equal(model.coarse[0](x), again.coarse[0](x))
+    assert not torch.equal(model.coarse[0](x), model.net(x))
+    assert torch.equal(model.sample(4, seed=2), again.sample(4, seed=2))
