@@ -204,3 +204,19 @@ def test_frozen_coarse_copies_travel_in_the_export(tmp_path):
     assert torch.equal(model.coarse[0](x), again.coarse[0](x))
     assert not torch.equal(model.coarse[0](x), model.net(x))
     assert torch.equal(model.sample(4, seed=2), again.sample(4, seed=2))
+
+
+def test_the_packaged_fmnist32_model_loads_by_name_and_prefers_garments_to_noise(
+        tmp_path, fashion_mnist_available):
+    """cfebm/weights/fmnist32.safetensors (its model card: cfebm/weights/README.md)."""
+    from cfebm.data import load_images, to_float
+
+    model = load("fmnist32", device="cpu")
+    assert (model.resolution, model.channels, model.beta, model.weights) == (32, 1, 1.0, "ema")
+    assert main(["sample", "fmnist32", "--n", "2", "--steps", "1", "--out",
+                 str(tmp_path / "s.png"), "--no-progress"]) == 0
+    images = load_images(model.cfg.data, split="test", resolution=32, image_channels=1)
+    garments = to_float(images.get_batch(torch.arange(64)))
+    noise = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert model.energy(garments).mean() < model.energy(noise).mean()
