@@ -20,6 +20,16 @@ PAD = 2          # pixels between images
 TEXT = (0, 0, 0)
 
 
+def _font() -> ImageFont.ImageFont:
+    """DejaVu Sans from matplotlib (PIL's built-in font has no Greek: σ, η)."""
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 11)
+    except (ImportError, OSError, ValueError):
+        return ImageFont.load_default()
+
+
 def _tile(x: Tensor, scale: int) -> Image.Image:
     """Images (M, C, R, R) in [−1, 1] side by side on white, enlarged ``scale``× (nearest)."""
     m, c, r, _ = x.shape
@@ -36,7 +46,7 @@ def save_rows(rows: Sequence[Tensor], path: str | Path, *, labels: Sequence[str]
               column_labels: Sequence[str] | None = None, scale: int = 2) -> Path:
     """One PNG with a row of images per tensor (M, C, R, R) in [−1, 1], each row labelled on the
     left by ``labels`` and each column on top by ``column_labels`` (optional)."""
-    font = ImageFont.load_default()
+    font = _font()
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     tiles = [_tile(x, scale) for x in rows]
     width = max(t.width for t in tiles)
