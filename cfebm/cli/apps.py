@@ -137,8 +137,8 @@ def _common(p: argparse.ArgumentParser, out: str, images: bool = True) -> None:
     add_model(p)
     add_chains(p, cascade=False)
     if images:
-        p.add_argument("--images", metavar="DIR", help="a folder of your own images (default: "
-                       "the test split of the model's dataset)")
+        p.add_argument("--images", metavar="DIR", help="a folder of your own images, instead of "
+                       "the test split of the model's dataset")
         p.add_argument("--n", type=count(1), default=10, help="number of images")
         p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--out", default=out, help="the grid image to write")
@@ -176,7 +176,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "noise levels η0 (Fig. 16)", formatter_class=FORMATTER)
     _common(p, "noise_sweep.png", images=False)
     p.add_argument("--n", type=count(1), default=8, help="samples per noise level")
-    p.add_argument("--etas", type=_etas, help="comma-separated η0 values (default: 0, 0.5, 1 "
-                   "and 2 times the training η0)")
+    p.add_argument("--etas", type=_etas, help="comma-separated η0 values; without it 0, 0.5, "
+                   "1 and 2 times the training η0")
     p.add_argument("--cascade", action="store_true", help="sample through every coarse stage")
     p.set_defaults(func=cmd_noise_sweep)
