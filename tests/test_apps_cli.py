@@ -53,10 +53,11 @@ def test_commands_write_valid_grids(tiny, tmp_path, command, rows):
 
 def test_restoration_of_a_folder_of_own_images(tiny, photos, tmp_path, capsys):
     report = tmp_path / "r.json"
-    assert main(["denoise", tiny, "--images", str(photos), "--steps", "2", "--json", str(report),
-                 "--out", str(tmp_path / "d.png"), "--no-progress"]) == 0
+    assert main(["denoise", tiny, "--images", str(photos), "--sigma", "0.3", "--json",
+                 str(report), "--out", str(tmp_path / "d.png"), "--no-progress"]) == 0
     r = json.loads(report.read_text())
     assert r["images"] == f"5 images from {photos}" and r["psnr_noisy"] > 10
+    assert r["steps"] == 3  # round(10σ) by default
     assert "PSNR  noisy" in capsys.readouterr().out
     assert main(["inpaint", tiny, "--images", str(photos), "--mask", "right", "--steps", "2",
                  "--json", str(report), "--out", str(tmp_path / "i.png"), "--no-progress"]) == 0

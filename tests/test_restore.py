@@ -56,6 +56,7 @@ def test_denoising_a_gaussian_prior_reaches_the_posterior_mean():
     torch.testing.assert_close(restore.denoise(prior, y, steps=0), y, rtol=0, atol=0)
     out = restore.denoise(prior, y, steps=1, noise=0.0)
     torch.testing.assert_close(out, posterior_mean, rtol=0, atol=1e-6)
+    assert torch.equal(restore.denoise(prior, y, 0.1, noise=0.0), out)  # σ 0.1: one step
     # More steps keep shrinking toward μ: 2^−k of the way left.
     for k in (2, 3):
         torch.testing.assert_close(restore.denoise(prior, y, steps=k, noise=0.0),

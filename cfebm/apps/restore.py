@@ -5,7 +5,7 @@ Coarse-to-Fine Expanding and Sampling", ICLR 2021. Both run the model's own shor
 chain (``TrainedModel.sample(start=...)``) from the corrupted image: the energy pulls the chain
 toward the images the model has learned, and the short run keeps it near the observation.
 
-- Denoising (Fig. 5): the chain starts at x + σ·ε (the paper's σ = 0.2) and runs K steps.
+- Denoising (Fig. 5): the chain starts at x + σ·ε (the paper's σ = 0.2) and runs a few steps.
 - Inpainting (Fig. 6, 11): known pixels are held exactly at every step (mask 1 = known), unknown
   ones start from U(−1, 1); chains with different noise give different completions.
 
@@ -76,22 +76,35 @@ def corrupt(x: Tensor, sigma: float = SIGMA, *, seed: int = 0) -> Tensor:
     return (x + sigma * eps).clamp(-1.0, 1.0)
 
 
-def denoise(model: TrainedModel, noisy: Tensor, *, steps: int | None = None,
-            noise: float | None = None, seed: int = 0, batch_size: int = 250,
-            progress: bool = False, callback=None) -> Tensor:
+def denoise_steps(sigma: float) -> int:
+    """The default chain length for noise of std σ: round(10σ), at least 1.
+
+    Measured on the quick-start model (benchmarks/RESTORATION.md): the best K on held-out images
+    was 1, 2 and 3 steps at σ = 0.1, 0.2, 0.3, and the model's own T (25) or the authors' 10
+    steps end below the noisy input's PSNR, because the chain drifts to the model's samples.
+    Other models may prefer other K: measure with benchmarks/restoration.py.
+    """
+    return max(1, round(10 * sigma))
+
+
+def denoise(model: TrainedModel, noisy: Tensor, sigma: float = SIGMA, *,
+            steps: int | None = None, noise: float | None = None, seed: int = 0,
+            batch_size: int = 250, progress: bool = False, callback=None) -> Tensor:
     """Langevin chains of the model's energy started exactly at ``noisy`` (Fig. 5).
 
     Args:
         model: the trained model.
         noisy: corrupted images (N, C, R, R) in [−1, 1].
-        steps: Langevin steps K (default: the model's T). Too many drift toward the model's own
-            samples and away from the observation; benchmarks/RESTORATION.md measures K.
-        noise: test-time noise level η0 (default: training's).
+        sigma: the std of their noise; sets the default ``steps`` (``denoise_steps``).
+        steps: Langevin steps K. Too many drift toward the model's own samples and away from
+            the observation.
+        noise: test-time noise level η0 (default: training's; it barely matters here).
         seed, batch_size, progress, callback: as in ``TrainedModel.sample``.
 
     Returns:
         The denoised images (N, C, R, R) in [−1, 1].
     """
+    steps = denoise_steps(sigma) if steps is None else steps
     return model.sample(start=noisy, steps=steps, noise=noise, seed=seed, batch_size=batch_size,
                         progress=progress, callback=callback)
 

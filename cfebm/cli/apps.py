@@ -40,8 +40,8 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     model = load_model(args)
     clean, what = _images(args, model)
     noisy = restore.corrupt(clean, args.sigma, seed=args.seed)
-    steps = model.growth.n_steps if args.steps is None else args.steps
-    out = restore.denoise(model, noisy, steps=steps, noise=args.noise, seed=args.seed,
+    steps = restore.denoise_steps(args.sigma) if args.steps is None else args.steps
+    out = restore.denoise(model, noisy, args.sigma, steps=steps, noise=args.noise, seed=args.seed,
                           batch_size=args.batch_size, progress=not args.no_progress)
     (p0, s0), (p1, s1) = restore.psnr_ssim(noisy, clean), restore.psnr_ssim(out, clean)
     path = save_rows([noisy, out, clean], args.out, labels=["noisy", "denoised", "clean"],
@@ -127,7 +127,7 @@ def cmd_noise_sweep(args: argparse.Namespace) -> None:
                            cascade=args.cascade, batch_size=args.batch_size,
                            progress=not args.no_progress)
     trained = model.cfg.sampler.noise_std
-    labels = [f"η0 {e:g}" + (" (trained)" if np.isclose(e, trained) else "") for e in etas]
+    labels = [f"η0 = {e:g}" + (" (trained)" if np.isclose(e, trained) else "") for e in etas]
     path = save_rows(list(x), args.out, labels=labels, scale=args.scale)
     print(f"wrote {args.n} samples of {model} at η0 = {', '.join(f'{e:g}' for e in etas)} "
           f"(same seeds) to {path}")
@@ -146,12 +146,21 @@ def _common(p: argparse.ArgumentParser, out: str, images: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _set_help(p: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Reword a shared flag's help where this command's default differs."""
+    for action in p._actions:
+        if action.dest == dest:
+            action.help = text
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("denoise", help="remove Gaussian noise by Langevin chains started at the "
                        "noisy images (Fig. 5)", formatter_class=FORMATTER)
     _common(p, "denoise.png")
     p.add_argument("--sigma", type=non_negative, default=restore.SIGMA,
                    help="std of the added Gaussian noise (images in [-1, 1])")
+    _set_help(p, "steps", "Langevin steps (default: round(10·sigma), measured in "
+              "benchmarks/RESTORATION.md)")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("inpaint", help="fill masked pixels with diverse completions (Fig. 6, 11)",
