@@ -76,18 +76,18 @@ def denoising(model, val, test, seed: int, grids: Path | None) -> list[dict]:
         noisy = restore.corrupt(test, sigma, seed=seed + 1)
         t0 = time.time()
         # K steps without noise are the first K of one long noiseless chain: record them.
-        states = {}
+        states = []  # states[k - 1]: after k steps
         restore.denoise(model, noisy_val, steps=max(STEPS), noise=0.0, seed=seed,
-                        callback=lambda s: states.__setitem__(s.i + 1, s.x.clone()))
-        tried = {(k, 0.0): mean_psnr(states[k], val) for k in STEPS}
+                        callback=lambda s, states=states: states.append(s.x.clone()))
+        tried = {(k, 0.0): mean_psnr(states[k - 1], val) for k in STEPS}
         for k in STEPS[:6]:
             out = restore.denoise(model, noisy_val, steps=k, noise=eta, seed=seed)
             tried[(k, eta)] = mean_psnr(out, val)
         (k, noise), _ = max(tried.items(), key=lambda item: item[1])
         ebm = restore.denoise(model, noisy, steps=k, noise=noise, seed=seed + 1)
         seconds = time.time() - t0
-        s_blur, _ = best(BLUR, lambda s: blur(noisy_val, s), val)
-        s_med, _ = best(MEDIAN, lambda k: median(noisy_val, k), val)
+        s_blur, _ = best(BLUR, lambda s, y=noisy_val: blur(y, s), val)
+        s_med, _ = best(MEDIAN, lambda k, y=noisy_val: median(y, k), val)
         row = {"sigma": sigma, "noisy": scores(noisy, test),
                "ebm": {**scores(ebm, test), "steps": k, "noise": noise, "seconds": seconds},
                "blur": {**scores(blur(noisy, s_blur), test), "sigma": s_blur},
@@ -157,7 +157,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(args.seed)
     model = load(args.model, device="cpu")
-    data = dict(resolution=model.resolution, image_channels=model.channels)
+    data = {"resolution": model.resolution, "image_channels": model.channels}
     images = to_float(load_images(model.cfg.data, split="test", **data).get_batch(
         torch.arange(args.val + args.n)))
     val, test = images[:args.val], images[args.val:]

@@ -51,7 +51,7 @@ def test_denoising_a_gaussian_prior_reaches_the_posterior_mean():
     mean E[x | y] = μ + s²/(s² + σ²)·(y − μ) is exactly that half way point."""
     prior = GaussianPrior(mu=0.2, s2=0.02, step_size=0.01)
     sigma = prior.s2 ** 0.5
-    x, y = _gaussian_data(prior, sigma)
+    _, y = _gaussian_data(prior, sigma)
     posterior_mean = prior.mu + prior.s2 / (prior.s2 + sigma**2) * (y - prior.mu)
     torch.testing.assert_close(restore.denoise(prior, y, steps=0), y, rtol=0, atol=0)
     out = restore.denoise(prior, y, steps=1, noise=0.0)

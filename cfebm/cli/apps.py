@@ -19,8 +19,15 @@ import numpy as np
 
 from cfebm.apps import chains, restore
 from cfebm.apps.figures import save_rows
-from cfebm.cli.common import FORMATTER, CLIError, add_chains, add_model, count, load_model, \
-    non_negative
+from cfebm.cli.common import (
+    FORMATTER,
+    CLIError,
+    add_chains,
+    add_model,
+    count,
+    load_model,
+    non_negative,
+)
 
 
 def _images(args: argparse.Namespace, model):
@@ -51,10 +58,10 @@ def cmd_denoise(args: argparse.Namespace) -> None:
               "ssim_noisy": s0.mean(), "ssim_denoised": s1.mean(), "grid": str(path)}
     _report(args, [
         f"denoised {what} (σ {args.sigma:g}, {steps} Langevin steps) with {model}",
-        f"PSNR  noisy {p0.mean():6.2f} dB   denoised {p1.mean():6.2f} dB   gain "
-        f"{p1.mean() - p0.mean():+.2f} dB",
-        f"SSIM  noisy {s0.mean():6.3f}      denoised {s1.mean():6.3f}      gain "
-        f"{s1.mean() - s0.mean():+.3f}",
+        (f"PSNR  noisy {p0.mean():6.2f} dB   denoised {p1.mean():6.2f} dB   gain "
+         f"{p1.mean() - p0.mean():+.2f} dB"),
+        (f"SSIM  noisy {s0.mean():6.3f}      denoised {s1.mean():6.3f}      gain "
+         f"{s1.mean() - s0.mean():+.3f}"),
         f"wrote [noisy | denoised | clean] to {path}"], report)
 
 
@@ -86,10 +93,10 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
               "completions": k, "steps": args.steps, "noise": args.noise,
               "psnr": psnr.mean(), "ssim": ssim.mean(), "diversity": spread, "grid": str(path)}
     _report(args, [
-        f"inpainted {what} ({args.mask} mask, {hidden:.0%} hidden, {k} completion(s) each) "
-        f"with {model}",
-        f"PSNR {psnr.mean():.2f} dB   SSIM {ssim.mean():.3f}   diversity "
-        f"{spread:.3f} (RMS between completions on the hidden pixels)",
+        (f"inpainted {what} ({args.mask} mask, {hidden:.0%} hidden, {k} completion(s) "
+         f"each) with {model}"),
+        (f"PSNR {psnr.mean():.2f} dB   SSIM {ssim.mean():.3f}   diversity "
+         f"{spread:.3f} (RMS between completions on the hidden pixels)"),
         f"wrote [masked | completions | original] to {path}"], report)
 
 

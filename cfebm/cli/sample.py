@@ -17,8 +17,9 @@ from cfebm.viz import save_grid, save_images
 
 def cmd_sample(args: argparse.Namespace) -> None:
     model = load_model(args)
-    kwargs = dict(steps=args.steps, noise=args.noise, seed=args.seed, cascade=args.cascade,
-                  batch_size=args.batch_size, progress=not args.no_progress)
+    kwargs = {"steps": args.steps, "noise": args.noise, "seed": args.seed,
+              "cascade": args.cascade, "batch_size": args.batch_size,
+              "progress": not args.no_progress}
     if args.trajectory:
         x, trajectory = sample_with_trajectory(model, args.n, every=args.every, **kwargs)
         paths = save_trajectory(trajectory, args.trajectory)
