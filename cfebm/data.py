@@ -184,7 +184,8 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
 
     Raises:
         DataError (a ValueError): unknown dataset or split, bad resolution, files missing or
-            unreadable, or an optional package missing; the message says what to do.
+            unreadable, folder images smaller than ``resolution``, or an optional package
+            missing; the message says what to do.
     """
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -199,6 +200,7 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
     if name in ("folder", "celeba", "lsun"):
         if name == "folder":
             source = datasets.image_files(root, split, limit)
+            datasets.check_sizes(source, resolution, cfg.center_crop)
         elif name == "celeba":
             source = datasets.celeba(root, download, split, limit)
         else:

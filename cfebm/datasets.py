@@ -327,6 +327,26 @@ def image_files(root: str, split: str, limit: int | None) -> ImageFiles:
     return ImageFiles(paths[:limit])
 
 
+def check_sizes(files: ImageFiles, resolution: int, center_crop: int = 0) -> None:
+    """Raise a DataError when images would have to be enlarged to ``resolution`` (their shorter
+    side, after any centre crop, is smaller): upsampling them would blur silently. Reads only
+    the files' headers; unreadable files are reported when they are read."""
+    small = []
+    for path in files.paths:
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        if min(w, h, center_crop or w) < resolution:
+            small.append((min(w, h), path, w, h))
+    if small:
+        _, path, w, h = min(small)
+        raise DataError(f"{len(small)} of {len(files)} images are smaller than the "
+                        f"{resolution}x{resolution} asked for (smallest: {path}, {w}x{h}); use "
+                        f"images of at least {resolution} pixels a side or a lower resolution")
+
+
 def celeba(root: str, download: bool, split: str, limit: int | None) -> ImageFiles:
     """CelebA's aligned images of one split, found and checked through torchvision."""
     base = Path(root) if root else cache_dir()

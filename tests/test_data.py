@@ -160,11 +160,11 @@ def test_folder_shapes_order_and_modes(image_folder):
         rgb = load_images(_cfg(dataset="folder", root=str(image_folder)), split="train",
                           resolution=8, image_channels=3)
         gray = load_images(_cfg(dataset="folder", root=str(image_folder)), split="test",
-                           resolution=16, image_channels=1)
+                           resolution=8, image_channels=1)
         x, g = rgb.get_batch(torch.arange(4)), gray.get_batch(torch.arange(4))
     assert [p.relative_to(image_folder).as_posix() for p in rgb.source.paths] == [
         "a/sub/x.png", "a/y.JPG", "b/z.png", "b/zz.png"]
-    assert x.shape == (4, 3, 8, 8) and g.shape == (4, 1, 16, 16) and rgb.labels is None
+    assert x.shape == (4, 3, 8, 8) and g.shape == (4, 1, 8, 8) and rgb.labels is None
     expected = torch.tensor([[0, 255, 0], [200, 100, 0], [50, 50, 50], [10, 20, 30]])
     assert (x.int() - expected[:, :, None, None]).abs().amax() <= 3  # 3 for the JPEG only
     assert (x[[0, 2, 3]].int() == expected[[0, 2, 3], :, None, None]).all()
@@ -199,6 +199,16 @@ def test_folder_threads_keep_order_and_bad_file_is_named(image_folder):
                          resolution=8, image_channels=3)
     with pytest.raises(DataError, match="zzz.png"):
         broken[4]
+
+
+def test_folder_images_smaller_than_the_resolution_are_refused(image_folder):
+    # zz.png is 12x12: serving it at 16x16 would upsample it without a word.
+    with pytest.raises(DataError, match=r"1 of 4 images are smaller than the 16x16.*zz.png, 12x12"):
+        load_images(_cfg(dataset="folder", root=str(image_folder)), split="train", resolution=16,
+                    image_channels=1)
+    with pytest.raises(DataError, match="4 of 4 images"):  # the crop makes them all 8 px
+        load_images(_cfg(dataset="folder", root=str(image_folder), center_crop=8), split="train",
+                    resolution=16, image_channels=1)
 
 
 def test_folder_errors(tmp_path):

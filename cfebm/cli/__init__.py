@@ -16,7 +16,7 @@ import sys
 
 from cfebm import __version__
 from cfebm.checkpoint import CheckpointError
-from cfebm.cli import evaluate, ood, sample, train
+from cfebm.cli import apps, evaluate, ood, sample, train
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cfebm {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, sample, evaluate, ood):
+    for module in (train, sample, evaluate, apps, ood):
         module.add_commands(sub)
     return parser
 

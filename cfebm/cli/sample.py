@@ -1,6 +1,7 @@
 """``cfebm sample`` and ``cfebm export``: draw from a trained model, write its inference weights.
 
     cfebm sample MODEL --n 64 --out samples.png [--steps T] [--noise η0] [--cascade]
+    cfebm sample MODEL --n 8 --trajectory chains/ --every 5     (Fig. 10: strip, GIF, energies)
     cfebm export runs/f32/checkpoints/latest.pt --out f32.safetensors
 """
 
@@ -8,15 +9,24 @@ from __future__ import annotations
 
 import argparse
 
+from cfebm.apps.chains import sample_with_trajectory
+from cfebm.apps.figures import save_trajectory
 from cfebm.cli.common import FORMATTER, add_chains, add_model, count, describe_schedule, load_model
 from cfebm.viz import save_grid, save_images
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     model = load_model(args)
-    x = model.sample(args.n, steps=args.steps, noise=args.noise, seed=args.seed,
-                     cascade=args.cascade, batch_size=args.batch_size,
-                     progress=not args.no_progress)
+    kwargs = {"steps": args.steps, "noise": args.noise, "seed": args.seed,
+              "cascade": args.cascade, "batch_size": args.batch_size,
+              "progress": not args.no_progress}
+    if args.trajectory:
+        x, trajectory = sample_with_trajectory(model, args.n, every=args.every, **kwargs)
+        paths = save_trajectory(trajectory, args.trajectory)
+        print(f"wrote the chains of the first {trajectory.keep} samples, every {args.every} "
+              f"step(s): {', '.join(str(p) for p in paths.values())}")
+    else:
+        x = model.sample(args.n, **kwargs)
     out = save_grid(x, args.out, scale=args.scale)
     schedule = model.schedule(steps=args.steps, cascade=args.cascade)
     print(f"wrote {args.n} samples of {model} ({describe_schedule(schedule)}) to {out}")
@@ -41,6 +51,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--each", metavar="DIR", help="also write one PNG per sample into DIR")
     p.add_argument("--scale", type=count(1), default=2, help="enlarge the grid this many times")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--trajectory", metavar="DIR", help="also write the first 8 chains as a strip "
+                   "of every --every-th state, an animated GIF and an energy plot (Fig. 10)")
+    p.add_argument("--every", type=count(1), default=5, help="record every k-th Langevin step")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("export", help="write a model's inference weights and config to a "
