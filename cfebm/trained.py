@@ -148,7 +148,7 @@ class TrainedModel:
                 Fig. 16).
             mask: with ``start``, 1 where a pixel is known and kept exactly, broadcastable.
             seed: seeds one stream per 50 chains, so the samples do not depend on
-                ``batch_size``. ``generator`` instead runs everything as one batch from it.
+                ``batch_size`` (up to the float round-off of convolutions of another size). ``generator`` instead runs everything as one batch from it.
             cascade: from noise, through every coarse stage in turn (A.8).
             callback: sees every Langevin step of every batch.
             batch_size: chains per batch (rounded up to a multiple of 50).

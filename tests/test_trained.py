@@ -83,12 +83,15 @@ def test_known_pixels_never_change_under_inpainting(tiny_run):
 
 def test_samples_do_not_depend_on_the_batch_size(tiny_run):
     model = load(tiny_run / "checkpoints" / "latest.pt")
+    # Same random numbers per chain; convolutions of another batch size may round differently.
     a = model.sample(120, seed=3, batch_size=50)
     b = model.sample(120, seed=3, batch_size=500)
-    assert torch.equal(a, b) and not torch.equal(a, model.sample(120, seed=4))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert (a - model.sample(120, seed=4)).abs().max() > 0.1
     start = torch.rand(70, 1, 16, 16) * 2 - 1
-    assert torch.equal(model.sample(start=start, steps=2, batch_size=50),
-                       model.sample(start=start, steps=2, batch_size=100))
+    torch.testing.assert_close(model.sample(start=start, steps=2, batch_size=50),
+                               model.sample(start=start, steps=2, batch_size=100),
+                               rtol=0, atol=1e-5)
 
 
 def test_sampling_from_noise_equals_the_training_sampler_for_a_plain_generator(tiny_run):
