@@ -19,7 +19,7 @@ from cfebm.apps.ood import evaluate_ood
 from cfebm.trained import load
 
 SKIMAGE_IMAGES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "grass",
-                  "gravel", "rough_wall", "moon", "page", "text", "coins", "horse")
+                  "gravel", "moon", "page", "text", "coins", "horse")
 
 
 def skimage_crops(folder: Path, n: int, size: int = 64, seed: int = 0) -> Path:

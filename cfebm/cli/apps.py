@@ -167,7 +167,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=non_negative, default=restore.SIGMA,
                    help="std of the added Gaussian noise (images in [-1, 1])")
     _set_help(p, "steps", "Langevin steps (default: round(10·sigma), measured in "
-              "benchmarks/RESTORATION.md)")
+              "benchmarks/RESULTS.md, restoration)")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("inpaint", help="fill masked pixels with diverse completions (Fig. 6, 11)",
