@@ -3,13 +3,14 @@ import weakref
 
 import pytest
 import torch
+from conftest import sample_negatives
 
 from cfebm.config import ModelConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
     init_uniform, langevin, langevin_cfg, mix_with_noise, noise_schedule, sample,
-    sample_negatives, sampling_schedule, smooth_init, upsample,
+    sampling_schedule, smooth_init, upsample,
 )
 
 MU, S = 0.3, 0.5
