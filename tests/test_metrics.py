@@ -388,8 +388,7 @@ def test_fmnist_classifier_accuracy_and_features(fmnist_test_subset):
     extractor = FMNISTFeatures()
     assert isinstance(extractor, FeatureExtractor)
     accuracy = (extractor.predict_classes(x) == y).double().mean().item()
-    assert accuracy >= 0.90
-    assert extractor.metadata["test_accuracy"] >= 0.90
+    assert accuracy >= 0.90  # the full split's figure is recomputed in test_fmnist_features.py
     assert extractor.metadata["architecture"] == "fmnist-cnn-v1"
     assert extractor.metadata["recipe"]["epochs"] > 0
     features = extractor(x[:500])
