@@ -101,3 +101,31 @@ def test_langevin_cfg_noise_overrides_the_configs_eta0(schedule):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     descent = langevin_cfg(gaussian_energy, x0, 7, cfg, noise_std=0.0)
     torch.testing.assert_close(descent, x0 * 0.9**7)  # x ← x − 0.1·x, seven times
+
+
+@pytest.mark.slow
+def test_load_sampler_defaults_to_the_ema_on_cpu_and_carries_the_frozen_copies(checkpoint,
+                                                                                 tmp_path):
+    """``load_sampler(path)`` with no options: the EMA weights, on the CPU, in eval mode, with the
+    checkpoint's progress; ``ema=False`` gives the trained weights. A frozen-init checkpoint past
+    stage 0 brings its frozen 8² copy along, with the weights stored for it."""
+    from cfebm.checkpoint import load_sampler
+    from cfebm.runner import run_training
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    model = load_sampler(checkpoint)
+    assert model.n_images == 64 and model.growth.stage == 0 and not model.net.training
+    assert next(model.net.parameters()).device == torch.device("cpu")
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, ckpt["ema"][key]), key
+    raw = load_sampler(checkpoint, ema=False).net.state_dict()
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in raw.items())
+
+    cfg = from_dict({**ckpt["config"], "sampler": {**ckpt["config"]["sampler"], "init": "frozen"}})
+    run_training(cfg, tmp_path / "frozen", stop_at=144, progress=False)
+    path = tmp_path / "frozen" / "checkpoints" / "latest.pt"
+    stored = torch.load(path, weights_only=True)["coarse"]
+    model = load_sampler(path)
+    assert model.growth.stage == 1 and len(stored) == len(model.coarse) == 1
+    for key, value in model.coarse[0].state_dict().items():
+        assert torch.equal(value, stored[0][key]), key
