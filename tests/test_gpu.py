@@ -54,3 +54,10 @@ def test_train_step_on_the_gpu_and_checkpoint_back_to_the_cpu(tmp_path, precisio
         assert torch.equal(value.cpu(), model.net.state_dict()[key]), key
     assert resumed.device.type == "cuda" and next(model.net.parameters()).device.type == "cpu"
     assert resumed.n_images == 16 and model.n_images == 16
+
+
+def test_load_state_puts_the_state_on_the_requested_device(tmp_path):
+    """With train.device = "auto" a GPU machine would pick cuda; ``device="cpu"`` must win."""
+    cfg = apply_overrides(load_preset("tiny"), ["train.device=auto"])
+    save_state(new_state(cfg, torch.device("cpu")), tmp_path / "s.pt")
+    assert load_state(tmp_path / "s.pt", device="cpu").device.type == "cpu"
