@@ -43,6 +43,9 @@ def test_train_step_on_the_gpu_and_checkpoint_back_to_the_cpu(tmp_path, precisio
     state = new_state(tiny("train.ema_decay=0.5", f"train.precision={precision}"))
     assert state.device.type == "cuda"
     x = torch.rand(16, 1, 8, 8, device="cuda") * 2 - 1
+    with state.autocast():  # bf16 autocast (CUDA's own default would be fp16)
+        h = state.net.from_rgb["8x8"](x)
+    assert h.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
     metrics = train_step(state, x)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     save_state(state, tmp_path / "s.pt")

@@ -40,10 +40,10 @@ class LinearEnergy(nn.Module):
 
 
 def linear_state(lr_scale: float = 1.0) -> TrainState:
-    # One Langevin step of size 1000 without noise: |1000·w_i| ≫ 2 for every pixel, so after
+    # One Langevin step of size 10⁶ without noise: |10⁶·w_i| ≫ 2 for every pixel, so after
     # the clamp each chain sits at the box corner −sign(w), whatever it started from.
     cfg = apply_overrides(load_preset("tiny"), [
-        "growth.n_steps=[1, 1]", "sampler.step_size=1000.0", "sampler.noise_std=0.0",
+        "growth.n_steps=[1, 1]", "sampler.step_size=1e6", "sampler.noise_std=0.0",
         "growth.lr=[0.01, 0.01]"])
     net = LinearEnergy(cfg.model, 8)
     optimizer = torch.optim.SGD(net.parameters(), lr=123.0)  # train_step must set the lr
@@ -149,3 +149,56 @@ def test_toy_run_moves_sample_moments_toward_the_data(tmp_path):
     assert abs(contrast0) < 0.2
     assert err1 < 0.1 * err0
     assert contrast1 > 0.6 * contrast_data
+
+
+class FadingLinearEnergy(nn.Module):
+    """At 16²: E(x; β) = β·w·x + (1−β)·v·pool₂(x); at 8²: v·x. With v = 0 the fading energy is
+    β·w·x, so the loss's gradient for w is β·(mean(x_data) − mean(x_sample))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.w = nn.Parameter(torch.randn(256, generator=torch.Generator().manual_seed(0)))
+        self.v = nn.Parameter(torch.zeros(64))
+
+    def forward(self, x, beta=1.0):
+        if x.shape[-1] == 8:
+            return x.flatten(1) @ self.v
+        pooled = torch.nn.functional.avg_pool2d(x, 2).flatten(1)
+        return beta * (x.flatten(1) @ self.w) + (1 - beta) * (pooled @ self.v)
+
+
+def test_the_loss_is_taken_at_the_current_fading_factor():
+    """Mid-fade (160 images: β = 0.5) the update of Eq. (2) uses E(·; β), not the grown net."""
+    cfg = apply_overrides(load_preset("tiny"), [
+        "growth.n_steps=[1, 1]", "sampler.step_size=1e6", "sampler.noise_std=0.0"])
+    net = FadingLinearEnergy(cfg.model)
+    state = TrainState(cfg, net, None, torch.optim.SGD(net.parameters(), lr=1.0),
+                       torch.Generator().manual_seed(0))
+    state.n_images = 160
+    assert state.growth.beta == 0.5
+    w0 = net.w.detach().clone()
+    x_data = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    train_step(state, x_data)
+    # The fine chain's one huge step on ∇ₓE = β·w lands on the corner −sign(w).
+    torch.testing.assert_close(net.w.grad, 0.5 * (x_data.flatten(1).mean(0) + torch.sign(w0)))
+
+
+def test_data_sigma_adds_gaussian_noise_of_that_size():
+    """train.data_sigma = σ perturbs each data pixel by N(0, σ²) (Sec. 3.4's option)."""
+    cfg = apply_overrides(load_preset("tiny"), ["train.data_sigma=0.1",
+                                                "growth.batch_size=[64, 16]"])
+    images = torch.full((64, 1, 16, 16), 128, dtype=torch.uint8)
+    state = new_state(cfg)
+    x = data_batch(state, BatchStream(TensorImages(images), seed=0))
+    residual = x.double() - (128 / 127.5 - 1)
+    assert residual.mean().abs() < 0.01
+    assert residual.std().item() == pytest.approx(0.1, rel=0.05)
+
+
+def test_channels_last_option_stores_conv_weights_channels_last():
+    """train.channels_last converts the network's 4-D weights to that memory format."""
+    state = new_state(apply_overrides(load_preset("tiny"), ["train.channels_last=true"]))
+    conv = [m for m in state.net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    raw = conv[0].parametrizations.weight.original  # spectral norm's stored weight
+    assert raw.is_contiguous(memory_format=torch.channels_last) and not raw.is_contiguous()
