@@ -139,6 +139,7 @@ def test_spectral_norm_is_on_exactly_the_main_path_convs_when_asked(sn):
     largest singular value 1 (after power iterations in train mode); none without it."""
     from torch.nn.utils import parametrize
 
+    torch.manual_seed(0)
     net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16,
                                 spectral_norm=sn)).train()
     main = [net.blocks["8x8"].conv1, net.blocks["8x8"].conv2, net.blocks["16x16"].conv1,
@@ -146,8 +147,8 @@ def test_spectral_norm_is_on_exactly_the_main_path_convs_when_asked(sn):
     assert [parametrize.is_parametrized(c, "weight") for c in main] == [sn] * 6
     assert not parametrize.is_parametrized(net.blocks["8x8"].skip, "weight")
     if sn:
-        for _ in range(30):
+        for _ in range(100):
             net(torch.rand(2, 1, 16, 16))
         for conv in main:
             sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
-            assert sigma.item() == pytest.approx(1.0, abs=0.02)
+            assert sigma.item() == pytest.approx(1.0, abs=0.01)
