@@ -70,7 +70,7 @@ def best(knobs, run, clean) -> tuple:
 
 
 def denoising(model, val, test, seed: int, grids: Path | None) -> list[dict]:
-    rows, eta = [], model.cfg.sampler.noise_std
+    rows, eta = [], model.cfg.sampler.eta0
     for sigma in SIGMAS:
         noisy_val = restore.corrupt(val, sigma, seed=seed)
         noisy = restore.corrupt(test, sigma, seed=seed + 1)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import require_fashion_mnist
 from PIL import Image
 
 from cfebm.checkpoint import config_of, read
@@ -34,8 +34,7 @@ TINY_FMNIST = ['data.dataset="fashion_mnist"', "data.limit=256"]
 
 
 def _skip_without_fashion_mnist() -> None:
-    if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    require_fashion_mnist()  # skips, or fails under CFEBM_REQUIRE_DATA=1
 
 
 @pytest.fixture(scope="module")

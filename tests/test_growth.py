@@ -25,6 +25,8 @@ def test_stage_boundaries(n, stage, resolution, beta):
     assert g.batch_size == CFG.batch_size[stage] and g.lr == CFG.lr[stage]
     assert g.n_steps == CFG.n_steps[stage]
     assert g.n_steps_coarse == (CFG.n_steps[stage - 1] if stage else 0)
+    assert g.images_in_stage == n - (0, 100, 180)[stage]
+    assert g.cascade == ((8, 15), (16, 30), (32, 50))[:stage + 1]
 
 
 def test_beta_is_monotone_within_a_stage_and_total():
@@ -38,5 +40,5 @@ def test_zero_fade_means_no_fade_and_negative_raises():
     cfg = GrowthConfig(resolutions=(8, 16), batch_size=(1, 1), lr=(1e-3, 1e-3), n_steps=(1, 1),
                        fade_images=(0, 0), stage_images=(10, 10))
     assert growth_at(10, cfg).beta == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_images must be >= 0, got -1"):
         growth_at(-1, cfg)

@@ -363,11 +363,7 @@ def test_inception_features_without_weights_offline_raises_clear_error(tmp_path,
 # ------------------------------------------------------------------------------------------------
 # Fashion-MNIST classifier features
 
-fmnist_available = pytest.mark.skipif(
-    not (Path(FMNIST_DEFAULT_ROOT) / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST IDX files not found in {FMNIST_DEFAULT_ROOT} "
-    "(Debian package dataset-fashion-mnist)",
-)
+fmnist_available = pytest.mark.fmnist  # skipped without the files, failed under CFEBM_REQUIRE_DATA=1
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +388,7 @@ def test_fmnist_classifier_accuracy_and_features(fmnist_test_subset):
     extractor = FMNISTFeatures()
     assert isinstance(extractor, FeatureExtractor)
     accuracy = (extractor.predict_classes(x) == y).double().mean().item()
-    assert accuracy >= 0.90
-    assert extractor.metadata["test_accuracy"] >= 0.90
+    assert accuracy >= 0.90  # the full split's figure is recomputed in test_fmnist_features.py
     assert extractor.metadata["architecture"] == "fmnist-cnn-v1"
     assert extractor.metadata["recipe"]["epochs"] > 0
     features = extractor(x[:500])

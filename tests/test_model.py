@@ -159,3 +159,42 @@ def test_head_runs_in_fp32_under_bf16_autocast(tiny_model_cfg):
     assert features.dtype == torch.bfloat16 and energy.dtype == torch.float32
     expected = features.float() @ net.head.weight.T + net.head.bias
     torch.testing.assert_close(energy, expected.squeeze(1), rtol=0, atol=0)
+
+
+def test_mlp_head_is_4c_to_16c_to_1():
+    """The authors' projection head: Linear(4c, 16c), activation, Linear(16c, 1)."""
+    linear = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=8))
+    mlp = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=8, head="mlp"))
+    w = 16
+    assert count_parameters(mlp) - count_parameters(linear) == (w * 4 * w + 4 * w) + (4 * w + 1) - (
+        w + 1)
+    assert mlp(torch.rand(3, 1, 8, 8)).shape == (3,)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.1, 2.0])
+def test_swish_divides_by_its_scale(scale):
+    from cfebm.model import Swish
+
+    x = torch.linspace(-3, 3, 13)
+    torch.testing.assert_close(Swish(scale)(x), x * torch.sigmoid(x) / scale)
+
+
+@pytest.mark.parametrize("sn", [True, False])
+def test_spectral_norm_is_on_exactly_the_main_path_convs_when_asked(sn):
+    """Table 9(b): spectral norm on every 3×3 and 4×4 main-path conv, whose weight then has
+    largest singular value 1 (after power iterations in train mode); none without it."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16,
+                                spectral_norm=sn)).train()
+    main = [net.blocks["8x8"].conv1, net.blocks["8x8"].conv2, net.blocks["16x16"].conv1,
+            net.blocks["16x16"].conv2, net.top.conv1, net.top.conv2]
+    assert [parametrize.is_parametrized(c, "weight") for c in main] == [sn] * 6
+    assert not parametrize.is_parametrized(net.blocks["8x8"].skip, "weight")
+    if sn:
+        for _ in range(100):
+            net(torch.rand(2, 1, 16, 16))
+        for conv in main:
+            sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+            assert sigma.item() == pytest.approx(1.0, abs=0.01)

@@ -135,6 +135,8 @@ def test_mix_with_noise():
     b = 0.6
     torch.testing.assert_close(mix_with_noise(up, noise, b), (math.sqrt(1 - b * b) - b) * up)
     torch.testing.assert_close(mix_with_noise(up, noise, b, "linear"), (1 - 2 * b) * up)
+    with pytest.raises(ValueError, match="unknown mix 'cubic'"):
+        mix_with_noise(up, noise, b, "cubic")
 
 
 def test_smooth_init_at_beta_zero_is_the_upsampled_coarse_chain():

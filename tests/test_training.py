@@ -50,13 +50,15 @@ def test_train_step_updates_the_model_and_counts_images():
     assert torch.equal(before["blocks.16x16.skip.weight"], after["blocks.16x16.skip.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["noise", "cascade", "frozen"])
 def test_resume_equals_uninterrupted_run(tmp_path, init):
     cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
                f"sampler.init={init}")
     straight = run_training(cfg, tmp_path / "a", progress=False)
-    run_training(cfg, tmp_path / "b", stop_at=112, progress=False)  # mid-fade of stage 2
-    assert read(tmp_path / "b" / "checkpoints" / "latest.pt")["n_images"] == 112
+    # 160 images: 32 into stage 1 (16²), β = 32/64 = 0.5, with a frozen 8² copy for "frozen".
+    run_training(cfg, tmp_path / "b", stop_at=160, progress=False)
+    assert read(tmp_path / "b" / "checkpoints" / "latest.pt")["n_images"] == 160
     resumed = run_training(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.n_images == straight.n_images == 384
     for key, value in straight.net.state_dict().items():

@@ -81,7 +81,7 @@ def interpolate(model: TrainedModel, *, pairs: int = 1, points: int = 11, steps:
 
 def noise_levels(model: TrainedModel) -> list[float]:
     """Default η0 for a sweep: 0, ½, 1 and 2 times the training η0 (Fig. 16 shows 0 to 1×)."""
-    eta = model.cfg.sampler.noise_std
+    eta = model.cfg.sampler.eta0
     return [0.0, 0.5 * eta, eta, 2.0 * eta]
 
 

@@ -133,7 +133,7 @@ def cmd_noise_sweep(args: argparse.Namespace) -> None:
     x = chains.noise_sweep(model, args.n, etas, steps=args.steps, seed=args.seed,
                            cascade=args.cascade, batch_size=args.batch_size,
                            progress=not args.no_progress)
-    trained = model.cfg.sampler.noise_std
+    trained = model.cfg.sampler.eta0
     labels = [f"η0 = {e:g}" + (" (trained)" if np.isclose(e, trained) else "") for e in etas]
     path = save_rows(list(x), args.out, labels=labels, scale=args.scale)
     print(f"wrote {args.n} samples of {model} at η0 = {', '.join(f'{e:g}' for e in etas)} "

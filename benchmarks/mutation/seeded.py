@@ -1,0 +1,138 @@
+"""Seed each bug of issue 13 into a scratch copy of the package and check that its test fails.
+
+    .venv/bin/python benchmarks/mutation/seeded.py            # every bug, its killing tests only
+    .venv/bin/python benchmarks/mutation/seeded.py B3 B15     # some of them
+
+For each bug the script copies cfebm/, tests/ and pyproject.toml into a temporary folder, makes
+one textual edit there (the source tree is never touched), and runs the listed tests with that
+folder first on sys.path. A bug is *killed* when pytest exits non-zero. The table it prints is
+the one in benchmarks/MUTATION.md. Run it under ``nice -n 19`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TRUTH = "tests/test_training_truth.py::"
+RESUME = "tests/test_recovery_resume.py::"
+CLI = "tests/test_cli_sampling.py::"
+SAMPLER = "tests/test_sampler_truth.py::"
+FMNIST = "tests/test_fmnist_features.py::"
+
+# id: (what the bug does, file, original text, seeded text, killing tests)
+BUGS = {
+    "B1": ("train_step swaps the data and sample energies", "cfebm/training.py",
+           "loss = cd_loss(e_data, e_sample, cfg.train.energy_reg)",
+           "loss = cd_loss(e_sample, e_data, cfg.train.energy_reg)",
+           [TRUTH + "test_linear_energy_gradient_is_data_mean_minus_sample_mean",
+            TRUTH + "test_toy_run_moves_sample_moments_toward_the_data"]),
+    "B2a": ("data_batch draws uniform noise instead of the stream's images", "cfebm/training.py",
+            "x = stream.batch(state.n_images, growth.batch_size).to(state.device)",
+            ("x = torch.randint(0, 256, stream.batch(state.n_images, growth.batch_size).shape, "
+             "dtype=torch.uint8).to(state.device)"),
+            [TRUTH + "test_data_batch_is_the_streams_images_at_the_stage_resolution",
+             TRUTH + "test_toy_run_moves_sample_moments_toward_the_data"]),
+    "B2b": ("train_step trains on uniform noise instead of its batch", "cfebm/training.py",
+            "    n = x_data.shape[0]\n",
+            "    n = x_data.shape[0]\n    x_data = torch.rand_like(x_data) * 2 - 1\n",
+            [TRUTH + "test_linear_energy_gradient_is_data_mean_minus_sample_mean",
+             TRUTH + "test_toy_run_moves_sample_moments_toward_the_data"]),
+    "B3": ("rollback rewinds the image count but keeps the diverged weights and Adam state",
+           "cfebm/runner.py",
+           'state = load_state(run_dir / "checkpoints" / "latest.pt", device=state.device)',
+           ('state.n_images = load_state(run_dir / "checkpoints" / "latest.pt", '
+            'device=state.device).n_images'),
+           [RESUME + "test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr"]),
+    "B4": ("the optimizer never applies lr_scale", "cfebm/training.py",
+           'group["lr"] = growth.lr * state.lr_scale', 'group["lr"] = growth.lr',
+           [TRUTH + "test_update_is_a_descent_step_with_the_schedule_lr_times_lr_scale",
+            RESUME + "test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr"]),
+    "B5": ("no reseed of the chain noise after a rollback", "cfebm/runner.py",
+           "state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)", "pass",
+           [RESUME + "test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr"]),
+    "B6": ("resume forgets the frozen coarse copies", "cfebm/checkpoint.py",
+           "state.coarse = _coarse_nets(ckpt, state.sampling_net())", "state.coarse = []",
+           [RESUME + "test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run[frozen]"]),
+    "B7": ("resume forgets lr_scale", "cfebm/checkpoint.py",
+           'state.lr_scale = float(ckpt["lr_scale"])', "state.lr_scale = 1.0",
+           [RESUME + "test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run[noise]"]),
+    "B8": ("resume forgets recoveries", "cfebm/checkpoint.py",
+           'state.recoveries = int(ckpt["recoveries"])', "state.recoveries = 0",
+           [RESUME + "test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run[noise]"]),
+    "B9": ("the signal handler's checkpoint is not written", "cfebm/runner.py",
+           ('        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)\n'
+            '        save_state(state, run_dir / "checkpoints" / "latest.pt")\n'),
+           '        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)\n',
+           [RESUME + "test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly"]),
+    "B10": ("cfebm sample runs 0 Langevin steps", "cfebm/cli.py",
+            "schedule = sampling_schedule(model.growth, steps=args.steps,",
+            "schedule = sampling_schedule(model.growth, steps=0,",
+            [CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
+    "B11": ("cfebm sample ignores --seed", "cfebm/cli.py",
+            "torch.Generator(device=device).manual_seed(args.seed)",
+            "torch.Generator(device=device).manual_seed(0)",
+            [CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
+    "B12": ("cfebm sample inverts --no-ema", "cfebm/cli.py",
+            "ema=not args.no_ema", "ema=args.no_ema",
+            [CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
+    "B13": ("langevin_cfg ignores its noise_std (cfebm sample --noise)", "cfebm/sampling.py",
+            "eta0 = cfg.noise_std if noise_std is None else noise_std", "eta0 = cfg.noise_std",
+            [CLI + "test_langevin_cfg_noise_overrides_the_configs_eta0",
+             CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
+    "B14": ("non-linear β blend (β² instead of β)", "cfebm/model.py",
+            "h = beta * h + (1.0 - beta) * fade", "h = beta**2 * h + (1.0 - beta**2) * fade",
+            [SAMPLER + "test_fading_energy_is_the_affine_blend_of_two_independent_paths"]),
+    "B15": ("Langevin noise shared across the pixels of an image", "cfebm/sampling.py",
+            ("x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, "
+             "dtype=x.dtype)"),
+            ("x = x + sigma * torch.randn((x.shape[0], 1, 1, 1), generator=generator, "
+             "device=x.device, dtype=x.dtype)"),
+            [SAMPLER + "test_langevin_matches_a_correlated_gaussian_full_covariance"]),
+    "B16": ("the Fashion-MNIST feature net is left in train mode", "cfebm/metrics/classifier.py",
+            "return net.eval(), info", "return net, info",
+            [FMNIST + "test_feature_net_is_in_eval_mode_and_batch_independent",
+             FMNIST + "test_recomputed_test_accuracy_matches_the_recorded_one"]),
+}
+
+
+def seed_and_run(bug: str) -> tuple[bool, str]:
+    _, path, old, new, tests = BUGS[bug]
+    with tempfile.TemporaryDirectory(prefix=f"cfebm-{bug}-") as tmp:
+        tmp = Path(tmp)
+        for name in ("cfebm", "tests"):
+            shutil.copytree(ROOT / name, tmp / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+        target = tmp / path
+        text = target.read_text()
+        if text.count(old) != 1:
+            return False, f"cannot seed: {old!r} occurs {text.count(old)} times in {path}"
+        target.write_text(text.replace(old, new))
+        # `python -m pytest` puts the cwd first on sys.path, ahead of the editable install.
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               *tests], cwd=tmp, capture_output=True, text=True, check=False)
+        summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        return proc.returncode != 0, summary
+
+
+def main(argv: list[str]) -> int:
+    bugs = argv or list(BUGS)
+    survived = []
+    print("| bug | what | killed | pytest summary |\n| --- | --- | --- | --- |")
+    for bug in bugs:
+        killed, summary = seed_and_run(bug)
+        print(f"| {bug} | {BUGS[bug][0]} | {'yes' if killed else '**NO**'} | {summary} |",
+              flush=True)
+        if not killed:
+            survived.append(bug)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

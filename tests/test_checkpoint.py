@@ -1,0 +1,45 @@
+"""Checkpoint fields survive a round trip, old files still load, bad files are named; and the
+divergence test's boundary. (Whole-run round trips are in test_training.py and
+test_recovery_resume.py.)"""
+
+import math
+
+import pytest
+import torch
+
+from cfebm.checkpoint import CheckpointError, atomic_save, load_state, read, save_state, state_dict
+from cfebm.config import load_preset
+from cfebm.training import diverged, new_state
+
+
+def test_progress_record_round_trips(tmp_path):
+    """n_images, recoveries, lr_scale and the measured training time come back as saved."""
+    state = new_state(load_preset("tiny"), torch.device("cpu"))
+    state.n_images, state.recoveries, state.lr_scale, state.train_seconds = 48, 2, 0.25, 12.5
+    save_state(state, tmp_path / "s.pt")
+    loaded = load_state(tmp_path / "s.pt", device="cpu")
+    assert (loaded.n_images, loaded.recoveries, loaded.lr_scale, loaded.train_seconds) == (
+        48, 2, 0.25, 12.5)
+
+
+def test_a_checkpoint_from_before_train_seconds_loads_with_zero(tmp_path):
+    """Files written before the training-time field existed have no "train_seconds"."""
+    ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
+    del ckpt["train_seconds"]
+    atomic_save(ckpt, tmp_path / "old.pt")
+    assert load_state(tmp_path / "old.pt", device="cpu").train_seconds == 0.0
+
+
+def test_a_torch_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"model": {}}, path)
+    with pytest.raises(CheckpointError, match=r"weights\.pt.* is not a cfebm training checkpoint"):
+        read(path)
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (0.0, False), (-5.0, False), (5.0, False),   # |loss| = max_abs_loss is still fine
+    (5.0001, True), (-5.0001, True), (math.inf, True), (-math.inf, True), (math.nan, True),
+])
+def test_divergence_is_a_magnitude_above_the_limit_or_not_finite(loss, expected):
+    assert diverged({"loss": loss}, 5.0) is expected

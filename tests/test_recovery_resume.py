@@ -1,0 +1,173 @@
+"""Divergence recovery, exact resume and stopping on a signal, checked from the outside.
+
+Each test drives the real ``runner.run_training`` and only intervenes at a known iteration:
+it poisons one data batch with NaN (a real divergence: the loss is NaN and Adam writes NaN
+weights), or it delivers SIGINT to the process. What it checks is independent of the recovery
+code's own logging:
+
+- after the rollback, the network, EMA and Adam state are those in ``latest.pt``, the chain
+  noise is reseeded, and each param group's lr is the schedule's lr × ``lr_scale``;
+- a run interrupted mid-fade after a recovery and resumed equals the uninterrupted run bit for
+  bit, for each ``sampler.init`` (the frozen coarse copy, ``lr_scale`` and ``recoveries``
+  must all cross the resume);
+- SIGINT in the middle of a stage, far from any checkpoint, still leaves a checkpoint of the
+  last finished iteration, and resuming from it equals never stopping.
+
+The tiny preset: stage 0 is 8² for 128 images, stage 1 16² for 256 images whose first 64
+fade in (β = images in stage / 64); batches of 16, so call k of ``train_step`` ends at 16·k.
+"""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from cfebm import runner
+from cfebm.checkpoint import read
+from cfebm.config import apply_overrides, load_preset
+
+
+def tiny(*overrides):
+    return apply_overrides(load_preset("tiny"), list(overrides))
+
+
+def poison_batch(monkeypatch, call: int) -> None:
+    """Make the ``call``-th data batch (1-based) all NaN, after drawing it as usual."""
+    real, calls = runner.data_batch, [0]
+
+    def data_batch(state, stream):
+        calls[0] += 1
+        x = real(state, stream)
+        return x * float("nan") if calls[0] == call else x
+
+    monkeypatch.setattr(runner, "data_batch", data_batch)
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key, value in a.items():
+        if isinstance(value, dict):
+            assert_same_tensors(value, b[key], f"{what}.{key}")
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), f"{what}.{key}"
+        else:
+            assert value == b[key], f"{what}.{key}"
+
+
+def assert_same_run(a, b) -> None:
+    assert a.n_images == b.n_images and a.recoveries == b.recoveries
+    assert a.lr_scale == b.lr_scale
+    assert_same_tensors(a.net.state_dict(), b.net.state_dict(), "net")
+    assert_same_tensors(a.ema.state_dict(), b.ema.state_dict(), "ema")
+    assert_same_tensors(a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"],
+                        "adam")
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert len(a.coarse) == len(b.coarse)
+    for k, (x, y) in enumerate(zip(a.coarse, b.coarse)):
+        assert_same_tensors(x.state_dict(), y.state_dict(), f"coarse[{k}]")
+
+
+@pytest.mark.slow
+def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, monkeypatch):
+    """Iteration 10 (144 -> 160 images, mid-fade) diverges; the last checkpoint is the end of
+    stage 0 (128 images). The next iteration must start from exactly that checkpoint's weights
+    and Adam moments, with new chain noise, and step with lr = schedule lr × 0.5."""
+    cfg = tiny("train.ema_decay=0.9")
+    poison_batch(monkeypatch, call=10)
+    real_step, seen = runner.train_step, {}
+
+    def train_step(state, x_data):
+        seen["calls"] = seen.get("calls", 0) + 1
+        if seen["calls"] == 11:  # the first iteration after the rollback
+            seen["entry"] = {
+                "n_images": state.n_images, "lr_scale": state.lr_scale,
+                "recoveries": state.recoveries, "generator": state.generator.get_state(),
+                "model": {k: v.clone() for k, v in state.net.state_dict().items()},
+                "ema": {k: v.clone() for k, v in state.ema.state_dict().items()},
+                "adam": {i: {k: v.clone() for k, v in s.items()}
+                         for i, s in state.optimizer.state_dict()["state"].items()},
+                "latest": read(tmp_path / "checkpoints" / "latest.pt"),
+                "growth": state.growth,
+            }
+        metrics = real_step(state, x_data)
+        if seen["calls"] == 11:
+            seen["lrs"] = [g["lr"] for g in state.optimizer.param_groups]
+        return metrics
+
+    monkeypatch.setattr(runner, "train_step", train_step)
+    final = runner.run_training(cfg, tmp_path, progress=False)
+
+    entry = seen["entry"]
+    latest = entry["latest"]
+    assert latest["n_images"] == 128 and entry["n_images"] == 128
+    assert (entry["recoveries"], entry["lr_scale"]) == (1, 0.5)
+    assert_same_tensors(entry["model"], latest["model"], "model")
+    assert_same_tensors(entry["ema"], latest["ema"], "ema")
+    assert_same_tensors(entry["adam"], latest["optimizer"]["state"], "adam")
+    assert all(torch.isfinite(v).all() for v in entry["model"].values())
+    # Replaying the checkpoint's chain noise would repeat the draw that diverged.
+    assert not torch.equal(entry["generator"], latest["generator"])
+    assert seen["lrs"] == [cfg.growth.lr[entry["growth"].stage] * 0.5] * len(seen["lrs"])
+    # The run then finishes at the schedule's end with the halved rate.
+    assert final.n_images == 384 and (final.recoveries, final.lr_scale) == (1, 0.5)
+    assert all(torch.isfinite(p).all() for p in final.net.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init", ["noise", "cascade", "frozen"])
+def test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run(tmp_path, monkeypatch,
+                                                                       init):
+    """Divergence at iteration 10 (rolled back to 128 images), stop at 176 images (stage 1,
+    β = 0.75, a frozen 8² copy in use), resume to 384: bitwise the straight run's result."""
+    cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
+               f"sampler.init={init}")
+    real_data_batch = runner.data_batch
+    poison_batch(monkeypatch, call=10)
+    straight = runner.run_training(cfg, tmp_path / "a", progress=False)
+
+    poison_batch(monkeypatch, call=10)
+    runner.run_training(cfg, tmp_path / "b", stop_at=176, progress=False)
+    stopped = read(tmp_path / "b" / "checkpoints" / "latest.pt")
+    assert stopped["n_images"] == 176 and (stopped["recoveries"], stopped["lr_scale"]) == (1, 0.5)
+    assert len(stopped["coarse"]) == (init == "frozen")
+    monkeypatch.setattr(runner, "data_batch", real_data_batch)  # nothing diverges now
+    resumed = runner.run_training(cfg, tmp_path / "b", resume=True, progress=False)
+
+    assert straight.n_images == 384 and (straight.recoveries, straight.lr_scale) == (1, 0.5)
+    assert_same_run(straight, resumed)
+
+
+@pytest.mark.slow
+def test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly(tmp_path, monkeypatch):
+    """SIGINT arrives during iteration 3 (32 -> 48 images), with no stage end, log line, grid or
+    periodic checkpoint anywhere near: the run stops after that iteration, and the only thing
+    that can have written latest.pt at 48 images is the signal handling."""
+    far = 1_000_000
+    cfg = tiny(f"train.checkpoint_every={far}", f"train.log_every={far}",
+               f"train.sample_every={far}")
+    real_step, calls = runner.train_step, [0]
+
+    def train_step(state, x_data):
+        calls[0] += 1
+        metrics = real_step(state, x_data)
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(runner, "train_step", train_step)
+    handler = signal.getsignal(signal.SIGINT)
+    stopped = runner.run_training(cfg, tmp_path / "b", progress=False)
+    assert stopped.n_images == 48 and calls[0] == 3
+    saved = read(tmp_path / "b" / "checkpoints" / "latest.pt")
+    assert saved["n_images"] == 48
+    assert_same_tensors(saved["model"], stopped.net.state_dict(), "model")
+
+    monkeypatch.setattr(runner, "train_step", real_step)
+    assert signal.getsignal(signal.SIGINT) is handler  # the run put the old handler back
+    resumed = runner.run_training(cfg, tmp_path / "b", resume=True, stop_at=80, progress=False)
+    straight = runner.run_training(cfg, tmp_path / "a", stop_at=80, progress=False)
+    assert resumed.n_images == straight.n_images == 80
+    assert_same_tensors(resumed.net.state_dict(), straight.net.state_dict(), "model")
+    assert_same_tensors(resumed.optimizer.state_dict()["state"],
+                        straight.optimizer.state_dict()["state"], "adam")
