@@ -7,7 +7,7 @@
 # Works in a scratch copy (MUTATION_DIR, default /tmp/cfebm-mutation) so that mutmut's mutants/
 # never lands in the checkout; reruns there reuse mutmut's cache of finished mutants. One worker,
 # at the lowest priority: the machine is shared. Prints the per-module table of
-# benchmarks/MUTATION.md (summarize.py) and leaves mutmut's own results for `mutmut show NAME`.
+# benchmarks/RESULTS.md, section "Mutation testing" (summarize.py) and leaves mutmut's own results for `mutmut show NAME`.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${MUTATION_DIR:-/tmp/cfebm-mutation}"

@@ -6,7 +6,7 @@
 For each bug the script copies cfebm/, tests/ and pyproject.toml into a temporary folder, makes
 one textual edit there (the source tree is never touched), and runs the listed tests with that
 folder first on sys.path. A bug is *killed* when pytest exits non-zero. The table it prints is
-the one in benchmarks/MUTATION.md. Run it under ``nice -n 19`` on a shared machine.
+the one in benchmarks/RESULTS.md (mutation testing). Run it under ``nice -n 19`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -70,29 +70,28 @@ BUGS = {
             '        save_state(state, run_dir / "checkpoints" / "latest.pt")\n'),
            '        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)\n',
            [RESUME + "test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly"]),
-    "B10": ("cfebm sample runs 0 Langevin steps", "cfebm/cli.py",
-            "schedule = sampling_schedule(model.growth, steps=args.steps,",
-            "schedule = sampling_schedule(model.growth, steps=0,",
+    "B10": ("cfebm sample runs 0 Langevin steps", "cfebm/cli/sample.py",
+            "x = model.sample(args.n, steps=args.steps,",
+            "x = model.sample(args.n, steps=0,",
             [CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
-    "B11": ("cfebm sample ignores --seed", "cfebm/cli.py",
-            "torch.Generator(device=device).manual_seed(args.seed)",
-            "torch.Generator(device=device).manual_seed(0)",
+    "B11": ("cfebm sample ignores --seed", "cfebm/cli/sample.py",
+            "noise=args.noise, seed=args.seed,",
+            "noise=args.noise, seed=0,",
             [CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
-    "B12": ("cfebm sample inverts --no-ema", "cfebm/cli.py",
-            "ema=not args.no_ema", "ema=args.no_ema",
+    "B12": ("cfebm sample inverts --no-ema", "cfebm/cli/common.py",
+            "ema=False if args.no_ema else None", "ema=None if args.no_ema else False",
             [CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
-    "B13": ("langevin_cfg ignores its noise_std (cfebm sample --noise)", "cfebm/sampling.py",
-            "eta0 = cfg.noise_std if noise_std is None else noise_std", "eta0 = cfg.noise_std",
+    "B13": ("langevin_cfg ignores its eta0 (cfebm sample --noise)", "cfebm/sampling.py",
+            "eta0 = cfg.eta0 if eta0 is None else eta0", "eta0 = cfg.eta0",
             [CLI + "test_langevin_cfg_noise_overrides_the_configs_eta0",
              CLI + "test_cli_samples_are_algorithm_2_with_the_checkpoints_weights"]),
     "B14": ("non-linear β blend (β² instead of β)", "cfebm/model.py",
             "h = beta * h + (1.0 - beta) * fade", "h = beta**2 * h + (1.0 - beta**2) * fade",
             [SAMPLER + "test_fading_energy_is_the_affine_blend_of_two_independent_paths"]),
     "B15": ("Langevin noise shared across the pixels of an image", "cfebm/sampling.py",
-            ("x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, "
-             "dtype=x.dtype)"),
-            ("x = x + sigma * torch.randn((x.shape[0], 1, 1, 1), generator=generator, "
-             "device=x.device, dtype=x.dtype)"),
+            "x = x + sigma * draw(torch.randn, x.shape, generator, x.device).to(x.dtype)",
+            ("x = x + sigma * draw(torch.randn, (x.shape[0], 1, 1, 1), generator, "
+             "x.device).to(x.dtype)"),
             [SAMPLER + "test_langevin_matches_a_correlated_gaussian_full_covariance"]),
     "B16": ("the Fashion-MNIST feature net is left in train mode", "cfebm/metrics/classifier.py",
             "return net.eval(), info", "return net, info",
