@@ -223,3 +223,34 @@ def test_the_packaged_fmnist32_model_loads_by_name_and_prefers_garments_to_noise
     noise = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         assert model.energy(garments).mean() < model.energy(noise).mean()
+
+
+def test_training_grids_sample_with_the_frozen_coarse_copies(tmp_path):
+    """`save_samples` draws a frozen-init run's grid through its frozen 8² copy, exactly as the
+    run samples its negatives; without the copy (the bug of issue 7) the grid differs."""
+    import numpy as np
+    from PIL import Image
+
+    from cfebm.checkpoint import load_state
+    from cfebm.data import to_uint8
+    from cfebm.runner import save_samples
+    from cfebm.training import sample_negatives
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress",
+                 "--set", "sampler.init=frozen", "--stop-at", "160"]) == 0
+    state = load_state(run_dir / "checkpoints" / "latest.pt")
+    assert len(state.coarse) == 1
+    grid = np.asarray(Image.open(save_samples(state, tmp_path / "g.png")))
+
+    def expected(coarse):
+        g = torch.Generator().manual_seed(state.cfg.train.seed + 1)
+        with frozen(state.net):
+            x = sample_negatives(state.net, state.growth, state.cfg.train.n_grid,
+                                 state.cfg.sampler, coarse=coarse, generator=g)
+        return to_uint8(x)
+
+    with_copy, without = expected(state.coarse), expected([])
+    assert not torch.equal(with_copy, without)
+    first = grid[16:16 + 128:8, 16:16 + 128:8]  # top-left sample: 2 px padding, then 8× scale
+    assert np.array_equal(first, with_copy[0, 0].numpy())
