@@ -141,8 +141,8 @@ class OODReport:
         return "\n".join(rows)
 
     def write(self, out: str | Path) -> list[Path]:
-        """``ood.md`` (every metric's table and the sets' provenance), ``ood.csv`` and one
-        score histogram per score kind."""
+        """``ood.md`` (every metric's table and the sets' provenance), ``ood.csv`` and, per
+        score kind, one PNG with a histogram per set against the in-distribution scores."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         md = [self.table(m) + "\n" for m in ("auroc", "aupr_in", "aupr_out", "fpr95")]
@@ -159,19 +159,25 @@ class OODReport:
         return [out / "ood.md", out / "ood.csv", *(self._histogram(k, out) for k in self.scores)]
 
     def _histogram(self, kind: str, out: Path) -> Path:
+        """One panel per OOD set: its scores against the in-distribution scores."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        for name, s in self.scores[kind].items():
-            ax.hist(s.numpy(), bins=50, alpha=0.45, density=True,
-                    label=f"{name} (in-distribution)" if name == self.in_set.name else name)
-        ax.set_xlabel("−E(x)" if kind == "energy" else "−‖∇ₓE(x)‖")
-        ax.set_ylabel("density")
-        ax.set_title(f"OOD scores ({kind}): higher = more in-distribution", fontsize=9)
-        ax.legend(fontsize=7)
+        scores, ref = self.scores[kind], self.in_set.name
+        fig, axes = plt.subplots(1, len(self.sets), figsize=(3.2 * len(self.sets), 2.8),
+                                 squeeze=False)
+        for ax, s in zip(axes[0], self.sets):
+            bins = np.histogram_bin_edges(torch.cat([scores[ref], scores[s.name]]).numpy(), 40)
+            ax.hist(scores[ref].numpy(), bins=bins, alpha=0.5, density=True, label=ref)
+            ax.hist(scores[s.name].numpy(), bins=bins, alpha=0.5, density=True, label=s.name)
+            ax.set_title(f"{s.name}: AUROC {self.metrics[kind][s.name]['auroc']:.3f}",
+                         fontsize=8)
+            ax.set_xlabel("−E(x)" if kind == "energy" else "−‖∇ₓE(x)‖", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6)
+        fig.suptitle(f"OOD scores ({kind}): higher = more in-distribution", fontsize=9)
         fig.tight_layout()
         path = out / f"ood_hist_{kind}.png"
         fig.savefig(path, dpi=100)
