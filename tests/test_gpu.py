@@ -3,7 +3,7 @@
 Marked ``gpu`` and skipped without CUDA (conftest). On the CPU-only machines of CI these do not
 run; they are the tests that kill mutants such as ``device=None`` in ``smooth_init`` or
 ``map_location=None`` in checkpoint loading, which are equivalent on a CPU (see
-benchmarks/RESULTS.md (mutation testing)).
+benchmarks/RESULTS.md, mutation testing).
 """
 
 import pytest

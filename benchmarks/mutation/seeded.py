@@ -6,7 +6,7 @@
 For each bug the script copies cfebm/, tests/ and pyproject.toml into a temporary folder, makes
 one textual edit there (the source tree is never touched), and runs the listed tests with that
 folder first on sys.path. A bug is *killed* when pytest exits non-zero. The table it prints is
-the one in benchmarks/RESULTS.md (mutation testing). Run it under ``nice -n 19`` on a shared machine.
+the one in benchmarks/RESULTS.md, section "Mutation testing of the core modules". Run it under ``nice -n 19`` on a shared machine.
 """
 
 from __future__ import annotations
