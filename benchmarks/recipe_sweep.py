@@ -31,7 +31,7 @@ import torch
 
 from cfebm.config import Config, apply_overrides, load_preset
 from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
-from cfebm.growth import growth_at
+from cfebm.growth import growth_at, stage_starts
 from cfebm.metrics.reference import compute_reference
 from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
@@ -138,12 +138,10 @@ def config_of(name: str, budget_minutes: float, data_root: str) -> tuple[Config,
         extra += ["train.precision=fp32", "train.channels_last=false"]
     cfg = apply_overrides(load_preset("fmnist32"), [*BASE, *overrides, *extra])
     total = modelled_images(cfg, 60 * budget_minutes * multiple, calibration())
-    starts = [0]
-    for n in cfg.growth.stage_images[:-1]:
-        starts.append(starts[-1] + n)
-    last = max(total - starts[-1], cfg.growth.batch_size[-1])
+    last_start = stage_starts(cfg.growth)[-2]
+    last = max(total - last_start, cfg.growth.batch_size[-1])
     stages = [*cfg.growth.stage_images[:-1], last]
-    return apply_overrides(cfg, [f"growth.stage_images={stages}"]), starts[-1] + last
+    return apply_overrides(cfg, [f"growth.stage_images={stages}"]), last_start + last
 
 
 def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:

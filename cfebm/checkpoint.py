@@ -115,15 +115,15 @@ def load_state(path: str | Path, device: str | torch.device | None = None) -> Tr
     state.recoveries = int(ckpt["recoveries"])
     state.lr_scale = float(ckpt["lr_scale"])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
-    state.coarse = _coarse_nets(ckpt, state.sampling_net())
+    state.coarse = coarse_copies(state.sampling_net(), ckpt.get("coarse", []))
     return state
 
 
-def _coarse_nets(ckpt: dict[str, Any], like: EnergyNet) -> list[EnergyNet]:
-    """The frozen coarse-stage copies of a checkpoint (A.8), built like ``like``."""
+def coarse_copies(like: EnergyNet, weights: list[dict[str, Any]]) -> list[EnergyNet]:
+    """Frozen coarse-stage copies (A.8) built like ``like``, one per state dict in ``weights``."""
     nets = []
-    for weights in ckpt.get("coarse", []):
+    for state in weights:
         net = frozen_copy(like)
-        net.load_state_dict(weights)
+        net.load_state_dict(state)
         nets.append(net)
     return nets

@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm import __version__
-from cfebm.checkpoint import CheckpointError, config_of, read
+from cfebm.checkpoint import CheckpointError, coarse_copies, config_of, read
 from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
@@ -129,14 +129,19 @@ class TrainedModel:
         """(resolution, steps) of the chains ``sample`` runs from noise."""
         return sampling_schedule(self.growth, self.cfg.sampler, steps=steps, cascade=cascade)
 
-    def sample(
+    def sample(self, n: int | None = None, **options) -> Tensor:
+        """Langevin chains of the model, (N, C, R, R) in [−1, 1]: ``sample_batches``
+        concatenated (see it for ``n`` and the options)."""
+        return torch.cat(list(self.sample_batches(n, **options)))
+
+    def sample_batches(
         self, n: int | None = None, *, start: Tensor | None = None, steps: int | None = None,
         noise: float | None = None, mask: Tensor | None = None, seed: int = 0,
         generator: torch.Generator | None = None, cascade: bool = False,
         callback: Callable[[LangevinStep], None] | None = None, batch_size: int = 250,
         progress: bool = False,
-    ) -> Tensor:
-        """Langevin chains of the model, (N, C, R, R) in [−1, 1].
+    ) -> Iterator[Tensor]:
+        """Langevin chains of the model, batch by batch: (B, C, R, R) in [−1, 1] each.
 
         Args:
             n: chains from noise, sampled as trained: Algorithm 2, the smooth initialisation of
@@ -148,24 +153,13 @@ class TrainedModel:
                 Fig. 16).
             mask: with ``start``, 1 where a pixel is known and kept exactly, broadcastable.
             seed: seeds one stream per 50 chains, so the samples do not depend on
-                ``batch_size`` (up to the float round-off of convolutions of another size). ``generator`` instead runs everything as one batch from it.
+                ``batch_size`` (up to the float round-off of convolutions of another size).
+                ``generator`` instead runs everything as one batch from it.
             cascade: from noise, through every coarse stage in turn (A.8).
             callback: sees every Langevin step of every batch.
             batch_size: chains per batch (rounded up to a multiple of 50).
             progress: show a progress bar.
         """
-        return torch.cat(list(self.sample_batches(
-            n, start=start, steps=steps, noise=noise, mask=mask, seed=seed, generator=generator,
-            cascade=cascade, callback=callback, batch_size=batch_size, progress=progress)))
-
-    def sample_batches(
-        self, n: int | None = None, *, start: Tensor | None = None, steps: int | None = None,
-        noise: float | None = None, mask: Tensor | None = None, seed: int = 0,
-        generator: torch.Generator | None = None, cascade: bool = False,
-        callback: Callable[[LangevinStep], None] | None = None, batch_size: int = 250,
-        progress: bool = False,
-    ) -> Iterator[Tensor]:
-        """``sample`` batch by batch (same arguments, same samples), for large counts."""
         if (n is None) == (start is None):
             raise ValueError("give either n (chains from noise) or start (chains from images)")
         if steps is not None and steps < 0 or noise is not None and noise < 0:
@@ -187,9 +181,8 @@ class TrainedModel:
                   dynamic_ncols=True) as bar:
             for begin, size, gen in chunks:
                 if start is not None:
-                    part = None if mask is None or mask.shape[0] == 1 else mask[begin:begin + size]
-                    x = self._chain(start[begin:begin + size], steps, noise,
-                                    mask if part is None else part, gen, callback)
+                    rows = mask if mask is None or len(mask) == 1 else mask[begin:begin + size]
+                    x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback)
                 else:
                     x = self._from_noise(size, steps, noise, gen, cascade, callback)
                 bar.update(size)
@@ -279,10 +272,7 @@ def _load_checkpoint(path: Path, ema: bool | None) -> TrainedModel:
     use_ema = ckpt["ema"] is not None and ema is not False
     net = EnergyNet(cfg.model)
     net.load_state_dict(ckpt["ema"] if use_ema else ckpt["model"])
-    coarse = []
-    for weights in ckpt.get("coarse", []):
-        coarse.append(frozen_copy(net))
-        coarse[-1].load_state_dict(weights)
+    coarse = coarse_copies(net, ckpt.get("coarse", []))
     return TrainedModel(net, cfg, int(ckpt["n_images"]), coarse=coarse,
                         weights="ema" if use_ema else "trained", source=str(path))
 
@@ -306,10 +296,8 @@ def _load_export(path: Path, ema: bool | None) -> TrainedModel:
         raise CheckpointError(f"{str(path)!r} holds the {meta['weights']} weights only")
     net = EnergyNet(cfg.model)
     net.load_state_dict(_prefixed(tensors, "net."))
-    coarse = []
-    for i in range(int(meta.get("coarse", "0"))):
-        coarse.append(frozen_copy(net))
-        coarse[-1].load_state_dict(_prefixed(tensors, f"coarse.{i}."))
+    coarse = coarse_copies(net, [_prefixed(tensors, f"coarse.{i}.")
+                                 for i in range(int(meta.get("coarse", "0")))])
     return TrainedModel(net, cfg, int(meta["n_images"]), coarse=coarse, weights=meta["weights"],
                         source=str(path))
 
