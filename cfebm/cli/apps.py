@@ -140,9 +140,9 @@ def cmd_noise_sweep(args: argparse.Namespace) -> None:
           f"(same seeds) to {path}")
 
 
-def _common(p: argparse.ArgumentParser, out: str, images: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, out: str, images: bool = True, **chains) -> None:
     add_model(p)
-    add_chains(p, cascade=False)
+    add_chains(p, cascade=False, **chains)
     if images:
         p.add_argument("--images", metavar="DIR", help="a folder of your own images, instead of "
                        "the test split of the model's dataset")
@@ -153,21 +153,13 @@ def _common(p: argparse.ArgumentParser, out: str, images: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _set_help(p: argparse.ArgumentParser, dest: str, text: str) -> None:
-    """Reword a shared flag's help where this command's default differs."""
-    for action in p._actions:
-        if action.dest == dest:
-            action.help = text
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("denoise", help="remove Gaussian noise by Langevin chains started at the "
                        "noisy images (Fig. 5)", formatter_class=FORMATTER)
-    _common(p, "denoise.png")
+    _common(p, "denoise.png", steps_help="Langevin steps (default: round(10·sigma), measured "
+            "in benchmarks/RESULTS.md, restoration)")
     p.add_argument("--sigma", type=non_negative, default=restore.SIGMA,
                    help="std of the added Gaussian noise (images in [-1, 1])")
-    _set_help(p, "steps", "Langevin steps (default: round(10·sigma), measured in "
-              "benchmarks/RESULTS.md, restoration)")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("inpaint", help="fill masked pixels with diverse completions (Fig. 6, 11)",

@@ -40,10 +40,14 @@ def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
-def add_chains(p: argparse.ArgumentParser, cascade: bool = True) -> None:
+STEPS_HELP = ("Langevin steps per chain (per scale with --cascade; default: the training "
+              "schedule's)")
+
+
+def add_chains(p: argparse.ArgumentParser, cascade: bool = True,
+               steps_help: str = STEPS_HELP) -> None:
     """How chains run: --steps, --noise, --seed, --batch-size (and --cascade)."""
-    p.add_argument("--steps", type=count(0), help="Langevin steps per chain (per scale with "
-                   "--cascade; default: the training schedule's)")
+    p.add_argument("--steps", type=count(0), help=steps_help)
     p.add_argument("--noise", type=non_negative,
                    help="test-time noise level η0 (default: training's)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
