@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from launch import run_parallel
 
 from cfebm.config import Config, apply_overrides, load_preset
 from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
@@ -114,17 +112,10 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
 def run_all(out: Path, args: argparse.Namespace) -> None:
     """Every variant in a subprocess, ``args.parallel`` at a time, main variants first."""
     queue = [(n, args.minutes_main) for n in MAIN] + [(n, args.minutes_ablation) for n in ABLATIONS]
-    running: list[subprocess.Popen] = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    while queue or running:
-        while queue and len(running) < args.parallel:
-            name, minutes = queue.pop(0)
-            cmd = [sys.executable, __file__, "one", name, "--out", str(out), "--minutes",
-                   str(minutes), "--eval-n", str(args.eval_n), "--seed", str(args.seed)]
-            log = (out / f"{slug(name, args.seed)}.log").open("w")
-            running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        time.sleep(5)
-        running = [p for p in running if p.poll() is None]
+    jobs = [([sys.executable, __file__, "one", name, "--out", str(out), "--minutes", str(minutes),
+              "--eval-n", str(args.eval_n), "--seed", str(args.seed)],
+             out / f"{slug(name, args.seed)}.log") for name, minutes in queue]
+    run_parallel(jobs, args.parallel, poll_seconds=5)
     report(out)
 
 
@@ -138,9 +129,9 @@ def results(out: Path) -> list[dict]:
 
 def report(out: Path) -> None:
     """Markdown table of the results, the FID-against-time plot and the main sample grids."""
-    lines = ["| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "
+    lines = [("| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "
              "classes within ±50% of uniform | entropy (nats) | recoveries | FMNIST-FID, "
-             "trained weights |",
+             "trained weights |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results(out):
         head = f"| {r['variant']} | {r['seed']} | {r['minutes']:g} "

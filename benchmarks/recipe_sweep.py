@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from launch import run_parallel
 
 from cfebm.config import Config, apply_overrides, load_preset
 from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
@@ -189,28 +188,20 @@ def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:
 
 def run_all(out: Path, args: argparse.Namespace) -> None:
     """Every variant in its own process, ``--parallel`` at a time."""
-    queue = list(args.variants or VARIANTS)
-    running: list[subprocess.Popen] = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    while queue or running:
-        while queue and len(running) < args.parallel:
-            name = queue.pop(0)
-            cmd = [sys.executable, __file__, "one", name, "--out", str(out),
-                   "--wall-minutes", str(args.wall_minutes), "--eval-n", str(args.eval_n),
-                   "--eval-seconds", str(args.eval_seconds),
-                   "--budget-minutes", str(args.budget_minutes), "--data-root", args.data_root]
-            log = (out / f"{name}.log").open("w")
-            running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        time.sleep(2)
-        running = [p for p in running if p.poll() is None]
+    jobs = [([sys.executable, __file__, "one", name, "--out", str(out),
+              "--wall-minutes", str(args.wall_minutes), "--eval-n", str(args.eval_n),
+              "--eval-seconds", str(args.eval_seconds),
+              "--budget-minutes", str(args.budget_minutes), "--data-root", args.data_root],
+             out / f"{name}.log") for name in args.variants or VARIANTS]
+    run_parallel(jobs, args.parallel)
     report(out)
 
 
 def report(out: Path) -> None:
     """A Markdown table of every result.json under ``out``, best trained-weights FID first."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
-    lines = ["| variant | budget | images (planned) | done | final res (β) | FID EMA 0.99 | "
-             "FID trained | KID trained | classes (trained) | recoveries |",
+    lines = [("| variant | budget | images (planned) | done | final res (β) | FID EMA 0.99 | "
+             "FID trained | KID trained | classes (trained) | recoveries |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
 
     def key(r: dict) -> float:
