@@ -29,6 +29,7 @@ from torch import Tensor
 from cfebm import datasets
 from cfebm.config import DataConfig
 from cfebm.datasets import DataError
+from cfebm.sampling import Slice, draw
 
 __all__ = ["DATASETS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
            "downsample", "fake_images", "load_images", "random_hflip", "to_float", "to_uint8"]
@@ -60,9 +61,9 @@ def downsample(x: Tensor, resolution: int) -> Tensor:
     return x if factor == 1 else F.avg_pool2d(x, factor)
 
 
-def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
+def random_hflip(x: Tensor, generator: torch.Generator | Slice) -> Tensor:
     """Mirror each image of (N, C, H, W) left-right with probability 1/2, drawn from generator."""
-    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+    flip = draw(torch.rand, (x.shape[0],), generator, generator.device) < 0.5
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 

@@ -15,6 +15,9 @@ Layout of a run directory::
 
 SIGINT and SIGTERM stop the run at the next iteration boundary after writing a checkpoint, so an
 interrupted run continues exactly with ``--resume``.
+
+Under torchrun (``cfebm.distributed``) every rank runs this loop on its slice of each batch; rank 0
+alone writes the files above, and a signal on any rank stops all of them after the same iteration.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tqdm.auto import tqdm
 from cfebm.checkpoint import atomic_save, load_state, read, save_state, state_dict
 from cfebm.config import Config, TrainConfig, to_dict
 from cfebm.data import BatchStream, downsample, load_images, to_float
+from cfebm.distributed import Shard
 from cfebm.evaluate import at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
@@ -58,11 +62,16 @@ class RunError(RuntimeError):
 
 
 class RunLog:
-    """metrics.jsonl (always) and TensorBoard events (when tensorboard is installed)."""
+    """metrics.jsonl (always) and TensorBoard events (when tensorboard is installed).
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "metrics.jsonl"
+    ``enabled=False`` (ranks other than 0) writes nothing.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path, self.enabled = run_dir / "metrics.jsonl", enabled
         self.tb = None
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -71,6 +80,8 @@ class RunLog:
             log.info("tensorboard not installed; metrics go to metrics.jsonl only")
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
@@ -121,17 +132,23 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return before // every != after // every
 
 
-def open_run(cfg: Config, run_dir: Path, resume: bool) -> TrainState:
-    """The state to train from: a fresh one, or the run's latest checkpoint with ``resume``."""
-    latest = run_dir / "checkpoints" / "latest.pt"
-    if not latest.exists():
-        state = new_state(cfg)
-        save_state(state, latest)  # the state every recovery can fall back to
-        return state
+def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = None) -> TrainState:
+    """The state to train from: a fresh one, or the run's latest checkpoint with ``resume``.
+
+    With several ranks, rank 0 decides from what it sees on disk and every rank starts from the
+    state rank 0 saved.
+    """
+    shard = Shard() if shard is None else shard
+    latest, device = run_dir / "checkpoints" / "latest.pt", shard.device(cfg.train.device)
+    if not shard.broadcast(latest.exists()):
+        state = new_state(cfg, device)
+        if shard.is_main:
+            save_state(state, latest)  # the state every recovery can fall back to
+        return state if shard.world == 1 else load_state(latest, device, shard)
     if not resume:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it "
                        "or choose another --run-dir")
-    state = load_state(latest)
+    state = load_state(latest, device, shard)
     if state.cfg.model != cfg.model:
         raise RunError(f"cannot resume {run_dir} with a different [model] section")
     state.cfg = cfg
@@ -158,7 +175,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) ->
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
     failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
-    state = load_state(run_dir / "checkpoints" / "latest.pt", device=state.device)
+    state = load_state(run_dir / "checkpoints" / "latest.pt", state.device, state.shard)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
     state.train_seconds = seconds
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
@@ -171,35 +188,41 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) ->
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                  stop_at: int | None = None, time_budget: float | None = None,
-                 progress: bool = True) -> TrainState:
+                 progress: bool = True, shard: Shard | None = None) -> TrainState:
     """Train ``cfg`` in ``run_dir`` until the schedule ends (or ``stop_at`` images).
 
     ``time_budget`` stops the run once ``state.train_seconds`` (wall-clock seconds spent in
-    training iterations, not in evaluations, grids or checkpoints) reaches it.
+    training iterations, not in evaluations, grids or checkpoints) reaches it. ``shard``: this
+    process's rank in a data-parallel run (``distributed.process_group``); default one process.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = open_run(cfg, run_dir, resume)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    shard = Shard() if shard is None else shard
+    shard.check(cfg.growth.batch_size)
+    run_dir, main = Path(run_dir), shard.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state = open_run(cfg, run_dir, resume, shard)
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
                          image_channels=cfg.model.image_channels)
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
-    runlog, averager, t = RunLog(run_dir), _Averager(), cfg.train
+    runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train
     evaluator = None
-    if t.eval_every:
+    if t.eval_every and main:
         best = best_fid(run_dir / "checkpoints" / "best.pt", t)
         evaluator = TrainingEval(cfg, state.device, best)
     bar = tqdm(total=end, initial=min(state.n_images, end), unit="img", unit_scale=True,
-               disable=not progress, dynamic_ncols=True)
-    if state.n_images == 0:
+               disable=not (progress and main), dynamic_ncols=True)
+    if state.n_images == 0 and main:
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
-    budget = math.inf if time_budget is None else time_budget
+    budget, stop = math.inf if time_budget is None else time_budget, False
     with _stop_on_signals() as signals:
-        while state.n_images < end and state.train_seconds < budget and not signals:
+        while state.n_images < end and state.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
             metrics = train_step(state, data_batch(state, stream))
-            state.train_seconds += time.perf_counter() - started
+            seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
+            state.train_seconds += seconds
             if diverged(metrics, t.max_abs_loss):
                 state = _recover(state, run_dir, runlog, metrics)
                 bar.n = state.n_images
@@ -210,13 +233,16 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                                 f"E(data)={metrics['e_data']:.3f} "
                                 f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
             final = state.n_images >= end or state.train_seconds >= budget
-            _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
+            if main:
+                _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
     bar.close()
-    if signals:  # the last iteration was not a final one, so nothing has saved it yet
-        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)
+    if stop and main:  # the last iteration was not a final one: save it
+        log.warning("stopped by a signal at %d images", state.n_images)
         save_state(state, run_dir / "checkpoints" / "latest.pt")
-    plot_metrics(runlog.path, run_dir / "training.png")
+    if main:
+        plot_metrics(runlog.path, run_dir / "training.png")
     runlog.close()
+    shard.barrier()  # rank 0's files are complete when any rank returns
     return state
 
 

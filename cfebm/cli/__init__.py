@@ -20,11 +20,12 @@ from cfebm.cli import apps, evaluate, ood, sample, train
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
+from cfebm.distributed import DistributedError
 from cfebm.metrics.reference import EvalError
 from cfebm.runner import RunError
 
-USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, EvalError, RunError,
-               FileNotFoundError)
+USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, DistributedError, EvalError,
+               RunError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
