@@ -113,6 +113,7 @@ class DataConfig:
     subset: str = ""                # dataset-specific choice, e.g. an LSUN category
     hflip: bool = False             # random horizontal flips
     num_workers: int = 0            # decoding threads for datasets read from disk
+    cache: str = ""                 # a folder written by `cfebm prepare`: read images from it
 
     def __post_init__(self):
         _require(self.limit >= 0, "data.limit must be >= 0")

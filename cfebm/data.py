@@ -174,6 +174,7 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
     Args:
         cfg: which dataset, where its files are, ``limit``, ``subset`` (LSUN category) and
             ``center_crop`` (folder, CelebA, LSUN). ``hflip`` is the caller's: ``random_hflip``.
+            ``cache``: read the same images from a folder ``cfebm prepare`` wrote (cache.py).
         split: "train" or "test" (LSUN: its val set; a folder without train/ and test/
             subfolders serves all of itself for both).
         resolution: side R of the delivered images, a power of two >= 8.
@@ -196,6 +197,10 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
         raise DataError(f"resolution must be a power of two >= 8, got {resolution!r}")
     if image_channels not in (1, 3):
         raise DataError(f"image_channels must be 1 or 3, got {image_channels!r}")
+    if cfg.cache:
+        from cfebm.cache import open_cache  # cache.py builds on this module
+
+        return open_cache(cfg, split=split, resolution=resolution, channels=image_channels)
     limit = cfg.limit or None  # slicing with None keeps everything
     name, root, download = cfg.dataset, cfg.root, cfg.download
     if name in ("folder", "celeba", "lsun"):
