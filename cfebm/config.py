@@ -130,6 +130,7 @@ class TrainConfig:
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"          # "fp32" or "bf16" (autocast; energies and loss stay fp32)
     channels_last: bool = False      # memory format for convolutions
+    compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
     max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
     max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
     log_every: int = 2_000           # images between metric lines

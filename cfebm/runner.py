@@ -44,6 +44,7 @@ from cfebm.evaluate import at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
+from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
     data_batch,
@@ -203,6 +204,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     state = open_run(cfg, run_dir, resume, shard)
     if main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        log.info("%s, %d process(es)", describe_speed(cfg, state.device), shard.world)
     images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
                          image_channels=cfg.model.image_channels)
     stream = BatchStream(images, cfg.train.seed)

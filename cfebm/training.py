@@ -33,6 +33,7 @@ from cfebm.sampling import (
     langevin_cfg,
     smooth_init,
 )
+from cfebm.speed import CompiledEnergy
 
 
 def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
@@ -134,6 +135,8 @@ class TrainState:
     # This process's part of a data-parallel run (cfebm.distributed); not saved: a run resumes
     # on any number of processes.
     shard: Shard = field(default_factory=Shard)
+    # train.compile: the network as the Langevin chains call it, compiled (speed.py); not saved.
+    compiled: CompiledEnergy | None = None
 
     @property
     def device(self) -> torch.device:
@@ -171,7 +174,8 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.growth.lr[0],
                                  betas=cfg.train.adam_betas)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    return TrainState(cfg, net, ema, optimizer, generator)
+    compiled = CompiledEnergy(net) if cfg.train.compile else None
+    return TrainState(cfg, net, ema, optimizer, generator, compiled=compiled)
 
 
 def freeze_finished_stages(state: TrainState) -> None:
@@ -214,8 +218,8 @@ def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
     # Smooth MCMC sampling: negatives from the current (and, while fading, coarse) energy.
     freeze_finished_stages(state)
     with frozen(net):
-        x_sample = sample_negatives(net, growth, n, cfg.sampler, coarse=state.coarse,
-                                    generator=state.chains(n * state.shard.world),
+        x_sample = sample_negatives(state.compiled or net, growth, n, cfg.sampler,
+                                    coarse=state.coarse, generator=state.chains(n * state.shard.world),
                                     device=state.device, autocast=state.autocast)
 
     # Optimize the energy function with Eq. (2): one forward pass over data and samples.
