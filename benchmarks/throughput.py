@@ -30,7 +30,8 @@ from cfebm.config import apply_overrides, load_preset  # noqa: E402
 from cfebm.growth import Growth, growth_at, stage_starts  # noqa: E402
 from cfebm.model import EnergyNet, frozen  # noqa: E402
 from cfebm.sampling import energy_of, langevin  # noqa: E402
-from cfebm.training import new_state, train_step  # noqa: E402
+from cfebm.data import downsample  # noqa: E402
+from cfebm.training import new_state, sampling_schedule, train_step  # noqa: E402
 
 MODES = {  # mode: config overrides
     "fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],
@@ -45,11 +46,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device,
-                sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 3) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
     """Best achieved GFLOP/s of square matrix products in ``dtype`` over a few sizes."""
     best = 0.0
-    for n in sizes:
+    for n in (1024, 2048, 4096) if device.type == "cpu" else (4096, 8192, 16384):
         a = torch.randn(n, n, dtype=dtype, device=device)
         b = torch.randn(n, n, dtype=dtype, device=device)
         a @ b
@@ -107,10 +107,15 @@ def langevin_step(state, x: torch.Tensor, beta: float):
 
 
 def iteration_flops(state, growth: Growth, x: torch.Tensor) -> int:
-    """Langevin chains (fine, plus the coarse chain while fading) and the loss's forward/backward."""
-    net = state.net
-    total = growth.n_steps * gradient_flops(net, x, growth.beta)
-    if growth.fading and state.cfg.sampler.smooth:
+    """Langevin chains (fine, plus the coarse chain while fading, or every scale of a cascade)
+    and the loss's forward/backward."""
+    net, schedule = state.net, sampling_schedule(growth, state.cfg.sampler)
+    if len(schedule) > 1:  # A.8 cascade: T steps at every scale, β only at the last
+        total = sum(t * gradient_flops(net, downsample(x, r), growth.beta if r == x.shape[-1]
+                                       else 1.0) for r, t in schedule)
+    else:
+        total = growth.n_steps * gradient_flops(net, x, growth.beta)
+    if growth.fading and state.cfg.sampler.smooth and len(schedule) == 1:
         coarse = torch.nn.functional.avg_pool2d(x, 2)
         total += int(growth.n_steps_coarse * (1 - growth.beta)) * gradient_flops(net, coarse, 1.0)
 
@@ -145,12 +150,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", default="quickstart")
-    parser.add_argument("--batch", type=int, default=64, help="images per batch at every stage")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="images per batch at every stage; 0: the preset's own batches, and "
+                        "the whole schedule's time estimated from them")
     parser.add_argument("--repeats", type=int, default=10, help="timed Langevin steps")
     parser.add_argument("--modes", default="fp32,bf16", help=f"comma-separated, of {list(MODES)}")
     parser.add_argument("--stages", default="all",
                         help="'all' or comma-separated stage indices (-1: the last)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value of the preset (repeatable)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,18 +174,20 @@ def main() -> None:
     print("| preset | mode | stage | β | Langevin step (ms) | images×steps/s | GFLOP/s (% of peak) "
           "| train iteration (s) | train it/s | GFLOP/s (% of peak) | images/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    base = load_preset(args.preset)
+    base = apply_overrides(load_preset(args.preset), args.set)
     n_stages = len(base.growth.resolutions)
     stages = (range(n_stages) if args.stages == "all"
               else sorted({int(k) % n_stages for k in args.stages.split(",")}))
     for mode in args.modes.split(","):
         cfg = apply_overrides(base, MODES[mode] + [f"train.device={args.device!r}"])
-        starts = stage_starts(cfg.growth)
+        starts, hours = stage_starts(cfg.growth), 0.0
         for stage in stages:
             # Mid-fade for grown stages (smooth sampling runs), steady state for the first one.
             offset = cfg.growth.fade_images[stage] // 2 if stage else 0
             growth = growth_at(starts[stage] + offset, cfg.growth)
-            r = bench_stage(cfg, growth, args.batch, args.repeats, device)
+            batch = args.batch or growth.batch_size
+            r = bench_stage(cfg, growth, batch, args.repeats, device)
+            hours += cfg.growth.stage_images[stage] / batch * r["iter_s"] / 3600
             peak = peaks[cfg.train.precision]
             print(f"| {args.preset} | {mode} | {growth.resolution}² | {growth.beta:.2f} | "
                   f"{r['step_s'] * 1e3:.1f} | {r['chain_img_steps_per_s']:.0f} | "
@@ -184,6 +195,9 @@ def main() -> None:
                   f"{r['iter_s']:.2f} | {1 / r['iter_s']:.2f} | "
                   f"{r['iter_gflops']:.1f} ({100 * r['iter_gflops'] / peak:.0f}%) | "
                   f"{r['img_per_s']:.0f} |", flush=True)
+        if args.batch == 0 and len(stages) == n_stages:
+            print(f"# {args.preset} {mode}: the whole schedule takes about {hours:.1f} h on one "
+                  "device at these per-iteration times (mid-fade of each stage)", flush=True)
 
 
 if __name__ == "__main__":
