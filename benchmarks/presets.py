@@ -20,9 +20,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cfebm.config import Config, load_preset, preset_names  # noqa: E402
-from cfebm.growth import total_images  # noqa: E402
-from cfebm.model import EnergyNet, count_parameters  # noqa: E402
+from cfebm.config import Config, load_preset, preset_names
+from cfebm.growth import total_images
+from cfebm.model import EnergyNet, count_parameters
 
 
 def saved_bytes(cfg: Config, batch: int, beta: float, needs_param_grads: bool) -> int:

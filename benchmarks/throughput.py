@@ -26,12 +26,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from cfebm.config import apply_overrides, load_preset  # noqa: E402
-from cfebm.growth import Growth, growth_at, stage_starts  # noqa: E402
-from cfebm.model import EnergyNet, frozen  # noqa: E402
-from cfebm.sampling import energy_of, langevin  # noqa: E402
-from cfebm.data import downsample  # noqa: E402
-from cfebm.training import new_state, sampling_schedule, train_step  # noqa: E402
+from cfebm.config import apply_overrides, load_preset
+from cfebm.data import downsample
+from cfebm.growth import Growth, growth_at, stage_starts
+from cfebm.model import EnergyNet, frozen
+from cfebm.sampling import energy_of, langevin
+from cfebm.training import new_state, sampling_schedule, train_step
 
 MODES = {  # mode: config overrides
     "fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],
