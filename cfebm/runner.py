@@ -239,7 +239,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                 _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
     bar.close()
     if stop and main:  # the last iteration was not a final one: save it
-        log.warning("stopped by a signal at %d images", state.n_images)
+        log.warning("stopped by signal %s at %d images",
+                    signals[0] if signals else "on another rank", state.n_images)
         save_state(state, run_dir / "checkpoints" / "latest.pt")
     if main:
         plot_metrics(runlog.path, run_dir / "training.png")
