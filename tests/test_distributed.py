@@ -5,14 +5,19 @@ the global batch B, up to the order of floating-point sums. It holds because ran
 stream positions and the global batch's random numbers row by row (``sampling.Slice``), so global
 chain j sees the same data, flips, starts and Langevin noise for any W; the gradients of the mean
 losses are averaged. The networks are compared after a whole tiny run (both stages, the fade's
-smooth initialisation, flips, data noise and the EMA), within ``TOLERANCE``.
+smooth initialisation, flips, data noise and the EMA), within ``TOLERANCE``. The 2-process run
+goes through ``torchrun … -m cfebm.cli train`` as a user starts it; the SIGTERM test spawns its
+ranks itself, to signal one of them.
 """
 
 import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +28,7 @@ from cfebm.config import apply_overrides, load_preset
 from cfebm.distributed import DistributedError, Shard
 from cfebm.sampling import Slice, draw
 
+ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
              "train.device=\"cpu\""]
 
@@ -103,9 +109,21 @@ def test_from_env_reads_torchrun_variables():
         distributed.from_env({"RANK": "4", "WORLD_SIZE": "4"})
 
 
+def torchrun_cli(world: int, run_dir) -> None:
+    """``torchrun --nproc-per-node W -m cfebm.cli train``, as the README says to run it."""
+    sets = [arg for item in OVERRIDES for arg in ("--set", item)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={world}", "-m", "cfebm.cli", "train", "--preset", "tiny",
+           "--run-dir", str(run_dir), "--no-progress", *sets]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("trained to 384 images") == 1, out.stdout  # rank 0 alone reports
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    join(start_ranks(2, tmp_path / "two"))
+    torchrun_cli(2, tmp_path / "two")
     one = runner.run_training(tiny(), tmp_path / "one", progress=False)
     two = read(tmp_path / "two" / "checkpoints" / "latest.pt")
     assert two["n_images"] == one.n_images == 384
