@@ -6,6 +6,8 @@ machines. Not a test: run it on a quiet machine and copy the table into RESULTS.
 
 Modes: ``fp32``; ``bf16`` (bf16 autocast and channels-last); ``compile`` (fp32, the Langevin
 energy compiled, ``train.compile``); ``bf16-compile`` (both). Each row's peak is its precision's.
+On CUDA the fp32 peak is true fp32 while cuDNN runs fp32 convolutions in TF32 by default
+(``torch.backends.cudnn.allow_tf32``), so fp32 rows may exceed 100% of it.
 
     python benchmarks/throughput.py --preset quickstart --batch 64
     python benchmarks/throughput.py --preset cifar10 --batch 64 --modes fp32,bf16,compile
