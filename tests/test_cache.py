@@ -118,3 +118,13 @@ def test_training_from_the_cache_equals_training_without_it(tmp_path):
     b = runner.run_training(cached_cfg, tmp_path / "b", stop_at=48, progress=False)
     for key, value in a.net.state_dict().items():
         assert torch.equal(value, b.net.state_dict()[key]), key
+
+
+def test_prepare_command_writes_a_cache_that_train_reads(tmp_path, capsys):
+    out = tmp_path / "cache"
+    assert main(["prepare", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
+    assert f"data.cache={out}" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["n"] == 256 and manifest["key"]["resolution"] == 16
+    assert main(["train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--stop-at",
+                 "32", "--no-progress", "--set", f"data.cache={out}"]) == 0
