@@ -27,7 +27,9 @@ processes W (so a run resumes on any W whose per-rank batch is whole):
   SIGINT/SIGTERM, so all ranks stop after the same iteration and rank 0 writes one checkpoint.
 
 Files (checkpoints, grids, logs) are written by rank 0 alone; the state at the start and after a
-divergence rollback is read by rank 0 and broadcast (``checkpoint.load_state``).
+divergence rollback is read by rank 0 and broadcast (``checkpoint.load_state``). In-training
+evaluations share out their sampling the same way (``Shard.rows``, ``Shard.gather``): every rank
+then scores the whole sample set, and rank 0 writes the result.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-# Rank 0 alone writes sample grids and runs in-training evaluations while the others wait at the
-# next collective; NCCL's default timeout of 10 minutes is too short for a large evaluation.
+# Rank 0 alone writes sample grids and checkpoints while the others wait at the next collective;
+# NCCL's default timeout of 10 minutes is short for a slow filesystem.
 TIMEOUT = datetime.timedelta(hours=2)
 
 
@@ -83,6 +85,23 @@ class Shard:
         """Refuse (one line) a schedule whose global batches do not split over the ranks."""
         for batch in batch_sizes:
             self.local_batch(batch)
+
+    def rows(self, n: int) -> tuple[int, int]:
+        """(first row, row count) of this rank when n rows are shared as evenly as possible."""
+        base, extra = divmod(n, self.world)
+        return self.rank * base + min(self.rank, extra), base + (self.rank < extra)
+
+    def gather(self, x: Tensor, n: int) -> Tensor:
+        """All ranks' rows of an n-row batch, each rank holding its ``rows(n)`` in ``x``: the
+        whole batch (n, …) in rank order, on every rank."""
+        if self.world == 1:
+            return x
+        size = -(-n // self.world)
+        padded = x.new_zeros((size, *x.shape[1:]))
+        padded[:len(x)] = x
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:Shard(r, self.world).rows(n)[1]] for r, part in enumerate(parts)])
 
     def average(self, params: Sequence[Tensor], metrics: dict[str, Tensor]) -> dict[str, float]:
         """Average the gradients of ``params`` and the scalar ``metrics`` over all ranks, in one

@@ -44,6 +44,7 @@ from cfebm.evaluate import at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
+from cfebm.sampling import Slice
 from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
@@ -133,6 +134,11 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return before // every != after // every
 
 
+def _evaluates(before: int, after: int, t: TrainConfig, final: bool) -> bool:
+    """Whether the iteration from ``before`` to ``after`` images ends with an evaluation."""
+    return _crossed(before, after, t.eval_every) or final
+
+
 def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = None) -> TrainState:
     """The state to train from: a fresh one, or the run's latest checkpoint with ``resume``.
 
@@ -211,8 +217,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
     runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train
     evaluator = None
-    if t.eval_every and main:
-        best = best_fid(run_dir / "checkpoints" / "best.pt", t)
+    if t.eval_every:  # on every rank: its sampling is shared out
+        best = best_fid(run_dir / "checkpoints" / "best.pt", t) if main else math.inf
         evaluator = TrainingEval(cfg, state.device, best)
     bar = tqdm(total=end, initial=min(state.n_images, end), unit="img", unit_scale=True,
                disable=not (progress and main), dynamic_ncols=True)
@@ -237,6 +243,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             final = state.n_images >= end or state.train_seconds >= budget
             if main:
                 _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
+            elif evaluator is not None and _evaluates(before, state.n_images, t, final):
+                evaluator(state)  # its part of rank 0's evaluation
     bar.close()
     if stop and main:  # the last iteration was not a final one: save it
         log.warning("stopped by signal %s at %d images",
@@ -259,7 +267,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
                **averager.pop(), "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
-    if evaluator is not None and (_crossed(before, now, t.eval_every) or final):
+    if evaluator is not None and _evaluates(before, now, t, final):
         row, improved = evaluator(state)
         runlog.write({**row, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
@@ -287,7 +295,8 @@ class TrainingEval:
 
     Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
     a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
-    only by the network. The reference is the run's test split (the first 10,000 images) at the
+    only by the network. In a data-parallel run each rank samples its rows of every batch
+    (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is the run's test split (the first 10,000 images) at the
     same resolution, pooled from the top resolution as the training data is; its features are
     computed once per resolution. Only evaluations at the last stage, fully faded in, compete for
     the best checkpoint.
@@ -318,17 +327,20 @@ class TrainingEval:
 
     def __call__(self, state) -> tuple[dict, bool]:
         """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
-        cfg, growth, net = self.cfg, state.growth, state.sampling_net()
+        cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
         generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
         batch = growth.batch_size
 
         def batches() -> Iterator[Tensor]:
             for start in range(0, cfg.train.eval_n, batch):
+                n = min(batch, cfg.train.eval_n - start)
+                first, rows = shard.rows(n)
+                chains = generator if shard.world == 1 else Slice(generator, first, rows, n)
                 with frozen(net):
-                    x = sample_negatives(net, growth, min(batch, cfg.train.eval_n - start),
-                                         cfg.sampler, coarse=state.coarse, generator=generator,
-                                         device=self.device, autocast=state.autocast)
-                yield x.detach()
+                    x = sample_negatives(net, growth, rows, cfg.sampler, coarse=state.coarse,
+                                         generator=chains, device=self.device,
+                                         autocast=state.autocast)
+                yield shard.gather(x.detach(), n)
 
         result, _ = evaluate_samples(batches(), self.reference(growth.resolution),
                                      at_resolution(self.extractor, growth.resolution),
