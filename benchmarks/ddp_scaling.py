@@ -5,8 +5,10 @@ way to use W cores), each running training iterations of a preset's stage in mem
 and reporting the median seconds per iteration, the slowest rank's. Efficiency per core is
 (images/s on W processes) / (W × images/s on 1 process with 1 thread).
 
-    python benchmarks/ddp_scaling.py --preset cifar10 --stage 0 --world 2          # 2 CPU cores
+    python benchmarks/ddp_scaling.py --preset cifar10 --stage 0 --world 2 --set 'data.dataset="fake"'
     python benchmarks/ddp_scaling.py --device cuda --preset cifar10 --stage -1 --world 1
+
+(``data.dataset="fake"``: synthetic images of the preset's shape, for a machine without the data.)
 
 Not a test: timings on a machine shared with other jobs mean nothing.
 """
