@@ -19,6 +19,7 @@ import torch
 
 from cfebm import __version__
 from cfebm.config import Config, ConfigError, from_dict, to_dict
+from cfebm.distributed import Shard
 from cfebm.model import EnergyNet, frozen_copy
 from cfebm.training import TrainState, new_state, resolve_device
 
@@ -99,9 +100,15 @@ def config_of(ckpt: dict[str, Any]) -> Config:
         raise CheckpointError(f"the checkpoint's config is invalid: {e}") from e
 
 
-def load_state(path: str | Path, device: str | torch.device | None = None) -> TrainState:
-    """Rebuild the ``TrainState`` saved at ``path`` (on ``device``, default: the config's)."""
-    ckpt = read(path)
+def load_state(path: str | Path, device: str | torch.device | None = None,
+               shard: Shard | None = None) -> TrainState:
+    """Rebuild the ``TrainState`` saved at ``path`` (on ``device``, default: the config's).
+
+    In a data-parallel run (``shard``), rank 0 reads the file and sends it to the other ranks,
+    so only rank 0 needs to see it and all ranks start from the same bytes.
+    """
+    shard = Shard() if shard is None else shard
+    ckpt = shard.broadcast(read(path) if shard.is_main else None)
     cfg = config_of(ckpt)
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
     state = new_state(cfg, device)
@@ -116,6 +123,7 @@ def load_state(path: str | Path, device: str | torch.device | None = None) -> Tr
     state.lr_scale = float(ckpt["lr_scale"])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
     state.coarse = coarse_copies(state.sampling_net(), ckpt.get("coarse", []))
+    state.shard = shard
     return state
 
 

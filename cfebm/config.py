@@ -113,6 +113,7 @@ class DataConfig:
     subset: str = ""                # dataset-specific choice, e.g. an LSUN category
     hflip: bool = False             # random horizontal flips
     num_workers: int = 0            # decoding threads for datasets read from disk
+    cache: str = ""                 # a folder written by `cfebm prepare`: read images from it
 
     def __post_init__(self):
         _require(self.limit >= 0, "data.limit must be >= 0")
@@ -129,6 +130,7 @@ class TrainConfig:
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"          # "fp32" or "bf16" (autocast; energies and loss stay fp32)
     channels_last: bool = False      # memory format for convolutions
+    compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
     max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
     max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
     log_every: int = 2_000           # images between metric lines

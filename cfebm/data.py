@@ -29,6 +29,7 @@ from torch import Tensor
 from cfebm import datasets
 from cfebm.config import DataConfig
 from cfebm.datasets import DataError
+from cfebm.sampling import Slice, draw
 
 __all__ = ["DATASETS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
            "downsample", "fake_images", "load_images", "random_hflip", "to_float", "to_uint8"]
@@ -60,9 +61,9 @@ def downsample(x: Tensor, resolution: int) -> Tensor:
     return x if factor == 1 else F.avg_pool2d(x, factor)
 
 
-def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
+def random_hflip(x: Tensor, generator: torch.Generator | Slice) -> Tensor:
     """Mirror each image of (N, C, H, W) left-right with probability 1/2, drawn from generator."""
-    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+    flip = draw(torch.rand, (x.shape[0],), generator, generator.device) < 0.5
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
@@ -173,6 +174,7 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
     Args:
         cfg: which dataset, where its files are, ``limit``, ``subset`` (LSUN category) and
             ``center_crop`` (folder, CelebA, LSUN). ``hflip`` is the caller's: ``random_hflip``.
+            ``cache``: read the same images from a folder ``cfebm prepare`` wrote (cache.py).
         split: "train" or "test" (LSUN: its val set; a folder without train/ and test/
             subfolders serves all of itself for both).
         resolution: side R of the delivered images, a power of two >= 8.
@@ -195,6 +197,10 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
         raise DataError(f"resolution must be a power of two >= 8, got {resolution!r}")
     if image_channels not in (1, 3):
         raise DataError(f"image_channels must be 1 or 3, got {image_channels!r}")
+    if cfg.cache:
+        from cfebm.cache import open_cache  # cache.py builds on this module
+
+        return open_cache(cfg, split=split, resolution=resolution, channels=image_channels)
     limit = cfg.limit or None  # slicing with None keeps everything
     name, root, download = cfg.dataset, cfg.root, cfg.download
     if name in ("folder", "celeba", "lsun"):

@@ -188,10 +188,12 @@ class EnergyNet(nn.Module):
         self.top = Top(top_width, cfg)
         self.head = _head(top_width, cfg)
 
-    def forward(self, x: Tensor, beta: float = 1.0) -> Tensor:
+    def forward(self, x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
+        """Energies (N,) of x (N, C, r, r). ``beta`` may be a 0-dim tensor, which always takes the
+        fading path (for ``torch.compile``: one graph for every β; see ``speed.py``)."""
         r = self._check_input(x, beta)
         h = self.blocks[f"{r}x{r}"](self.from_rgb[f"{r}x{r}"](x))
-        if beta < 1.0:
+        if isinstance(beta, Tensor) or beta < 1.0:
             # Fade(x): the coarse stage's FromRGB on the pooled image, at the block's output size.
             fade = self.from_rgb[f"{r // 2}x{r // 2}"](F.avg_pool2d(x, 2))
             h = beta * h + (1.0 - beta) * fade
@@ -203,7 +205,7 @@ class EnergyNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return self.head(features).squeeze(1)
 
-    def _check_input(self, x: Tensor, beta: float) -> int:
+    def _check_input(self, x: Tensor, beta: float | Tensor) -> int:
         if x.ndim != 4 or x.shape[1] != self.cfg.image_channels or x.shape[2] != x.shape[3]:
             raise ValueError(
                 f"expected images (N, {self.cfg.image_channels}, r, r), got {tuple(x.shape)}"
@@ -211,6 +213,8 @@ class EnergyNet(nn.Module):
         r = x.shape[-1]
         if r not in self.resolutions:
             raise ValueError(f"resolution {r} not supported; this net takes {self.resolutions}")
+        if isinstance(beta, Tensor):  # the caller checked its value (reading it would sync)
+            beta = 0.0
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1], got {beta}")
         if beta < 1.0 and r == self.resolutions[0]:

@@ -15,6 +15,9 @@ Layout of a run directory::
 
 SIGINT and SIGTERM stop the run at the next iteration boundary after writing a checkpoint, so an
 interrupted run continues exactly with ``--resume``.
+
+Under torchrun (``cfebm.distributed``) every rank runs this loop on its slice of each batch; rank 0
+alone writes the files above, and a signal on any rank stops all of them after the same iteration.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ from tqdm.auto import tqdm
 from cfebm.checkpoint import atomic_save, load_state, read, save_state, state_dict
 from cfebm.config import Config, TrainConfig, to_dict
 from cfebm.data import BatchStream, downsample, load_images, to_float
+from cfebm.distributed import Shard
 from cfebm.evaluate import at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
+from cfebm.sampling import Slice
+from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
     data_batch,
@@ -58,11 +64,16 @@ class RunError(RuntimeError):
 
 
 class RunLog:
-    """metrics.jsonl (always) and TensorBoard events (when tensorboard is installed)."""
+    """metrics.jsonl (always) and TensorBoard events (when tensorboard is installed).
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "metrics.jsonl"
+    ``enabled=False`` (ranks other than 0) writes nothing.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path, self.enabled = run_dir / "metrics.jsonl", enabled
         self.tb = None
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -71,6 +82,8 @@ class RunLog:
             log.info("tensorboard not installed; metrics go to metrics.jsonl only")
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
@@ -121,17 +134,28 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return before // every != after // every
 
 
-def open_run(cfg: Config, run_dir: Path, resume: bool) -> TrainState:
-    """The state to train from: a fresh one, or the run's latest checkpoint with ``resume``."""
-    latest = run_dir / "checkpoints" / "latest.pt"
-    if not latest.exists():
-        state = new_state(cfg)
-        save_state(state, latest)  # the state every recovery can fall back to
-        return state
+def _evaluates(before: int, after: int, t: TrainConfig, final: bool) -> bool:
+    """Whether the iteration from ``before`` to ``after`` images ends with an evaluation."""
+    return _crossed(before, after, t.eval_every) or final
+
+
+def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = None) -> TrainState:
+    """The state to train from: a fresh one, or the run's latest checkpoint with ``resume``.
+
+    With several ranks, rank 0 decides from what it sees on disk and every rank starts from the
+    state rank 0 saved.
+    """
+    shard = Shard() if shard is None else shard
+    latest, device = run_dir / "checkpoints" / "latest.pt", shard.device(cfg.train.device)
+    if not shard.broadcast(latest.exists()):
+        state = new_state(cfg, device)
+        if shard.is_main:
+            save_state(state, latest)  # the state every recovery can fall back to
+        return state if shard.world == 1 else load_state(latest, device, shard)
     if not resume:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it "
                        "or choose another --run-dir")
-    state = load_state(latest)
+    state = load_state(latest, device, shard)
     if state.cfg.model != cfg.model:
         raise RunError(f"cannot resume {run_dir} with a different [model] section")
     state.cfg = cfg
@@ -158,7 +182,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) ->
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
     failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
-    state = load_state(run_dir / "checkpoints" / "latest.pt", device=state.device)
+    state = load_state(run_dir / "checkpoints" / "latest.pt", state.device, state.shard)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
     state.train_seconds = seconds
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
@@ -171,35 +195,42 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) ->
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                  stop_at: int | None = None, time_budget: float | None = None,
-                 progress: bool = True) -> TrainState:
+                 progress: bool = True, shard: Shard | None = None) -> TrainState:
     """Train ``cfg`` in ``run_dir`` until the schedule ends (or ``stop_at`` images).
 
     ``time_budget`` stops the run once ``state.train_seconds`` (wall-clock seconds spent in
-    training iterations, not in evaluations, grids or checkpoints) reaches it.
+    training iterations, not in evaluations, grids or checkpoints) reaches it. ``shard``: this
+    process's rank in a data-parallel run (``distributed.process_group``); default one process.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = open_run(cfg, run_dir, resume)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    shard = Shard() if shard is None else shard
+    shard.check(cfg.growth.batch_size)
+    run_dir, main = Path(run_dir), shard.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state = open_run(cfg, run_dir, resume, shard)
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        log.info("%s, %d process(es)", describe_speed(cfg, state.device), shard.world)
     images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
                          image_channels=cfg.model.image_channels)
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
-    runlog, averager, t = RunLog(run_dir), _Averager(), cfg.train
+    runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train
     evaluator = None
-    if t.eval_every:
-        best = best_fid(run_dir / "checkpoints" / "best.pt", t)
+    if t.eval_every:  # on every rank: its sampling is shared out
+        best = best_fid(run_dir / "checkpoints" / "best.pt", t) if main else math.inf
         evaluator = TrainingEval(cfg, state.device, best)
     bar = tqdm(total=end, initial=min(state.n_images, end), unit="img", unit_scale=True,
-               disable=not progress, dynamic_ncols=True)
-    if state.n_images == 0:
+               disable=not (progress and main), dynamic_ncols=True)
+    if state.n_images == 0 and main:
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
-    budget = math.inf if time_budget is None else time_budget
+    budget, stop = math.inf if time_budget is None else time_budget, False
     with _stop_on_signals() as signals:
-        while state.n_images < end and state.train_seconds < budget and not signals:
+        while state.n_images < end and state.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
             metrics = train_step(state, data_batch(state, stream))
-            state.train_seconds += time.perf_counter() - started
+            seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
+            state.train_seconds += seconds
             if diverged(metrics, t.max_abs_loss):
                 state = _recover(state, run_dir, runlog, metrics)
                 bar.n = state.n_images
@@ -210,13 +241,19 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                                 f"E(data)={metrics['e_data']:.3f} "
                                 f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
             final = state.n_images >= end or state.train_seconds >= budget
-            _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
+            if main:
+                _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
+            elif evaluator is not None and _evaluates(before, state.n_images, t, final):
+                evaluator(state)  # its part of rank 0's evaluation
     bar.close()
-    if signals:  # the last iteration was not a final one, so nothing has saved it yet
-        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)
+    if stop and main:  # the last iteration was not a final one: save it
+        log.warning("stopped by signal %s at %d images",
+                    signals[0] if signals else "on another rank", state.n_images)
         save_state(state, run_dir / "checkpoints" / "latest.pt")
-    plot_metrics(runlog.path, run_dir / "training.png")
+    if main:
+        plot_metrics(runlog.path, run_dir / "training.png")
     runlog.close()
+    shard.barrier()  # rank 0's files are complete when any rank returns
     return state
 
 
@@ -230,7 +267,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
                **averager.pop(), "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
-    if evaluator is not None and (_crossed(before, now, t.eval_every) or final):
+    if evaluator is not None and _evaluates(before, now, t, final):
         row, improved = evaluator(state)
         runlog.write({**row, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
@@ -258,7 +295,8 @@ class TrainingEval:
 
     Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
     a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
-    only by the network. The reference is the run's test split (the first 10,000 images) at the
+    only by the network. In a data-parallel run each rank samples its rows of every batch
+    (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is the run's test split (the first 10,000 images) at the
     same resolution, pooled from the top resolution as the training data is; its features are
     computed once per resolution. Only evaluations at the last stage, fully faded in, compete for
     the best checkpoint.
@@ -289,17 +327,20 @@ class TrainingEval:
 
     def __call__(self, state) -> tuple[dict, bool]:
         """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
-        cfg, growth, net = self.cfg, state.growth, state.sampling_net()
+        cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
         generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
         batch = growth.batch_size
 
         def batches() -> Iterator[Tensor]:
             for start in range(0, cfg.train.eval_n, batch):
+                n = min(batch, cfg.train.eval_n - start)
+                first, rows = shard.rows(n)
+                chains = generator if shard.world == 1 else Slice(generator, first, rows, n)
                 with frozen(net):
-                    x = sample_negatives(net, growth, min(batch, cfg.train.eval_n - start),
-                                         cfg.sampler, coarse=state.coarse, generator=generator,
-                                         device=self.device, autocast=state.autocast)
-                yield x.detach()
+                    x = sample_negatives(net, growth, rows, cfg.sampler, coarse=state.coarse,
+                                         generator=chains, device=self.device,
+                                         autocast=state.autocast)
+                yield shard.gather(x.detach(), n)
 
         result, _ = evaluate_samples(batches(), self.reference(growth.resolution),
                                      at_resolution(self.extractor, growth.resolution),

@@ -66,12 +66,35 @@ class Streams:
         return cls(generators, sizes)
 
 
-Generator = torch.Generator | Streams | None
+class Slice:
+    """Rows [start, start + n) of what ``generator`` draws for a batch of ``total`` chains.
+
+    A data-parallel rank samples its slice of the global batch with it (``cfebm.distributed``):
+    every rank draws the global batch's numbers from the same generator and keeps its rows, so
+    chain j gets the same numbers whatever the number of ranks.
+    """
+
+    def __init__(self, generator: torch.Generator, start: int, n: int, total: int):
+        if not 0 <= start <= start + n <= total:
+            raise ValueError(f"rows [{start}, {start + n}) are not in a batch of {total}")
+        self.generator, self.start, self.n, self.total = generator, start, n, total
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+
+Generator = torch.Generator | Streams | Slice | None
 
 
 def draw(fn: Callable, shape: Sequence[int], generator: Generator,
          device: torch.device | str) -> Tensor:
-    """``fn(shape)`` (torch.rand or torch.randn) from a generator or from ``Streams``."""
+    """``fn(shape)`` (torch.rand or torch.randn) from a generator, ``Streams`` or a ``Slice``."""
+    if isinstance(generator, Slice):
+        if shape[0] != generator.n:
+            raise ValueError(f"a slice of {generator.n} chains, got a batch of {shape[0]}")
+        full = fn((generator.total, *shape[1:]), generator=generator.generator, device=device)
+        return full[generator.start:generator.start + generator.n]
     if not isinstance(generator, Streams):
         return fn(tuple(shape), generator=generator, device=device)
     if sum(generator.sizes) != shape[0]:

@@ -19,17 +19,21 @@ from torch import Tensor
 
 from cfebm.config import Config, SamplerConfig
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
+from cfebm.distributed import Shard
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import (
     Generator,
     LangevinStep,
+    Slice,
     cascade,
+    draw,
     energy_of,
     init_uniform,
     langevin_cfg,
     smooth_init,
 )
+from cfebm.speed import CompiledEnergy
 
 
 def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
@@ -110,12 +114,8 @@ def update_ema(ema: EnergyNet, net: EnergyNet, decay: float) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
+    """The device named in ``train.device`` ("auto": CUDA when available) for one process."""
+    return Shard().device(name)
 
 
 @dataclass
@@ -132,6 +132,11 @@ class TrainState:
     # sampler.init="frozen" (A.8): a frozen copy of the model as each finished stage ended,
     # which samples that stage's resolution in the cascade; coarse[k] is stage k's.
     coarse: list[EnergyNet] = field(default_factory=list)
+    # This process's part of a data-parallel run (cfebm.distributed); not saved: a run resumes
+    # on any number of processes.
+    shard: Shard = field(default_factory=Shard)
+    # train.compile: the network as the Langevin chains call it, compiled (speed.py); not saved.
+    compiled: CompiledEnergy | None = None
 
     @property
     def device(self) -> torch.device:
@@ -144,6 +149,13 @@ class TrainState:
     def sampling_net(self) -> EnergyNet:
         """The EMA network if the run keeps one, else the trained network."""
         return self.ema if self.ema is not None else self.net
+
+    def chains(self, batch: int) -> Generator:
+        """The generator of this rank's rows of a global batch of ``batch`` (all of it alone)."""
+        if self.shard.world == 1:
+            return self.generator
+        return Slice(self.generator, self.shard.start(batch), self.shard.local_batch(batch),
+                     batch)
 
     def autocast(self) -> AbstractContextManager:
         if self.cfg.train.precision == "bf16":
@@ -162,7 +174,8 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.growth.lr[0],
                                  betas=cfg.train.adam_betas)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    return TrainState(cfg, net, ema, optimizer, generator)
+    compiled = CompiledEnergy(net) if cfg.train.compile else None
+    return TrainState(cfg, net, ema, optimizer, generator, compiled=compiled)
 
 
 def freeze_finished_stages(state: TrainState) -> None:
@@ -180,29 +193,34 @@ def freeze_finished_stages(state: TrainState) -> None:
 
 
 def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
-    """The next batch of real images at the stage's resolution, (n, C, r, r) in [−1, 1]."""
-    growth, cfg = state.growth, state.cfg
-    x = stream.batch(state.n_images, growth.batch_size).to(state.device)
-    x = downsample(to_float(x), growth.resolution)
+    """The next batch of real images at the stage's resolution, (n, C, r, r) in [−1, 1]: this
+    rank's slice of the global batch (``cfebm.distributed``)."""
+    growth, cfg, shard = state.growth, state.cfg, state.shard
+    batch, generator = growth.batch_size, state.chains(growth.batch_size)
+    x = stream.batch(state.n_images + shard.start(batch), shard.local_batch(batch))
+    x = downsample(to_float(x.to(state.device)), growth.resolution)
     if cfg.data.hflip:
-        x = random_hflip(x, state.generator)
+        x = random_hflip(x, generator)
     if cfg.train.data_sigma > 0:
-        x = x + cfg.train.data_sigma * torch.randn(
-            x.shape, generator=state.generator, device=x.device)
+        x = x + cfg.train.data_sigma * draw(torch.randn, x.shape, generator, x.device)
     return x
 
 
 def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
-    """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics."""
+    """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics.
+
+    In a data-parallel run ``x_data`` is this rank's slice of the global batch; the gradients and
+    metrics are averaged over the ranks, and the images seen grow by the global batch.
+    """
     cfg, growth, net = state.cfg, state.growth, state.net
     n = x_data.shape[0]
 
     # Smooth MCMC sampling: negatives from the current (and, while fading, coarse) energy.
     freeze_finished_stages(state)
     with frozen(net):
-        x_sample = sample_negatives(net, growth, n, cfg.sampler, coarse=state.coarse,
-                                    generator=state.generator, device=state.device,
-                                    autocast=state.autocast)
+        x_sample = sample_negatives(state.compiled or net, growth, n, cfg.sampler,
+                                    coarse=state.coarse, generator=state.chains(n * state.shard.world),
+                                    device=state.device, autocast=state.autocast)
 
     # Optimize the energy function with Eq. (2): one forward pass over data and samples.
     for group in state.optimizer.param_groups:
@@ -214,15 +232,13 @@ def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
     loss = cd_loss(e_data, e_sample, cfg.train.energy_reg)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    metrics = state.shard.average(list(net.parameters()), {
+        "loss": loss, "e_data": e_data.mean(), "e_sample": e_sample.mean()})
     state.optimizer.step()
     if state.ema is not None:
         update_ema(state.ema, net, cfg.train.ema_decay)
-    state.n_images += n
-    return {
-        "loss": loss.item(),
-        "e_data": e_data.mean().item(),
-        "e_sample": e_sample.mean().item(),
-    }
+    state.n_images += n * state.shard.world
+    return metrics
 
 
 def diverged(metrics: dict[str, float], max_abs_loss: float) -> bool:

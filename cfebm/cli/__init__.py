@@ -3,6 +3,7 @@
     cfebm train --preset quickstart --run-dir runs/qs      (cli/train.py: train, info, presets)
     cfebm sample MODEL --n 64 --out samples.png            (cli/sample.py: sample, export)
     cfebm eval MODEL --features fmnist                     (cli/evaluate.py: fid-ref, eval)
+    cfebm prepare --preset P --out DIR                     (cli/prepare.py: the image cache)
 
 Errors the user can fix (bad flags, files, configs, data) print one line and exit with 2; any
 other exception is a bug and shows its traceback.
@@ -16,15 +17,16 @@ import sys
 
 from cfebm import __version__
 from cfebm.checkpoint import CheckpointError
-from cfebm.cli import apps, evaluate, ood, sample, train
+from cfebm.cli import apps, evaluate, ood, prepare, sample, train
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
+from cfebm.distributed import DistributedError
 from cfebm.metrics.reference import EvalError
 from cfebm.runner import RunError
 
-USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, EvalError, RunError,
-               FileNotFoundError)
+USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, DistributedError, EvalError,
+               RunError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cfebm {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, sample, evaluate, apps, ood):
+    for module in (train, sample, evaluate, apps, ood, prepare):
         module.add_commands(sub)
     return parser
 

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from cfebm import __version__
+from cfebm import __version__, distributed
 from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
 from cfebm.config import apply_overrides, load_preset, preset_names, to_dict
@@ -44,14 +44,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
         return
-    run_dir = (Path(args.run_dir) if args.run_dir
-               else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
-    logging.info("run directory: %s", run_dir)
     budget = None if args.minutes is None else 60.0 * args.minutes
-    state = run_training(cfg, run_dir, resume=args.resume, stop_at=args.stop_at,
-                         time_budget=budget, progress=not args.no_progress)
-    print(f"trained to {state.n_images} images; samples in {run_dir / 'samples'}, "
-          f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}")
+    with distributed.process_group(cfg.train.device) as shard:  # torchrun: one rank of many
+        run_dir = shard.broadcast(Path(args.run_dir) if args.run_dir  # rank 0 numbers it
+                                  else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
+        if shard.is_main:
+            logging.info("run directory: %s", run_dir)
+        state = run_training(cfg, run_dir, resume=args.resume, stop_at=args.stop_at,
+                             time_budget=budget, progress=not args.no_progress, shard=shard)
+    if shard.is_main:
+        print(f"trained to {state.n_images} images; samples in {run_dir / 'samples'}, "
+              f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:

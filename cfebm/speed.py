@@ -1,0 +1,59 @@
+"""Speed switches of a training run: ``torch.compile`` of the Langevin energy, and the summary
+of every switch printed when training starts.
+
+What is compiled is the network the Langevin chains call (T forward and input-gradient passes
+per iteration, against one forward and backward for the loss, which stays eager). The input
+gradient ∇ₓE is compiled with it: AOTAutograd traces the backward graph of the compiled forward.
+
+β changes at every iteration of a fade. As a Python float it is a graph constant (or, with
+dynamo's automatic dynamic floats, one more compilation after the first change); passed as a
+0-dim tensor it is a graph input, so one graph serves every β of every fade at a resolution.
+β = 1 (a grown stage) keeps the float and its own graph without the fading branch. Each of the
+two is traced twice, since ``model.frozen`` starts every chain with an empty spectral-norm
+weight cache that its first call fills: at most four graphs per resolution, however many β
+values a fade takes (tests/test_speed.py counts them).
+
+fp16 is not offered: the Langevin input gradient of a spectrally normalised net in fp16 needs
+loss scaling that no one has shown safe here; bf16 autocast (``train.precision``) is the
+reduced-precision choice.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cfebm.config import Config
+from cfebm.model import EnergyNet
+
+
+class CompiledEnergy:
+    """``net(x, β)`` through ``torch.compile``, with β < 1 handed over as a 0-dim tensor.
+
+    Shares ``net``'s parameters and modes (wrap it in ``model.frozen`` as usual); ``cfg`` is
+    ``net.cfg``, so it stands in for the network wherever a sampler takes one.
+    """
+
+    def __init__(self, net: EnergyNet, backend: str = "inductor"):
+        self.net, self.cfg = net, net.cfg
+        self.compiled = torch.compile(net, backend=backend, dynamic=False)
+        self._beta: tuple[float, torch.device, Tensor] | None = None
+
+    def __call__(self, x: Tensor, beta: float = 1.0) -> Tensor:
+        if beta >= 1.0:
+            return self.compiled(x, 1.0)
+        if not 0.0 <= beta:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        if self._beta is None or self._beta[:2] != (beta, x.device):  # once per chain, not step
+            self._beta = (beta, x.device, torch.tensor(beta, device=x.device))
+        return self.compiled(x, self._beta[2])
+
+
+def describe(cfg: Config, device: torch.device) -> str:
+    """One line of the speed choices a run makes, printed at its start."""
+    t = cfg.train
+    return (f"speed: device {device}, precision {t.precision} "
+            f"({'bf16 autocast, fp32 energies' if t.precision == 'bf16' else 'no autocast'}), "
+            f"channels_last {t.channels_last}, compile {t.compile} "
+            f"({'Langevin energy and its input gradient' if t.compile else 'eager'}), "
+            f"{torch.get_num_threads()} CPU threads")

@@ -1,0 +1,46 @@
+"""Every preset loads, holds only overrides of the defaults, and builds a network whose size is
+the one its comment states."""
+
+import re
+import tomllib
+from importlib import resources
+
+import pytest
+
+from cfebm.config import Config, load_preset, preset_names, to_dict
+from cfebm.model import EnergyNet, count_parameters
+
+PAPER = ("cifar10", "celeba64", "celeba64-crop140", "celebahq128", "celebahq256", "celebahq512",
+         "imagenet32", "lsun-church128")
+SIZE = re.compile(r"# Size: ([\d,]+) parameters \(([\d,]+) used at (\d+)²\)")
+
+
+def text(name: str) -> str:
+    return (resources.files("cfebm.presets") / f"{name}.toml").read_text()
+
+
+def test_the_paper_presets_exist():
+    assert set(PAPER) <= set(preset_names())
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_loads_and_states_its_parameter_count(name):
+    cfg = load_preset(name)
+    stated = SIZE.search(text(name))
+    if name in PAPER:
+        assert stated, f"{name}.toml does not state its size"
+    if stated:
+        total, used, resolution = (int(g.replace(",", "")) for g in stated.groups())
+        net = EnergyNet(cfg.model)
+        assert resolution == cfg.model.max_resolution
+        assert count_parameters(net) == total
+        assert count_parameters(net, resolution) == used
+
+
+@pytest.mark.parametrize("name", [p for p in PAPER if p != "cifar10"])  # (older ones restate)
+def test_preset_holds_overrides_only(name):
+    defaults = to_dict(Config())
+    for section, values in tomllib.loads(text(name)).items():
+        for key, value in values.items():
+            value = list(value) if isinstance(value, list) else value
+            assert defaults[section][key] != value, f"{name}: {section}.{key} is the default"

@@ -1,0 +1,77 @@
+"""torch.compile of the Langevin energy (speed.py): the same energies and gradients as the eager
+network, and a number of compilations that does not grow as β moves through a fade."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from cfebm.config import ModelConfig, apply_overrides, load_preset
+from cfebm.model import EnergyNet, frozen
+from cfebm.speed import CompiledEnergy, describe
+from cfebm.training import new_state, train_step
+
+
+def energy_and_grad(net, x, beta):
+    x = x.clone().requires_grad_(True)
+    e = net(x, beta)
+    (g,) = torch.autograd.grad(e.sum(), x)
+    return e.detach(), g
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+
+
+def chain(compiled, net, x, beta, steps=2):
+    """What one training iteration does: a fresh ``frozen`` context (empty spectral-norm cache),
+    then several calls; each checked against the eager network."""
+    with frozen(net):
+        for _ in range(steps):
+            e, g = energy_and_grad(compiled, x, beta)
+            e_ref, g_ref = energy_and_grad(net, x, beta)
+            torch.testing.assert_close(e, e_ref, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_count_stays_fixed_across_fade_steps(net):
+    """Graphs: (fading, grown) × (spectral-norm cache empty at a chain's first call, filled
+    after it); none more however many β values follow."""
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = CompiledEnergy(net, backend="aot_eager")  # the graphs, without a C++ build
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    chain(compiled, net, x, 0.05)
+    chain(compiled, net, x, 1.0)
+    graphs = counters["stats"]["unique_graphs"]
+    for beta in (0.1, 0.37, 0.5, 0.93, 1.0, 0.999):
+        chain(compiled, net, x, beta)
+    assert counters["stats"]["unique_graphs"] == graphs <= 4
+
+
+def test_beta_as_a_float_would_recompile(net):
+    """The control: compiling the network itself, a new float β costs another graph."""
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(net, backend="aot_eager", dynamic=False)
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    chain(compiled, net, x, 0.05)
+    graphs = counters["stats"]["unique_graphs"]
+    chain(compiled, net, x, 0.1)
+    assert counters["stats"]["unique_graphs"] > graphs
+
+
+def test_training_step_with_compile_matches_eager(monkeypatch):
+    monkeypatch.setattr("cfebm.speed.torch.compile",
+                        lambda net, **kw: torch._dynamo.optimize("aot_eager")(net))
+    torch._dynamo.reset()
+    cfg = apply_overrides(load_preset("tiny"), ["train.device=\"cpu\""])
+    states = [new_state(apply_overrides(cfg, [f"train.compile={c}"])) for c in ("false", "true")]
+    assert states[0].compiled is None and states[1].compiled is not None
+    x = torch.rand(16, 1, 8, 8) * 2 - 1
+    metrics = [train_step(s, x) for s in states]
+    assert metrics[0]["loss"] == pytest.approx(metrics[1]["loss"], rel=1e-5, abs=1e-6)
+    for a, b in zip(states[0].net.parameters(), states[1].net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert "compile True" in describe(states[1].cfg, torch.device("cpu"))
