@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cfebm import __version__
 from cfebm.checkpoint import CheckpointError, atomic_save, load_state, read, save_state, state_dict
 from cfebm.config import load_preset
 from cfebm.training import diverged, new_state
@@ -35,6 +36,28 @@ def test_a_torch_file_that_is_not_a_checkpoint_is_named(tmp_path):
     torch.save({"model": {}}, path)
     with pytest.raises(CheckpointError, match=r"weights\.pt.* is not a cfebm training checkpoint"):
         read(path)
+
+
+def test_a_checkpoint_records_the_package_version(tmp_path):
+    save_state(new_state(load_preset("tiny"), torch.device("cpu")), tmp_path / "s.pt")
+    assert read(tmp_path / "s.pt")["version"] == __version__
+
+
+def test_a_pickle_the_weights_unpickler_cannot_parse_is_named(tmp_path):
+    """An unsupported opcode (not a forbidden object) is "not a PyTorch file of weights"."""
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01\xff")
+    with pytest.raises(CheckpointError, match=r"^cannot read '.*junk\.pt' as a cfebm checkpoint "
+                       r"\(not a PyTorch file of weights\)$"):
+        read(path)
+
+
+def test_a_checkpoint_with_an_invalid_config_is_named(tmp_path):
+    ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
+    ckpt["config"]["model"]["no_such_field"] = 1
+    atomic_save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="the checkpoint's config is invalid: .*no_such_field"):
+        load_state(tmp_path / "bad.pt", device="cpu")
 
 
 @pytest.mark.parametrize("loss, expected", [

@@ -123,6 +123,14 @@ def torchrun_cli(world: int, run_dir) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_asking_for_cuda_without_it_is_refused_in_one_line():
+    assert Shard().device("auto") == torch.device("cpu")
+    with pytest.raises(DistributedError, match="^device 'cuda:0' requested but CUDA is not "
+                                               "available$"):
+        Shard().device("cuda:0")
+
+
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     torchrun_cli(2, tmp_path / "two")
     one = runner.run_training(tiny(), tmp_path / "one", progress=False)

@@ -119,7 +119,7 @@ def test_noise_schedules(kind):
         assert s[-1] == 0
     else:
         assert (s == 0.04).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="choose 'std_linear', 'variance_linear', 'a2' or"):
         noise_schedule("cosine", 3, 0.1)
 
 
@@ -180,6 +180,44 @@ def test_cascade_runs_every_scale():
     assert x.shape == (2, 1, 32, 32) and seen == [8, 8, 16, 16, 32, 32]
     with pytest.raises(ValueError, match="energies"):
         cascade([net, net], init_uniform(2, 1, 8), [2], SamplerConfig())
+
+
+def test_cascade_passes_the_test_time_noise_to_every_scale():
+    """``eta0`` replaces the config's η0 at each scale: with η0 = 0 and no drift nothing moves."""
+    def energy(x, beta=1.0):  # flat: no drift
+        return (0.0 * x).flatten(1).sum(1)
+
+    x0 = init_uniform(2, 1, 4, generator=torch.Generator().manual_seed(1))
+    x = cascade([energy, energy], x0, [3, 3], SamplerConfig(eta0=0.5), eta0=0.0,
+                generator=torch.Generator().manual_seed(2))
+    assert torch.equal(x, upsample(x0))
+
+
+def test_a_single_chain_reports_each_step_to_the_callback():
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=5, n_steps_coarse=3,
+                   cascade=((8, 3), (16, 5)))
+    seen = []
+    with frozen(net):
+        sample_negatives(net, grown, 2, SamplerConfig(), generator=torch.Generator(),
+                         callback=lambda s: seen.append(s.x.shape[-1]))
+    assert seen == [16] * 5
+
+
+def test_cascade_init_ignores_frozen_copies_it_was_not_asked_to_use():
+    """init="cascade" samples every scale with the net itself even when frozen copies exist."""
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    other = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    growth = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=2, n_steps_coarse=2,
+                    cascade=((8, 4), (16, 2)))
+    cfg = SamplerConfig(init="cascade")
+    with frozen(net), frozen(other):
+        plain = sample_negatives(net, growth, 3, cfg, generator=torch.Generator().manual_seed(0))
+        given = sample_negatives(net, growth, 3, cfg, coarse=[other],
+                                 generator=torch.Generator().manual_seed(0))
+        used = sample_negatives(net, growth, 3, SamplerConfig(init="frozen"), coarse=[other],
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, given) and not torch.equal(plain, used)
 
 
 def test_sampling_schedule_is_algorithm2_or_the_cascade():

@@ -197,6 +197,24 @@ def test_data_sigma_adds_gaussian_noise_of_that_size():
     assert residual.std().item() == pytest.approx(0.1, rel=0.05)
 
 
+def test_without_flips_or_data_noise_a_data_batch_draws_no_random_numbers():
+    """The chains' random stream does not depend on reading data when σ = 0 and flips are off."""
+    cfg = apply_overrides(load_preset("tiny"), ["train.data_sigma=0", "data.hflip=false"])
+    state = new_state(cfg)
+    before = state.generator.get_state()
+    data_batch(state, BatchStream(TensorImages(torch.zeros(64, 1, 16, 16, dtype=torch.uint8)), 0))
+    assert torch.equal(state.generator.get_state(), before)
+
+
+def test_bf16_precision_autocasts_and_the_ema_holds_no_gradients():
+    state = new_state(apply_overrides(load_preset("tiny"), ["train.precision=\"bf16\"",
+                                                         "train.ema_decay=0.9"]))
+    with state.autocast():
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.bfloat16
+    assert state.ema is not None and not any(p.requires_grad for p in state.ema.parameters())
+
+
 def test_channels_last_option_stores_conv_weights_channels_last():
     """train.channels_last converts the network's 4-D weights to that memory format."""
     state = new_state(apply_overrides(load_preset("tiny"), ["train.channels_last=true"]))
