@@ -45,6 +45,7 @@ from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
 from cfebm.sampling import Slice
+from cfebm.speed import busy_cpu_warning
 from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
@@ -211,6 +212,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     if main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
         log.info("%s, %d process(es)", describe_speed(cfg, state.device), shard.world)
+        if (busy := busy_cpu_warning(state.device)) is not None:
+            log.warning(busy)
     images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
                          image_channels=cfg.model.image_channels)
     stream = BatchStream(images, cfg.train.seed)

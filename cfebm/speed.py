@@ -20,6 +20,8 @@ reduced-precision choice.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -47,6 +49,26 @@ class CompiledEnergy:
         if self._beta is None or self._beta[:2] != (beta, x.device):  # once per chain, not step
             self._beta = (beta, x.device, torch.tensor(beta, device=x.device))
         return self.compiled(x, self._beta[2])
+
+
+def busy_cpu_warning(device: torch.device) -> str | None:
+    """A warning when other processes already keep this machine's cores busy, else None.
+
+    Torch's OpenMP threads wait for each other at every operation; when another process holds a
+    core, each wait stalls until the scheduler comes back, and a run with as many threads as
+    cores slows by 5–100× (benchmarks/RESULTS.md, "Threads on a busy CPU"). One thread keeps
+    going at the speed of the core it gets.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or not hasattr(os, "getloadavg"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0]   # taken before this run has loaded the machine
+    if load + threads <= cores + 0.5:
+        return None
+    return (f"the CPU is busy (1-minute load {load:.1f} on {cores} cores): {threads} torch "
+            "threads will wait on each other and may run many times slower; on a shared machine "
+            "set OMP_NUM_THREADS=1")
 
 
 def describe(cfg: Config, device: torch.device) -> str:

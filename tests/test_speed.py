@@ -1,13 +1,15 @@
 """torch.compile of the Langevin energy (speed.py): the same energies and gradients as the eager
 network, and a number of compilations that does not grow as β moves through a fade."""
 
+import os
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from cfebm.config import ModelConfig, apply_overrides, load_preset
 from cfebm.model import EnergyNet, frozen
-from cfebm.speed import CompiledEnergy, describe
+from cfebm.speed import CompiledEnergy, busy_cpu_warning, describe
 from cfebm.training import new_state, train_step
 
 
@@ -75,3 +77,17 @@ def test_training_step_with_compile_matches_eager(monkeypatch):
     for a, b in zip(states[0].net.parameters(), states[1].net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert "compile True" in describe(states[1].cfg, torch.device("cpu"))
+
+
+def test_a_busy_cpu_is_reported_only_when_threads_would_contend(monkeypatch):
+    """The machine's load is the input: busy cores plus our threads beyond the cores warn."""
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))
+    assert "OMP_NUM_THREADS=1" in busy_cpu_warning(torch.device("cpu"))
+    assert busy_cpu_warning(torch.device("cuda")) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert busy_cpu_warning(torch.device("cpu")) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert busy_cpu_warning(torch.device("cpu")) is None
