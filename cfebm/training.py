@@ -30,6 +30,7 @@ from cfebm.sampling import (
     langevin_cfg,
     smooth_init,
 )
+from cfebm.translation import translation_chain
 
 
 def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
@@ -192,17 +193,25 @@ def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
     return x
 
 
-def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
-    """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics."""
+def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -> dict[str, float]:
+    """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics.
+
+    ``start`` (n, C, r, r): source images for a translation run, where the chains start (Eq. 4,
+    ``translation.translation_chain``); None starts them from noise.
+    """
     cfg, growth, net = state.cfg, state.growth, state.net
     n = x_data.shape[0]
 
     # Smooth MCMC sampling: negatives from the current (and, while fading, coarse) energy.
     freeze_finished_stages(state)
     with frozen(net):
-        x_sample = sample_negatives(net, growth, n, cfg.sampler, coarse=state.coarse,
-                                    generator=state.generator, device=state.device,
-                                    autocast=state.autocast)
+        if start is None:
+            x_sample = sample_negatives(net, growth, n, cfg.sampler, coarse=state.coarse,
+                                        generator=state.generator, device=state.device,
+                                        autocast=state.autocast)
+        else:
+            x_sample = translation_chain(net, growth, start, cfg.sampler,
+                                         generator=state.generator, autocast=state.autocast)
 
     # Optimize the energy function with Eq. (2): one forward pass over data and samples.
     for group in state.optimizer.param_groups:
