@@ -202,8 +202,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     with _stop_on_signals() as signals:
         while state.n_images < end and state.train_seconds < budget and not signals:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
+            x_data = data_batch(state, stream)
             start = source_batch(sources, state.n_images, state.growth, state.device)
-            metrics = train_step(state, data_batch(state, stream), start)
+            metrics = (train_step(state, x_data) if start is None
+                       else train_step(state, x_data, start))
             state.train_seconds += time.perf_counter() - started
             if diverged(metrics, t.max_abs_loss):
                 state = _recover(state, run_dir, runlog, metrics)

@@ -13,7 +13,8 @@ the run goes ("ab": A is the source, B the target; "ba": the reverse). Pairs:
   ``"fmnist:K,L"`` (class K → L): the classes of Fashion-MNIST's own train and test splits,
   zero-padded to 32 px as everywhere in cfebm.
 - ``"grass2gravel"``: scikit-image's bundled 512×512 textures ``data.grass()`` (A) and
-  ``data.gravel()`` (B), as crops of ``TEXTURE_CROP`` px area-pooled to the resolution. Crop
+  ``data.gravel()`` (B), as crops of max(``TEXTURE_CROP``, 2R) px area-pooled to the
+  resolution R (2× at 16², where grass blades and stones are still told apart). Crop
   positions are fixed by a seed: training crops lie in the top ``TEXTURE_TRAIN_ROWS`` rows,
   test crops below them, so no test pixel was ever trained on.
 
@@ -35,7 +36,7 @@ from cfebm.datasets import DataError, resize_uint8
 FMNIST_PAIRS = {"sneaker2ankleboot": (7, 9), "tshirt2dress": (0, 3)}
 TEXTURE_PAIRS = {"grass2gravel": ("grass", "gravel")}
 PAIRS = ("cyclegan", *FMNIST_PAIRS, *TEXTURE_PAIRS, "fmnist:K,L")
-TEXTURE_CROP = 64            # side of a texture crop before pooling to the resolution
+TEXTURE_CROP = 32            # side of a texture crop before pooling to the resolution (at least 2R)
 TEXTURE_TRAIN_ROWS = 384     # crops of rows [0, 384) train, crops of rows [384, 512) test
 TEXTURE_CROPS = {"train": 4096, "test": 512}
 
@@ -95,8 +96,9 @@ def fmnist_classes(pair: str) -> tuple[int, int]:
 def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
                 channels: int) -> tuple[ImageSet, ImageSet]:
     """Domain A and domain B images of ``split``, uint8 (C, R, R) each."""
-    if pair == "cyclegan":
-        return tuple(cyclegan_domain(data, split, d, resolution, channels) for d in "AB")
+    if pair == "cyclegan":  # both folders' layout first, then the images' sizes
+        files = [cyclegan_files(data, split, d) for d in "AB"]
+        return tuple(cyclegan_images(f, data, resolution, channels) for f in files)
     if pair in TEXTURE_PAIRS:
         return tuple(TensorImages(_match_channels(texture_crops(name, split, resolution),
                                                   channels), name=name)
@@ -115,9 +117,9 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
 # CycleGAN folders
 
 
-def cyclegan_domain(data: DataConfig, split: str, domain: str, resolution: int,
-                    channels: int) -> LazyImages:
-    """The images of ``data.root/<split><domain>`` (e.g. ``trainA``), decoded lazily."""
+def cyclegan_files(data: DataConfig, split: str, domain: str) -> datasets.ImageFiles:
+    """The image files of ``data.root/<split><domain>`` (e.g. ``trainA``), sorted, the first
+    ``data.limit`` (0: all)."""
     if not data.root:
         raise DataError("pair 'cyclegan' needs data.root: a folder with trainA, trainB, testA "
                         "and testB")
@@ -134,10 +136,15 @@ def cyclegan_domain(data: DataConfig, split: str, domain: str, resolution: int,
     if not paths:
         raise DataError(f"{folder} holds no images "
                         f"({'/'.join(datasets.IMAGE_EXTENSIONS)})")
-    files = datasets.ImageFiles(paths[:data.limit or None])
+    return datasets.ImageFiles(paths[:data.limit or None])
+
+
+def cyclegan_images(files: datasets.ImageFiles, data: DataConfig, resolution: int,
+                    channels: int) -> LazyImages:
+    """``files`` decoded lazily at ``resolution``; images smaller than it are refused."""
     datasets.check_sizes(files, resolution, data.center_crop)
     return LazyImages(files, resolution=resolution, channels=channels,
-                      name=f"{root.name}/{folder.name}", center_crop=data.center_crop,
+                      name=str(files.paths[0].parent), center_crop=data.center_crop,
                       num_workers=data.num_workers)
 
 
@@ -148,22 +155,27 @@ def cyclegan_domain(data: DataConfig, split: str, domain: str, resolution: int,
 def texture_crops(name: str, split: str, resolution: int) -> torch.Tensor:
     """``TEXTURE_CROPS[split]`` crops of the texture ``name`` as uint8 (N, 1, R, R).
 
-    Crops are ``max(TEXTURE_CROP, R)`` px at positions drawn from a fixed seed per split, in
+    Crops are max(``TEXTURE_CROP``, 2R) px at positions drawn from a fixed seed per split, in
     rows [0, 384) for "train" and [384, 512) for "test", then area-pooled to R.
     """
     from skimage import data as skdata
 
     image = torch.from_numpy(getattr(skdata, name)())   # (512, 512) uint8, bundled
-    side = max(TEXTURE_CROP, resolution)
-    test_rows = image.shape[0] - TEXTURE_TRAIN_ROWS
-    if side > test_rows:
-        raise DataError(f"texture pairs go up to {test_rows} px (the test rows), not {resolution}")
-    top, bottom = (0, TEXTURE_TRAIN_ROWS) if split == "train" else (TEXTURE_TRAIN_ROWS,
-                                                                     image.shape[0])
-    g = torch.Generator().manual_seed(0 if split == "train" else 1)
-    n = TEXTURE_CROPS[split]
-    rows = torch.randint(top, bottom - side + 1, (n,), generator=g)
-    cols = torch.randint(0, image.shape[1] - side + 1, (n,), generator=g)
+    side = max(TEXTURE_CROP, 2 * resolution)
+    rows, cols = texture_positions(split, side, image.shape[0])
     crops = torch.stack([image[r:r + side, c:c + side] for r, c in zip(rows.tolist(),
                                                                         cols.tolist())])
     return resize_uint8(crops[:, None], resolution)
+
+
+def texture_positions(split: str, side: int, size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left corners (rows (N,), cols (N,)) of the ``split``'s crops of ``side`` px in a
+    ``size``-px texture: a fixed draw per split, whole crops inside its band of rows."""
+    if side > size - TEXTURE_TRAIN_ROWS:
+        raise DataError(f"texture pairs go up to {(size - TEXTURE_TRAIN_ROWS) // 2} px "
+                        f"(crops of twice that fit the test rows), not {side // 2}")
+    top, bottom = (0, TEXTURE_TRAIN_ROWS) if split == "train" else (TEXTURE_TRAIN_ROWS, size)
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    n = TEXTURE_CROPS[split]
+    rows = torch.randint(top, bottom - side + 1, (n,), generator=g)
+    return rows, torch.randint(0, size - side + 1, (n,), generator=g)
