@@ -88,8 +88,9 @@ class SaliencyMeter:
             grad = grad.masked_fill(blocked, 0.0)
             self.total += grad if self.free is None else grad * self.free
         else:
-            self.total += (step.x - self.previous).abs()
-            self.previous = step.x
+            x = step.x.detach()  # the sampler marks this tensor for autograd at its next step
+            self.total += (x - self.previous).abs()
+            self.previous = x
 
 
 def reduce_saliency(total: Tensor) -> tuple[Tensor, Tensor]:
