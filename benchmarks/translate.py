@@ -15,8 +15,8 @@ its config) every source-domain test image is translated by the model's chain, a
   Reference: a random target test image paired with each source (what a translator that ignored
   its input would score).
 - KID between outputs and the target test images, Fashion-MNIST classifier features
-  (100 subsets of up to 1,000), and the same for the identity map and for the target's own
-  training images (the floor).
+  (100 subsets of up to 1,000; Inception features with ``--inception`` and for RGB models), and
+  the same for the identity map and for the target's own training images (the floor).
 
     python benchmarks/translate.py runs/sneaker/checkpoints/latest.pt runs/grass/... \\
         --json runs/translate.json --grids docs/translate
@@ -37,7 +37,7 @@ from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
 from cfebm.checkpoint import read
 from cfebm.data import downsample, to_float
-from cfebm.evaluate import at_resolution
+from cfebm.evaluate import at_resolution, make_extractor
 from cfebm.metrics import FMNISTFeatures, kid
 from cfebm.model import count_parameters
 from cfebm.trained import load
@@ -78,12 +78,13 @@ class DomainJudge:
         return float(self.fit.predict(self.features(x).numpy()).mean())
 
 
-def evaluate(path: str, grids: Path | None, seed: int) -> dict:
+def evaluate(path: str, grids: Path | None, seed: int, inception: bool = False) -> dict:
     model = load(path, device="cpu")
     cfg, r = model.cfg, model.resolution
     test, train = domains(cfg, "test"), domains(cfg, "train")
     source, target = images(test.source, r), images(test.target, r)
-    features = at_resolution(FMNISTFeatures(), r)
+    features = (make_extractor("inception", dataset="", channels=model.channels) if inception
+                or model.channels == 3 else at_resolution(FMNISTFeatures(), r))
     judge = DomainJudge(model, features, train, r)
 
     started = time.perf_counter()
@@ -154,10 +155,12 @@ def main() -> None:
     p.add_argument("--json", help="write the reports here")
     p.add_argument("--grids", type=Path, help="copy each model's triplet grid into this folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inception", action="store_true", help="Inception features for KID and the "
+                   "domain classifier (CFEBM_INCEPTION_WEIGHTS; always for RGB models)")
     args = p.parse_args()
     reports = []
     for path in args.models:
-        report = evaluate(path, args.grids, args.seed)
+        report = evaluate(path, args.grids, args.seed, args.inception)
         reports.append(report)
         print(table(report), flush=True)
     if args.json:

@@ -97,7 +97,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
         f"model(s), step {cfg.sampler.step_size:g}, η0 {cfg.sampler.eta0:g} "
         f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}",
-        f"data            {cfg.data.dataset}",
+        f"data            {cfg.data.dataset}" if cfg.task.kind == "generate" else
+        f"task            translate {cfg.task.pair}, direction {cfg.task.direction}",
         "schedule        " + ", ".join(
             f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
                 cfg.growth.resolutions, cfg.growth.stage_images, cfg.growth.fade_images,
