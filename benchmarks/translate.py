@@ -78,7 +78,10 @@ class DomainJudge:
         return float(self.fit.predict(self.features(x).numpy()).mean())
 
 
-def evaluate(path: str, grids: Path | None, seed: int, inception: bool = False) -> dict:
+def evaluate(path: str, grids: Path | None, seed: int, inception: bool = False,
+             steps: list[int] | None = None, grid_steps: int | None = None) -> dict:
+    """The report of one model; ``steps``: test-time chain lengths to score (default: its T);
+    the grid shows ``grid_steps`` (default: the longest)."""
     model = load(path, device="cpu")
     cfg, r = model.cfg, model.resolution
     test, train = domains(cfg, "test"), domains(cfg, "train")
@@ -87,29 +90,28 @@ def evaluate(path: str, grids: Path | None, seed: int, inception: bool = False) 
                 or model.channels == 3 else at_resolution(FMNISTFeatures(), r))
     judge = DomainJudge(model, features, train, r)
 
-    started = time.perf_counter()
-    result = translate.translate(model, source, seed=seed, progress=True)
-    seconds = time.perf_counter() - started
     g = torch.Generator().manual_seed(seed)
     random_target = target[torch.randint(len(target), (len(source),), generator=g)]
     fmnist = judge.target_class is not None
 
-    def content(x):
-        row = {"lowpass_ssim": float(translate.lowpass_ssim(x, source).mean())}
+    def scores(x: torch.Tensor, with_kid: bool = True) -> dict:
+        row = {"success": judge.success(x),
+               "lowpass_ssim": float(translate.lowpass_ssim(x, source).mean())}
         if fmnist:
             row["silhouette_iou"] = float(translate.silhouette_iou(x, source).mean())
-        return row
+        return {**row, "kid": kid_of(features, x, target)} if with_kid else row
 
-    rows = {
-        "translated": {"success": judge.success(result.output), **content(result.output),
-                       "kid": kid_of(features, result.output, target)},
-        "identity": {"success": judge.success(source), **content(source),
-                     "kid": kid_of(features, source, target)},
-        "random target image": {"success": judge.success(random_target),
-                                **content(random_target)},
-        "target train images": {"kid": kid_of(
-            features, images(train.target, r, len(target)), target)},
-    }
+    rows, seconds, results = {}, {}, {}
+    for t in steps or [model.growth.n_steps]:
+        started = time.perf_counter()
+        results[t] = translate.translate(model, source, steps=t, seed=seed, progress=True)
+        seconds[t] = time.perf_counter() - started
+        rows[f"translated, T = {t}"] = scores(results[t].output)
+    rows["identity"] = scores(source)
+    rows["random target image"] = scores(random_target, with_kid=False)
+    rows["target train images"] = {"kid": kid_of(features, images(train.target, r, len(target)),
+                                                 target)}
+    shown = grid_steps if grid_steps in results else max(results)
     ckpt = read(path)
     report = {
         "model": path, "pair": cfg.task.pair, "direction": cfg.task.direction,
@@ -119,11 +121,11 @@ def evaluate(path: str, grids: Path | None, seed: int, inception: bool = False) 
         "parameters": count_parameters(model.net),
         "train_seconds": float(ckpt.get("train_seconds", float("nan"))),
         "train_images": int(ckpt["n_images"]),
-        "translate_seconds": seconds, "rows": rows,
+        "translate_seconds": seconds, "rows": rows, "grid_steps": shown,
     }
     if grids is not None:
-        name = f"{cfg.task.pair}_{cfg.task.direction}"
-        out = save_translation(result, Path("runs") / "translate-bench" / name, grid=8,
+        name = f"{cfg.task.pair}_{cfg.task.direction}_T{shown}"
+        out = save_translation(results[shown], Path("runs") / "translate-bench" / name, grid=8,
                                per_row=2, scale=4)
         grids.mkdir(parents=True, exist_ok=True)
         (grids / f"{name}.png").write_bytes(out["triplets"].read_bytes())
@@ -143,9 +145,9 @@ def table(report: dict) -> str:
                 f"{row['silhouette_iou']:.3f}" if "silhouette_iou" in row else "—",
                 f"{row['kid']:.2f}" if "kid" in row else "—"]
         lines.append(f"| {name} | " + " | ".join(cell) + " |")
+    timings = ", ".join(f"{s:.1f} s at T = {t}" for t, s in report["translate_seconds"].items())
     lines.append(f"parameters {report['parameters']:,}; training {report['train_seconds']:.0f} s "
-                 f"({report['train_images']:,} images); translating the test set "
-                 f"{report['translate_seconds']:.1f} s")
+                 f"({report['train_images']:,} images); translating the test set: {timings}")
     return "\n".join(lines)
 
 
@@ -155,12 +157,17 @@ def main() -> None:
     p.add_argument("--json", help="write the reports here")
     p.add_argument("--grids", type=Path, help="copy each model's triplet grid into this folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=lambda t: [int(v) for v in t.split(",")],
+                   help="test-time chain lengths to score, e.g. 5,10,25 (default: the model's T)")
+    p.add_argument("--grid-steps", type=int, help="the chain length the grid shows "
+                   "(default: the longest)")
     p.add_argument("--inception", action="store_true", help="Inception features for KID and the "
                    "domain classifier (CFEBM_INCEPTION_WEIGHTS; always for RGB models)")
     args = p.parse_args()
     reports = []
     for path in args.models:
-        report = evaluate(path, args.grids, args.seed, args.inception)
+        report = evaluate(path, args.grids, args.seed, args.inception, args.steps,
+                          args.grid_steps)
         reports.append(report)
         print(table(report), flush=True)
     if args.json:

@@ -272,3 +272,28 @@ def test_translation_negatives_are_chains_from_the_source_stream(tmp_path, monke
     assert len(seen) == 4 and seen[0].shape == (16, 1, 8, 8) and seen[-1].shape == (16, 1, 16, 16)
     pooled = downsample(grass, 8)
     assert all(any(torch.equal(row, p) for p in pooled) for row in seen[0][:3])
+
+
+@pytest.mark.slow
+def test_cli_translate_writes_what_the_library_computes(tmp_path, capsys):
+    from cfebm.data import to_uint8
+    from cfebm.trained import load
+
+    cfg = textures("train.n_grid=16")
+    runner.run_training(cfg, tmp_path / "run", stop_at=32, progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
+    out = tmp_path / "out"
+    assert main(["translate", str(ckpt), "--n", "3", "--steps", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    model = load(ckpt)
+    x = translate.source_images(model, None, 3)
+    assert torch.equal(x, downsample(to_float(texture_crops("grass", "test", 16)[:3]), 8))
+    expected = to_uint8(translate.translate(model, x, steps=2).output)
+    written = torch.stack([torch.from_numpy(np.array(Image.open(out / "translated" /
+                                                                f"{i:04d}.png")))
+                           for i in range(3)])
+    assert torch.equal(written, expected[:, 0])
+    assert (out / "triplets.png").is_file() and (out / "chain" / "strip.png").is_file()
+    assert main(["translate", str(ckpt), "--input", str(tmp_path / "nothing"), "--out",
+                 str(out)]) == 2
+    assert "neither an image nor a folder" in capsys.readouterr().err
