@@ -47,8 +47,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="gradient: Σ_t ∇E(y_t) (the paper); change: Σ_t |y_{t+1} - y_t|")
     p.add_argument("--every", type=count(1), default=5, help="chain strip: every k-th state")
     p.add_argument("--keep", type=count(1), default=8, help="chain strip: this many chains")
-    p.add_argument("--grid", type=count(1), default=16, help="rows of the triplet grid")
+    p.add_argument("--grid", type=count(1), default=16, help="examples in the triplet grid (two to a row)")
     p.add_argument("--scale", type=count(1), default=4, help="enlargement of the grids")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_chains(p, cascade=False)
+    add_chains(p, cascade=False, steps_help="Langevin steps of each translation chain (default: "
+               "the model's T; fewer keep more of the source)")
     p.set_defaults(func=cmd_translate)
