@@ -156,7 +156,9 @@ class TaskConfig:
     """What the model learns. "generate": the images of [data], chains from noise (Algorithm 1).
     "translate" (Sec. 3.3, Eq. 4): the energy of a target domain whose chains start at
     source-domain images; ``pair`` names domains A and B (``translate_data.PAIRS``; "cyclegan"
-    reads ``data.root``), ``direction`` "ab" translates A into B, "ba" B into A."""
+    reads ``data.root``), ``direction`` "ab" translates A into B, "ba" B into A. A translation
+    run reads ``data.root``, ``limit`` (per domain), ``hflip`` (target images), ``center_crop``
+    and ``num_workers`` from [data], never ``data.dataset``: the pair decides the images."""
 
     kind: str = "generate"
     pair: str = ""
