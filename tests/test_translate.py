@@ -176,6 +176,12 @@ def test_direction_both_makes_two_runs(tmp_path):
     assert translation_runs(cfg, tmp_path, None) == [(tmp_path, cfg)]
 
 
+def test_direction_on_a_generation_preset_is_one_line(capsys):
+    assert main(["train", "--preset", "tiny", "--direction", "ba", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--direction is for translation presets" in err and len(err.splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # CycleGAN folders
 
