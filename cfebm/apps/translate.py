@@ -137,8 +137,9 @@ def translate(model: TrainedModel, source: Tensor, *, steps: int | None = None,
         outputs.append(x)
         begin += len(x)
         meter.total = None
-    trajectory.steps.insert(0, 0)
-    trajectory.states.insert(0, source[:trajectory.keep].float().cpu())
+    if trajectory.steps[0] != 0:  # a chain of 0 steps already recorded its start as its end
+        trajectory.steps.insert(0, 0)
+        trajectory.states.insert(0, source[:trajectory.keep].float().cpu())
     raw, normalised = reduce_saliency(torch.cat(totals).float().cpu())
     return Translation(source.cpu(), torch.cat(outputs).cpu(), raw, normalised, saliency,
                        trajectory)
