@@ -154,12 +154,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """What the model learns. "generate": the images of [data], chains from noise (Algorithm 1).
+    "translate" (Sec. 3.3, Eq. 4): the energy of a target domain whose chains start at
+    source-domain images; ``pair`` names domains A and B (``translate_data.PAIRS``; "cyclegan"
+    reads ``data.root``), ``direction`` "ab" translates A into B, "ba" B into A. A translation
+    run reads ``data.root``, ``limit`` (per domain), ``hflip`` (target images), ``center_crop``
+    and ``num_workers`` from [data], never ``data.dataset``: the pair decides the images."""
+
+    kind: str = "generate"
+    pair: str = ""
+    direction: str = "ab"
+
+    def __post_init__(self):
+        _require(self.kind in ("generate", "translate"),
+                 "task.kind must be 'generate' or 'translate'")
+        _require(self.direction in ("ab", "ba"), "task.direction must be 'ab' or 'ba'")
+        _require(self.kind == "generate" or bool(self.pair),
+                 "task.kind = 'translate' needs task.pair (see translate_data.PAIRS)")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     growth: GrowthConfig = field(default_factory=GrowthConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self):
         _require(self.growth.resolutions[-1] == self.model.max_resolution,
@@ -170,6 +192,10 @@ class Config:
                  (self.data.dataset == "fashion_mnist" and self.model.image_channels == 1),
                  "train.eval_features = 'fmnist' needs grayscale Fashion-MNIST (data.dataset = "
                  "'fashion_mnist', model.image_channels = 1); use 'inception' for other data")
+        if self.task.kind == "translate":  # chains start at source images: no noise cascade
+            _require(self.sampler.init == "noise" and t.eval_every == 0,
+                     "task.kind = 'translate' needs sampler.init = 'noise' and "
+                     "train.eval_every = 0")
 
 
 class ConfigError(ValueError):

@@ -55,6 +55,7 @@ from cfebm.training import (
     sample_negatives,
     train_step,
 )
+from cfebm.translation import source_batch, training_data, translating, translation_grid
 from cfebm.viz import plot_metrics, save_grid
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,10 @@ def save_samples(state: TrainState, path: Path, growth: Growth | None = None) ->
     growth = growth or state.growth
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     net = state.sampling_net()
+    if translating(cfg):  # rows of source test images, each followed by its translations
+        x = translation_grid(net, growth, cfg, generator=generator, device=device,
+                             autocast=state.autocast)
+        return save_grid(x, path, nrow=8, scale=max(1, 128 // growth.resolution))
     with frozen(net):
         x = sample_negatives(net, growth, cfg.train.n_grid, cfg.sampler, coarse=state.coarse,
                              generator=generator, device=device, autocast=state.autocast)
@@ -214,8 +219,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         log.info("%s, %d process(es)", describe_speed(cfg, state.device), shard.world)
         if (busy := busy_cpu_warning(state.device)) is not None:
             log.warning(busy)
-    images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,
-                         image_channels=cfg.model.image_channels)
+    images, sources = training_data(cfg)  # sources: translation runs' chain starts, else None
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
     runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train
@@ -231,7 +235,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     with _stop_on_signals() as signals:
         while state.n_images < end and state.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
-            metrics = train_step(state, data_batch(state, stream))
+            x_data = data_batch(state, stream)
+            start = source_batch(sources, state.n_images, state.growth, state.device, shard)
+            metrics = (train_step(state, x_data) if start is None
+                       else train_step(state, x_data, start))
             seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
             state.train_seconds += seconds
             if diverged(metrics, t.max_abs_loss):

@@ -34,6 +34,7 @@ from cfebm.sampling import (
     smooth_init,
 )
 from cfebm.speed import CompiledEnergy
+from cfebm.translation import translation_chain
 
 
 def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
@@ -206,10 +207,12 @@ def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
     return x
 
 
-def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
+def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -> dict[str, float]:
     """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics.
 
-    In a data-parallel run ``x_data`` is this rank's slice of the global batch; the gradients and
+    ``start`` (n, C, r, r): source images for a translation run, where the chains start (Eq. 4,
+    ``translation.translation_chain``); None starts them from noise. In a data-parallel run
+    ``x_data`` and ``start`` are this rank's slice of the global batch; the gradients and
     metrics are averaged over the ranks, and the images seen grow by the global batch.
     """
     cfg, growth, net = state.cfg, state.growth, state.net
@@ -218,9 +221,14 @@ def train_step(state: TrainState, x_data: Tensor) -> dict[str, float]:
     # Smooth MCMC sampling: negatives from the current (and, while fading, coarse) energy.
     freeze_finished_stages(state)
     with frozen(net):
-        x_sample = sample_negatives(state.compiled or net, growth, n, cfg.sampler,
-                                    coarse=state.coarse, generator=state.chains(n * state.shard.world),
-                                    device=state.device, autocast=state.autocast)
+        generator = state.chains(n * state.shard.world)
+        if start is None:
+            x_sample = sample_negatives(state.compiled or net, growth, n, cfg.sampler,
+                                        coarse=state.coarse, generator=generator,
+                                        device=state.device, autocast=state.autocast)
+        else:
+            x_sample = translation_chain(state.compiled or net, growth, start, cfg.sampler,
+                                         generator=generator, autocast=state.autocast)
 
     # Optimize the energy function with Eq. (2): one forward pass over data and samples.
     for group in state.optimizer.param_groups:

@@ -114,3 +114,31 @@ def save_energy_plot(trajectory: Trajectory, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_translation(result, folder: str | Path, *, grid: int = 16, per_row: int = 2,
+                     scale: int = 4) -> dict:
+    """Write an ``apps.translate.Translation`` to ``folder``: per image ``translated/``,
+    ``saliency/`` (heatmap) and ``overlay/`` PNGs at the model's resolution; ``triplets.png``
+    (input | saliency | overlay | output for the first ``grid`` images, ``per_row`` to a row,
+    as Fig. 4);
+    ``chain/`` (strip, GIF and energy plot of the recorded chains). Returns {name: path}."""
+    from cfebm.apps.translate import as_rgb, colormap, overlay
+
+    folder = Path(folder)
+    heat, over = colormap(result.saliency), overlay(result.source, result.saliency)
+    for name, images in (("translated", result.output), ("saliency", heat), ("overlay", over)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(to_uint8(images)):
+            a = img.permute(1, 2, 0).squeeze(-1).numpy()
+            Image.fromarray(a).save(folder / name / f"{i:04d}.png")
+    n = min(grid, len(result.source))
+    quads = [[as_rgb(result.source[i:i + 1])[0], heat[i], over[i],
+              as_rgb(result.output[i:i + 1])[0]] for i in range(n)]
+    rows = [torch.stack([img for quad in quads[i:i + per_row] for img in quad])
+            for i in range(0, n, per_row)]
+    labels = ["input", "saliency", "overlay", "output"]
+    triplets = save_rows(rows, folder / "triplets.png", scale=scale,
+                         column_labels=labels * min(per_row, n))
+    return {"triplets": triplets, **save_trajectory(result.trajectory, folder / "chain",
+                                                    scale=scale)}

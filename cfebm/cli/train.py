@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from cfebm import __version__, distributed
 from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
-from cfebm.config import apply_overrides, load_preset, preset_names, to_dict
+from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.growth import total_images
 from cfebm.model import count_parameters
 from cfebm.runner import run_training
@@ -41,20 +42,36 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = load_preset(args.preset or DEFAULT_PRESET)
     cfg = apply_overrides(cfg, args.set)
-    if args.dry_run:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return
     budget = None if args.minutes is None else 60.0 * args.minutes
     with distributed.process_group(cfg.train.device) as shard:  # torchrun: one rank of many
         run_dir = shard.broadcast(Path(args.run_dir) if args.run_dir  # rank 0 numbers it
                                   else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
-        if shard.is_main:
-            logging.info("run directory: %s", run_dir)
-        state = run_training(cfg, run_dir, resume=args.resume, stop_at=args.stop_at,
-                             time_budget=budget, progress=not args.no_progress, shard=shard)
-    if shard.is_main:
-        print(f"trained to {state.n_images} images; samples in {run_dir / 'samples'}, "
-              f"checkpoint {run_dir / 'checkpoints' / 'latest.pt'}")
+        for direction_dir, direction_cfg in translation_runs(cfg, run_dir, args.direction):
+            if args.dry_run:
+                print(json.dumps(to_dict(direction_cfg), indent=2))
+                continue
+            if shard.is_main:
+                logging.info("run directory: %s", direction_dir)
+            state = run_training(direction_cfg, direction_dir, resume=args.resume,
+                                 stop_at=args.stop_at, time_budget=budget,
+                                 progress=not args.no_progress, shard=shard)
+            if shard.is_main:
+                print(f"trained to {state.n_images} images; samples in "
+                      f"{direction_dir / 'samples'}, checkpoint "
+                      f"{direction_dir / 'checkpoints' / 'latest.pt'}")
+
+
+def translation_runs(cfg: Config, run_dir: Path, direction: str | None) -> list[tuple[Path, Config]]:
+    """The runs one ``cfebm train`` makes: the config as given, or for ``--direction`` ab or ba
+    its translation in that direction, or for ``both`` one model per direction in
+    ``run_dir/ab`` and ``run_dir/ba``."""
+    if direction is None:
+        return [(run_dir, cfg)]
+    if cfg.task.kind != "translate":
+        raise CLIError("--direction is for translation presets (task.kind = 'translate')")
+    if direction != "both":
+        return [(run_dir, replace(cfg, task=replace(cfg.task, direction=direction)))]
+    return [(run_dir / d, replace(cfg, task=replace(cfg.task, direction=d))) for d in ("ab", "ba")]
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -84,7 +101,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
         f"model(s), step {cfg.sampler.step_size:g}, η0 {cfg.sampler.eta0:g} "
         f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}",
-        f"data            {cfg.data.dataset}",
+        f"data            {cfg.data.dataset}" if cfg.task.kind == "generate" else
+        f"task            translate {cfg.task.pair}, direction {cfg.task.direction}",
         "schedule        " + ", ".join(
             f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
                 cfg.growth.resolutions, cfg.growth.stage_images, cfg.growth.fade_images,
@@ -107,6 +125,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-at", type=count(1), help="stop after this many training images")
     p.add_argument("--minutes", type=float,
                    help="stop after this many minutes of training iterations (a time budget)")
+    p.add_argument("--direction", choices=("ab", "ba", "both"),
+                   help="translation presets: translate A into B, B into A, or train both "
+                   "models (in RUN_DIR/ab and RUN_DIR/ba); default: the preset's task.direction")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
