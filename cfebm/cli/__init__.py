@@ -3,6 +3,7 @@
     cfebm train --preset quickstart --run-dir runs/qs      (cli/train.py: train, info, presets)
     cfebm sample MODEL --n 64 --out samples.png            (cli/sample.py: sample, export)
     cfebm eval MODEL --features fmnist                     (cli/evaluate.py: fid-ref, eval)
+    cfebm ais MODEL --temperatures 100 --chains 50         (cli/ais.py: likelihood bounds)
 
 Errors the user can fix (bad flags, files, configs, data) print one line and exit with 2; any
 other exception is a bug and shows its traceback.
@@ -16,7 +17,7 @@ import sys
 
 from cfebm import __version__
 from cfebm.checkpoint import CheckpointError
-from cfebm.cli import apps, evaluate, ood, sample, train
+from cfebm.cli import ais, apps, evaluate, ood, sample, train
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cfebm {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, sample, evaluate, apps, ood):
+    for module in (train, sample, evaluate, apps, ood, ais):
         module.add_commands(sub)
     return parser
 

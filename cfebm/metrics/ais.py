@@ -412,8 +412,9 @@ class LikelihoodBounds:
                 out[name] = {"log_z": run.log_z, "log_z_se": run.log_z_se, "ess": run.ess,
                              "chains": len(run.log_weights), "seconds": run.seconds,
                              "acceptance_bands": run.bands(),
-                             "final_step_size": float(run.step_sizes[-1])
-                             if len(run.step_sizes) else math.nan}
+                             "step_size_range": [float(run.step_sizes.min()),
+                                                 float(run.step_sizes.max())]
+                             if len(run.step_sizes) else None}
         for name, ll in (("upper", self.upper), ("lower", self.lower)):
             out[name] = {"nats_[-1,1]": ll,
                          "nats_[0,1]": rescale_log_likelihood(ll, self.dims, "[0,1]"),
