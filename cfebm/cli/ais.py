@@ -64,6 +64,8 @@ def describe(r: dict) -> str:
     lines.append("log-likelihood, nats/image of images in [-1,1] ([0,1]: +D·log 2) and bits/dim "
                  "on [0,256)")
     for name in ("lower", "upper"):
+        if name not in r:
+            continue
         b = r[name]
         lines.append(f"            {name}  {b['nats_[-1,1]']:.2f}  ([0,1]: {b['nats_[0,1]']:.2f})"
                      f"  {b['bits_per_dim']:.4f} bits/dim")

@@ -416,6 +416,8 @@ class LikelihoodBounds:
                                                  float(run.step_sizes.max())]
                              if len(run.step_sizes) else None}
         for name, ll in (("upper", self.upper), ("lower", self.lower)):
+            if math.isnan(ll):
+                continue
             out[name] = {"nats_[-1,1]": ll,
                          "nats_[0,1]": rescale_log_likelihood(ll, self.dims, "[0,1]"),
                          "nats_[0,256)": rescale_log_likelihood(ll, self.dims, "[0,256)"),
