@@ -95,11 +95,11 @@ def _bounds(target, k: int, base: Base, seed: int = 0, m: int = 100):
 
 
 # Largest |error| over 8 seeds (forward, reverse) -> tolerance:
-#   iso 2-d, box:                0.05, 0.05 -> 0.12
-#   diag 2-d, Gaussian base:     0.11, 0.09 -> 0.2
-#   iso 100-d, Gaussian base:    0.40, 0.36 -> 0.8
-#   diag 100-d, box (K = 200):   0.43, 0.57 -> 1.0   (log Z = −18.8 after 69.3 nats from 2¹⁰⁰)
-#   mixture 2-d, box:            0.07, 0.12 -> 0.25
+#   iso 2-d, box:                0.05, 0.06 -> 0.12
+#   diag 2-d, Gaussian base:     0.10, 0.11 -> 0.2
+#   iso 100-d, Gaussian base:    0.52, 0.24 -> 0.8
+#   diag 100-d, box (K = 200):   0.30, 0.38 -> 1.0   (log Z = −18.8 after 69.3 nats from 2¹⁰⁰)
+#   mixture 2-d, box:            0.11, 0.13 -> 0.25
 CASES = {
     "iso-2d-box": (lambda: Gaussian([0.2, -0.1], [0.5, 0.5], box=True), Base(), 100, 0.12),
     "diag-2d-gaussian-base": (lambda: Gaussian([0.3, -0.2], [0.3, 0.6], box=False),
@@ -123,8 +123,8 @@ def test_log_z_of_known_energies_is_recovered_from_both_directions(case):
 
 
 def test_the_bounds_bracket_log_z_and_the_gap_shrinks_as_k_grows():
-    """100-d diagonal Gaussian in the box. Over 8 seeds the K = 10 errors were −8.8…−4.6
-    (forward) and +2.3…+6.7 (reverse), the gaps about 10, 3 and 0.3 at K = 10, 30, 200."""
+    """100-d diagonal Gaussian in the box. Over 8 seeds the K = 10 errors were −8.9…−2.3
+    (forward) and +3.3…+9.1 (reverse), the mean gaps about 12, 3 and 0.1 at K = 10, 30, 200."""
     target = _diag100()
     gaps = []
     for k in (10, 30, 200):
