@@ -26,6 +26,7 @@ def cmd_ais(args: argparse.Namespace) -> None:
         betas=schedule(args.temperatures, args.schedule), base=Base(args.base, args.base_std),
         transition=args.transition, step_size=args.step_size, leapfrog=args.leapfrog,
         steps_per_temperature=args.steps_per_temperature, adapt=not args.no_adapt,
+        pilot_chains=args.pilot_chains,
         batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     seconds = time.perf_counter() - began
     report = {"model": str(model), "data": data.how, "n": len(data.images),
@@ -33,6 +34,7 @@ def cmd_ais(args: argparse.Namespace) -> None:
               "chains": args.chains, "transition": args.transition,
               "leapfrog": args.leapfrog if args.transition == "hmc" else None,
               "step_size": args.step_size, "adapt": not args.no_adapt,
+              "pilot_chains": args.pilot_chains if not args.no_adapt else 0,
               "base": args.base, "seed": args.seed, "device": str(model.device),
               "seconds": seconds, **bounds.summary()}
     print(describe(report))
@@ -100,7 +102,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-temperature", type=count(1), default=1,
                    help="transitions at each intermediate β")
     p.add_argument("--no-adapt", action="store_true",
-                   help="keep the step size fixed instead of steering the acceptance rate")
+                   help="keep the step size fixed instead of tuning one per temperature on a "
+                   "pilot run (toward acceptance 0.65 HMC, 0.57 MALA)")
+    p.add_argument("--pilot-chains", type=count(1), default=10,
+                   help="chains of the pilot run that tunes the step sizes")
     p.add_argument("--base", choices=BASES, default="uniform",
                    help="uniform on [-1,1]^D (the target is the model on that box) or N(0, s²)")
     p.add_argument("--base-std", type=float, default=1.0, help="s of the Gaussian base")
