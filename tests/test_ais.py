@@ -223,7 +223,7 @@ def test_the_pilot_run_tunes_the_acceptance_rate_and_the_schedule_is_reused(tran
               step_size=1e-4, dtype=F64)
     goal = {"hmc": 0.65, "mala": 0.57}[transition]
     assert abs(float(run.acceptance[10:].mean()) - goal) < 0.15
-    assert run.step_sizes.min() > 1e-3
+    assert run.step_sizes[10:].min() > 1e-3    # tenfold the start at least
     again = ais(target.energy, betas=betas, shape=(100,), n_chains=50, transition=transition,
                 step_size=run.step_sizes, dtype=F64)
     assert torch.equal(again.step_sizes, run.step_sizes)
