@@ -20,6 +20,7 @@ from cfebm.metrics.ais import (
     mala_step,
     rescale_log_likelihood,
     schedule,
+    tune_step_sizes,
 )
 
 F64 = torch.float64
@@ -228,3 +229,16 @@ def test_the_pilot_run_tunes_the_acceptance_rate_and_the_schedule_is_reused(tran
                 step_size=run.step_sizes, dtype=F64)
     assert torch.equal(again.step_sizes, run.step_sizes)
     assert torch.equal(again.log_weights, run.log_weights)
+
+
+def test_reverse_chains_are_tuned_on_their_own_pilot_start():
+    target = Gaussian([0.2, -0.1], [0.5, 0.5], box=True)
+    g = torch.Generator().manual_seed(3)
+    start, other = target.sample(20, g), target.sample(10, g)
+    betas = schedule(20)
+    run = ais(target.energy, betas=betas, start=start, pilot_start=other, dtype=F64)
+    tuned = tune_step_sizes(target.energy, betas, start=other, step_size=0.01, dtype=F64)
+    assert torch.equal(run.step_sizes, tuned)
+    default = ais(target.energy, betas=betas, start=start, dtype=F64)
+    assert torch.equal(default.step_sizes, tune_step_sizes(target.energy, betas,
+                                                           start=start[:10], dtype=F64))

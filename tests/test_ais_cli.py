@@ -65,3 +65,11 @@ def test_bad_inputs_are_one_line(tiny, tmp_path, capsys):
     assert "--step-size" in err and err.count("\n") == 1
     assert main(["ais", str(tmp_path / "missing.pt"), "--out", ""]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_pilot_images_follow_the_scored_ones(tiny):
+    model = load(tiny)
+    data, more = held_out(model, 5, pilot=3), held_out(model, 8)
+    assert torch.equal(data.images, more.images[:5]) and torch.equal(data.pilot, more.images[5:])
+    assert torch.equal(held_out(model, 5, dequantize=False).images * 127.5 + 127.5,
+                       (more.images[:5] + 1).mul(128).floor())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cfebm.data import load_images, to_float
+from cfebm.data import DataError, load_images, to_float
 from cfebm.metrics.ais import LikelihoodBounds, likelihood_bounds
 from cfebm.model import frozen
 from cfebm.trained import TrainedModel
@@ -25,29 +25,36 @@ from cfebm.trained import TrainedModel
 
 @dataclass(frozen=True)
 class HeldOut:
-    images: Tensor      # (N, C, R, R) float32 in [−1, 1]
+    images: Tensor      # (N, C, R, R) float32 in [−1, 1]: the images scored
+    pilot: Tensor       # (P, C, R, R): the next P test images, for the reverse pilot run
     how: str
 
 
-def held_out(model: TrainedModel, n: int, *, dequantize: bool = True, seed: int = 0) -> HeldOut:
-    """The first ``n`` test images of the model's dataset at its resolution and channels."""
+def held_out(model: TrainedModel, n: int, *, pilot: int = 0, dequantize: bool = True,
+             seed: int = 0) -> HeldOut:
+    """The first ``n`` test images of the model's dataset at its resolution and channels, and
+    the ``pilot`` images after them (disjoint, so the reverse pilot run that tunes the step
+    sizes does not start from the chains it tunes)."""
     images = load_images(model.cfg.data, split="test", resolution=model.resolution,
                          image_channels=model.channels)
-    raw = images.get_batch(torch.arange(min(n, len(images))))
+    if n + pilot > len(images):
+        raise DataError(f"the test split has {len(images)} images; --n and the pilot chains "
+                        f"ask for {n + pilot}")
+    raw = images.get_batch(torch.arange(n + pilot))
     if dequantize:
         u = torch.rand(raw.shape, generator=torch.Generator().manual_seed(seed))
         x = (raw.float() + u) / 128 - 1
     else:
         x = to_float(raw)
-    how = (f"{model.cfg.data.dataset} test split, first {len(x)} images at {model.resolution}x"
+    how = (f"{model.cfg.data.dataset} test split, first {n} images at {model.resolution}x"
            f"{model.resolution}, " + ("uniformly dequantised: (v + u)/128 − 1" if dequantize
                                       else "not dequantised: v/127.5 − 1"))
-    return HeldOut(x, how)
+    return HeldOut(x[:n], x[n:], how)
 
 
 def model_bounds(model: TrainedModel, x: Tensor, **options) -> LikelihoodBounds:
     """``metrics.ais.likelihood_bounds`` of ``model.energy`` on images ``x``; ``options`` as
-    there (n_chains, betas, transition, step_size, leapfrog, batch_size, seed, progress)."""
+    there (n_chains, x_pilot, betas, transition, step_size, leapfrog, batch_size, seed, ...)."""
     model.check_images(x)
     with frozen(model.net):   # spectral-norm weights computed once for all chains
         return likelihood_bounds(model.energy, x, device=model.device, dtype=torch.float32,

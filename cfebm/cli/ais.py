@@ -19,10 +19,13 @@ def cmd_ais(args: argparse.Namespace) -> None:
     if not args.step_size > 0 or not args.base_std > 0:
         raise CLIError("--step-size and --base-std must be > 0")
     model = load_model(args)
-    data = held_out(model, args.n, dequantize=not args.no_dequantize, seed=args.seed)
+    pilot = 0 if args.no_adapt or args.no_reverse else args.pilot_chains
+    data = held_out(model, args.n, pilot=pilot, dequantize=not args.no_dequantize,
+                    seed=args.seed)
     began = time.perf_counter()
     bounds = model_bounds(
-        model, data.images, n_chains=args.chains, reverse=not args.no_reverse,
+        model, data.images, x_pilot=data.pilot if pilot else None, n_chains=args.chains,
+        reverse=not args.no_reverse,
         betas=schedule(args.temperatures, args.schedule), base=Base(args.base, args.base_std),
         transition=args.transition, step_size=args.step_size, leapfrog=args.leapfrog,
         steps_per_temperature=args.steps_per_temperature, adapt=not args.no_adapt,
@@ -105,7 +108,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="keep the step size fixed instead of tuning one per temperature on a "
                    "pilot run (toward acceptance 0.65 HMC, 0.57 MALA)")
     p.add_argument("--pilot-chains", type=count(1), default=10,
-                   help="chains of the pilot run that tunes the step sizes")
+                   help="chains of each pilot run that tunes the step sizes (the reverse one "
+                   "starts from the test images after the first --n)")
     p.add_argument("--base", choices=BASES, default="uniform",
                    help="uniform on [-1,1]^D (the target is the model on that box) or N(0, s²)")
     p.add_argument("--base-std", type=float, default=1.0, help="s of the Gaussian base")
