@@ -1,6 +1,6 @@
 """``cfebm ais``: stochastic bounds on the test log-likelihood by annealed importance sampling.
 
-    cfebm ais fmnist32 --temperatures 100 --chains 50 --n 50 --out ais.json
+    cfebm ais fmnist32 --temperatures 100 --chains 20 --n 20 --out runs/ais.json
 """
 
 from __future__ import annotations
