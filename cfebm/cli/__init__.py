@@ -5,6 +5,7 @@
     cfebm eval MODEL --features fmnist                     (cli/evaluate.py: fid-ref, eval)
     cfebm prepare --preset P --out DIR                     (cli/prepare.py: the image cache)
     cfebm translate MODEL --input DIR --out DIR            (cli/translate.py)
+    cfebm ais MODEL --temperatures 100 --chains 50         (cli/ais.py: likelihood bounds)
 
 Errors the user can fix (bad flags, files, configs, data) print one line and exit with 2; any
 other exception is a bug and shows its traceback.
@@ -18,7 +19,7 @@ import sys
 
 from cfebm import __version__
 from cfebm.checkpoint import CheckpointError
-from cfebm.cli import apps, evaluate, ood, prepare, sample, train, translate
+from cfebm.cli import ais, apps, evaluate, ood, prepare, sample, train, translate
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cfebm {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, sample, evaluate, apps, ood, prepare, translate):
+    for module in (train, sample, evaluate, apps, ood, prepare, translate, ais):
         module.add_commands(sub)
     return parser
 
