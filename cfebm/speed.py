@@ -21,6 +21,8 @@ reduced-precision choice.
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 import torch
 from torch import Tensor
@@ -51,24 +53,39 @@ class CompiledEnergy:
         return self.compiled(x, self._beta[2])
 
 
-def busy_cpu_warning(device: torch.device) -> str | None:
-    """A warning when other processes already keep this machine's cores busy, else None.
+def busy_cpu_warning(device: torch.device, samples: int = 5) -> str | None:
+    """A warning when other processes are keeping this machine's cores busy now, else None.
 
     Torch's OpenMP threads wait for each other at every operation; when another process holds a
     core, each wait stalls until the scheduler comes back, and a run with as many threads as
     cores slows by 5–100× (benchmarks/RESULTS.md, "Threads on a busy CPU"). One thread keeps
-    going at the speed of the core it gets.
+    going at the speed of the core it gets. "Busy now" is the median number of other runnable
+    tasks over ``samples`` reads of /proc/loadavg, 0.1 s apart (the load averages lag by a
+    minute and would still count a job that just ended); not checked off Linux.
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or not hasattr(os, "getloadavg"):
+    if device.type != "cpu" or threads == 1 or not os.path.exists("/proc/loadavg"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0]   # taken before this run has loaded the machine
-    if load + threads <= cores + 0.5:
+    cores = len(os.sched_getaffinity(0))
+    others = statistics.median(_runnable_tasks() - 1 for _ in _ticks(samples, 0.1))
+    if others < 1 or others + threads <= cores:
         return None
-    return (f"the CPU is busy (1-minute load {load:.1f} on {cores} cores): {threads} torch "
+    return (f"the CPU is busy ({others:g} other running tasks on {cores} cores): {threads} torch "
             "threads will wait on each other and may run many times slower; on a shared machine "
             "set OMP_NUM_THREADS=1")
+
+
+def _runnable_tasks() -> int:
+    """Tasks running or ready to run on this machine now, this process included."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
+
+
+def _ticks(n: int, seconds: float):
+    for k in range(n):
+        if k:
+            time.sleep(seconds)
+        yield k
 
 
 def describe(cfg: Config, device: torch.device) -> str:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from cfebm import speed
 from cfebm.config import ModelConfig, apply_overrides, load_preset
 from cfebm.model import EnergyNet, frozen
 from cfebm.speed import CompiledEnergy, busy_cpu_warning, describe
@@ -80,14 +81,19 @@ def test_training_step_with_compile_matches_eager(monkeypatch):
 
 
 def test_a_busy_cpu_is_reported_only_when_threads_would_contend(monkeypatch):
-    """The machine's load is the input: busy cores plus our threads beyond the cores warn."""
+    """The machine's runnable-task count is the input: others' tasks plus our threads beyond the
+    cores warn."""
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))
-    assert "OMP_NUM_THREADS=1" in busy_cpu_warning(torch.device("cpu"))
-    assert busy_cpu_warning(torch.device("cuda")) is None
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    assert busy_cpu_warning(torch.device("cpu")) is None
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))
+    monkeypatch.setattr(speed, "_runnable_tasks", lambda: 1 + 1)   # us and one other job
+    assert "OMP_NUM_THREADS=1" in busy_cpu_warning(torch.device("cpu"), samples=1)
+    assert busy_cpu_warning(torch.device("cuda"), samples=1) is None
+    monkeypatch.setattr(speed, "_runnable_tasks", lambda: 1)       # us alone
+    assert busy_cpu_warning(torch.device("cpu"), samples=1) is None
+    monkeypatch.setattr(speed, "_runnable_tasks", lambda: 1 + 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert busy_cpu_warning(torch.device("cpu")) is None
+    assert busy_cpu_warning(torch.device("cpu"), samples=1) is None
+
+
+def test_the_runnable_task_count_includes_this_process():
+    assert speed._runnable_tasks() >= 1
