@@ -40,6 +40,11 @@ class CompiledEnergy:
 
     def __init__(self, net: EnergyNet, backend: str = "inductor"):
         self.net, self.cfg = net, net.cfg
+        # Up to four graphs per resolution (module docstring). Dynamo's default limit of 8 per
+        # function would send the third resolution of a run back to eager mode with a warning.
+        limit = 4 * len(net.resolutions) + 4
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
         self.compiled = torch.compile(net, backend=backend, dynamic=False)
         self._beta: tuple[float, torch.device, Tensor] | None = None
 

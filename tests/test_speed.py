@@ -53,6 +53,22 @@ def test_compile_count_stays_fixed_across_fade_steps(net):
     assert counters["stats"]["unique_graphs"] == graphs <= 4
 
 
+def test_every_resolution_of_a_run_is_compiled_not_sent_back_to_eager():
+    """8² → 16² → 32² with fades: four graphs per resolution exceed dynamo's default limit of 8
+    per function, after which new shapes would silently run eager."""
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=32))
+    compiled = CompiledEnergy(net, backend="aot_eager")
+    for r in (8, 16, 32):
+        x = torch.rand(2, 1, r, r) * 2 - 1
+        for beta in ((1.0,) if r == 8 else (0.3, 1.0)):
+            before = counters["stats"]["unique_graphs"]
+            chain(compiled, net, x, beta)
+            assert counters["stats"]["unique_graphs"] > before, f"{r}² at β = {beta} ran eager"
+
+
 def test_beta_as_a_float_would_recompile(net):
     """The control: compiling the network itself, a new float β costs another graph."""
     torch._dynamo.reset()
