@@ -7,6 +7,7 @@
 
 __version__ = "0.2.0"
 
-from cfebm.trained import TrainedModel, load  # noqa: E402  (after __version__, which it reads)
+# Imported after __version__, which cfebm.trained reads.
+from cfebm.trained import TrainedModel, load
 
-__all__ = ["TrainedModel", "load", "__version__"]
+__all__ = ["TrainedModel", "__version__", "load"]

@@ -8,6 +8,7 @@ Per-stage settings are tuples aligned with ``GrowthConfig.resolutions``. Presets
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import tomllib
 import typing
@@ -52,7 +53,7 @@ class GrowthConfig:
         res = self.resolutions
         _require(len(res) >= 1 and res[0] >= 8 and all(_is_pow2(r) for r in res),
                  "growth.resolutions must be powers of two >= 8")
-        _require(all(b == 2 * a for a, b in zip(res, res[1:])),
+        _require(all(b == 2 * a for a, b in itertools.pairwise(res)),
                  f"growth.resolutions must double at each stage, got {list(res)}")
         for name in ("batch_size", "lr", "n_steps", "fade_images", "stage_images"):
             _require(len(getattr(self, name)) == len(res),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -72,7 +73,7 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     ax_l.plot(kimg, [r["loss"] for r in rows], color="tab:red")
     ax_l.set_ylabel("loss = E(data) − E(samples)")
     ax_l.set_xlabel("training images seen (thousands)")
-    starts = [r["n_images"] / 1000 for a, r in zip(rows, rows[1:]) if r["stage"] != a["stage"]]
+    starts = [r["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
     for ax in (ax_e, ax_l):
         for s in starts:
             ax.axvline(s, color="gray", linestyle=":", linewidth=1)

@@ -4,8 +4,10 @@ test_data_stream.py."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import operator
 import os
 import pickle
 import struct
@@ -294,7 +296,7 @@ def test_cifar_round_trips_pixels(tmp_path, n_classes):
     parts = [f"data_batch_{i}" for i in range(1, 6)] if n_classes == 10 else ["train"]
     data = np.concatenate([written[p][0] for p in parts])
     assert np.array_equal(train.images.numpy(), data.reshape(-1, 3, 32, 32))
-    assert train.labels.tolist() == sum((written[p][1] for p in parts), [])
+    assert train.labels.tolist() == functools.reduce(operator.iadd, (written[p][1] for p in parts), [])
     assert len(test) == 4 and test.images.shape == (4, 3, 32, 32)
 
 
@@ -348,13 +350,13 @@ def test_svhn_round_trips_pixels_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(dataset="mnist"), "fashion_mnist, folder"),
-    (dict(dataset="cifar10"), "CIFAR-10 files"),
-    (dict(dataset="cifar100"), "CIFAR-100 files"),
-    (dict(dataset="svhn"), "SVHN file"),
-    (dict(dataset="celeba"), "CelebA not available"),
-    (dict(dataset="lsun"), "data.subset"),
-    (dict(dataset="lsun", subset="church_outdoor"), "pip install lmdb|LSUN database"),
+    ({"dataset": "mnist"}, "fashion_mnist, folder"),
+    ({"dataset": "cifar10"}, "CIFAR-10 files"),
+    ({"dataset": "cifar100"}, "CIFAR-100 files"),
+    ({"dataset": "svhn"}, "SVHN file"),
+    ({"dataset": "celeba"}, "CelebA not available"),
+    ({"dataset": "lsun"}, "data.subset"),
+    ({"dataset": "lsun", "subset": "church_outdoor"}, "pip install lmdb|LSUN database"),
 ])
 def test_clear_errors(tmp_path, kw, message):
     with pytest.raises(DataError, match=message) as err:
@@ -371,10 +373,10 @@ def test_lsun_without_lmdb(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(split="val", resolution=32, image_channels=3), "split"),
-    (dict(split="train", resolution=12, image_channels=3), "power of two"),
-    (dict(split="train", resolution=4, image_channels=3), "power of two"),
-    (dict(split="train", resolution=32, image_channels=2), "image_channels"),
+    ({"split": "val", "resolution": 32, "image_channels": 3}, "split"),
+    ({"split": "train", "resolution": 12, "image_channels": 3}, "power of two"),
+    ({"split": "train", "resolution": 4, "image_channels": 3}, "power of two"),
+    ({"split": "train", "resolution": 32, "image_channels": 2}, "image_channels"),
 ])
 def test_bad_arguments(kw, message):
     with pytest.raises(ValueError, match=message):

@@ -120,7 +120,7 @@ def test_feature_stats_streaming_and_merge_equal_numpy():
 def test_feature_stats_errors():
     s = FeatureStats().update(np.ones((1, 3)))
     with pytest.raises(ValueError, match="at least 2"):
-        s.cov
+        _ = s.cov
     with pytest.raises(ValueError, match="D=4"):
         s.update(np.ones((2, 4)))
     with pytest.raises(ValueError, match=r"\(N, D\)"):
@@ -259,7 +259,7 @@ def test_kid_of_same_distribution_is_near_zero():
     assert abs(mean) < 0.012
     shifted, _ = kid(x, y + 0.2, n_subsets=20, subset_size=500)
     assert shifted > 0.06
-    small = dict(n_subsets=3, subset_size=100, seed=1)
+    small = {"n_subsets": 3, "subset_size": 100, "seed": 1}
     assert kid(x, y, **small) == kid(x, y, **small)   # seeded: reproducible
 
 

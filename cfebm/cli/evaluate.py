@@ -128,11 +128,11 @@ def format_report(r: dict) -> str:
     ref = r["reference"]
     steps = " -> ".join(f"{res}px×{t}" for res, t in r["schedule"])
     rows = [
-        ("checkpoint", f"{r['checkpoint']} ({r['n_images']:,} images seen, "
-                       f"{'EMA' if r['ema'] else 'raw'} weights)"),
+        ("checkpoint", (f"{r['checkpoint']} ({r['n_images']:,} images seen, "
+                       f"{'EMA' if r['ema'] else 'raw'} weights)")),
         ("samples", f"{r['n']:,} ({steps}, seed {r['seed']})"),
-        ("reference", f"{ref.get('dataset')} {ref.get('split')}, {int(ref['count']):,} images, "
-                      f"{ref.get('resolution')}px, {r['features']}"),
+        ("reference", (f"{ref.get('dataset')} {ref.get('split')}, {int(ref['count']):,} images, "
+                      f"{ref.get('resolution')}px, {r['features']}")),
         ("FID", f"{r['fid']:.3f}"),
     ]
     if r["kid"] is not None:
@@ -141,21 +141,21 @@ def format_report(r: dict) -> str:
         rows += [("precision", f"{r['precision']:.3f}"), ("recall", f"{r['recall']:.3f}")]
     if r["coverage"] is not None:
         c, k = r["coverage"], len(r["coverage"]["frequencies"])
-        rows.append(("coverage", f"{c['n_covered']}/{k} classes within ±50% of uniform, "
+        rows.append(("coverage", (f"{c['n_covered']}/{k} classes within ±50% of uniform, "
                                  f"{c['n_present']} present, entropy {c['entropy']:.3f} of "
-                                 f"{c['max_entropy']:.3f} nats"))
+                                 f"{c['max_entropy']:.3f} nats")))
     if "neighbours" in r:
         nn = r["neighbours"]
-        rows.append(("neighbours", f"{nn['file']} ({len(nn['indices'])} samples × "
+        rows.append(("neighbours", (f"{nn['file']} ({len(nn['indices'])} samples × "
                                    f"{len(nn['indices'][0])} nearest training images, "
-                                   f"{nn['metric']})"))
+                                   f"{nn['metric']})")))
     return "\n".join(f"{name:<12}{value}" for name, value in rows)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``fid-ref`` and ``eval`` on the ``cfebm`` subparsers."""
     fmt = FORMATTER
-    overrides = dict(action="append", default=[], metavar="KEY=VALUE")
+    overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE"}
 
     p = sub.add_parser("fid-ref", help="write reference feature statistics (.npz) of a dataset",
                        formatter_class=fmt)

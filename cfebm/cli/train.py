@@ -23,6 +23,8 @@ from cfebm.trained import load
 
 DEFAULT_PRESET = "quickstart"
 
+log = logging.getLogger(__name__)
+
 
 def _next_run_dir(root: Path, preset: str) -> Path:
     """runs/00007-<preset>: one more than the highest number already there."""
@@ -36,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.preset is None:
             raise CLIError(f"--resume: {args.run_dir or 'no --run-dir'} holds no checkpoint to "
                            "continue; pass --preset to start a new run there")
-        logging.info("no checkpoint in %s: starting a new %s run", args.run_dir, args.preset)
+        log.info("no checkpoint in %s: starting a new %s run", args.run_dir, args.preset)
     if args.resume and latest is not None and latest.exists():
         cfg = config_of(read(latest))  # continue with the run's own config (plus any --set)
     else:
@@ -51,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 print(json.dumps(to_dict(direction_cfg), indent=2))
                 continue
             if shard.is_main:
-                logging.info("run directory: %s", direction_dir)
+                log.info("run directory: %s", direction_dir)
             state = run_training(direction_cfg, direction_dir, resume=args.resume,
                                  stop_at=args.stop_at, time_budget=budget,
                                  progress=not args.no_progress, shard=shard)
@@ -87,20 +89,20 @@ def cmd_info(args: argparse.Namespace) -> None:
                      f"{ckpt['lr_scale']})")
     lines += [
         f"progress        {model.n_images:,} / {total_images(cfg.growth):,} images",
-        f"samples as      stage {g.stage} of {len(cfg.growth.resolutions)} "
+        (f"samples as      stage {g.stage} of {len(cfg.growth.resolutions)} "
         f"({g.resolution}x{g.resolution}, beta {g.beta:.3f}), "
-        f"{describe_schedule(model.schedule())}",
-        f"model           c={m.channels}, {m.image_channels} channel(s), up to "
+        f"{describe_schedule(model.schedule())}"),
+        (f"model           c={m.channels}, {m.image_channels} channel(s), up to "
         f"{m.max_resolution}x{m.max_resolution}, {m.activation}, spectral_norm={m.spectral_norm}, "
-        f"residual={m.residual}, head={m.head}, equalized_lr={m.equalized_lr}",
-        f"parameters      {count_parameters(model.net):,} in total, "
+        f"residual={m.residual}, head={m.head}, equalized_lr={m.equalized_lr}"),
+        (f"parameters      {count_parameters(model.net):,} in total, "
         f"{count_parameters(model.net, m.max_resolution):,} used at "
-        f"{m.max_resolution}x{m.max_resolution}",
-        f"weights         {model.weights} (train.ema_decay {cfg.train.ema_decay:g}), "
-        f"{cfg.train.precision}",
-        f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
+        f"{m.max_resolution}x{m.max_resolution}"),
+        (f"weights         {model.weights} (train.ema_decay {cfg.train.ema_decay:g}), "
+        f"{cfg.train.precision}"),
+        (f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
         f"model(s), step {cfg.sampler.step_size:g}, η0 {cfg.sampler.eta0:g} "
-        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}",
+        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}"),
         f"data            {cfg.data.dataset}" if cfg.task.kind == "generate" else
         f"task            translate {cfg.task.pair}, direction {cfg.task.direction}",
         "schedule        " + ", ".join(
