@@ -81,6 +81,10 @@ class Shard:
         """Index of this rank's first image within the global batch B."""
         return self.rank * self.local_batch(batch)
 
+    def read_batch(self, stream, n_images: int, batch: int) -> Tensor:
+        """This rank's images of the global batch at ``n_images`` of a ``data.BatchStream``."""
+        return stream.batch(n_images + self.start(batch), self.local_batch(batch))
+
     def check(self, batch_sizes: Sequence[int]) -> None:
         """Refuse (one line) a schedule whose global batches do not split over the ranks."""
         for batch in batch_sizes:

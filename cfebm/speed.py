@@ -72,7 +72,11 @@ def busy_cpu_warning(device: torch.device, samples: int = 5) -> str | None:
     if device.type != "cpu" or threads == 1 or not os.path.exists("/proc/loadavg"):
         return None
     cores = len(os.sched_getaffinity(0))
-    others = statistics.median(_runnable_tasks() - 1 for _ in _ticks(samples, 0.1))
+    counts = []
+    for k in range(samples):
+        time.sleep(0.1 if k else 0.0)
+        counts.append(_runnable_tasks() - 1)
+    others = statistics.median(counts)
     if others < 1 or others + threads <= cores:
         return None
     return (f"the CPU is busy ({others:g} other running tasks on {cores} cores): {threads} torch "
@@ -84,13 +88,6 @@ def _runnable_tasks() -> int:
     """Tasks running or ready to run on this machine now, this process included."""
     with open("/proc/loadavg") as f:
         return int(f.read().split()[3].split("/")[0])
-
-
-def _ticks(n: int, seconds: float):
-    for k in range(n):
-        if k:
-            time.sleep(seconds)
-        yield k
 
 
 def describe(cfg: Config, device: torch.device) -> str:

@@ -198,7 +198,7 @@ def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
     rank's slice of the global batch (``cfebm.distributed``)."""
     growth, cfg, shard = state.growth, state.cfg, state.shard
     batch, generator = growth.batch_size, state.chains(growth.batch_size)
-    x = stream.batch(state.n_images + shard.start(batch), shard.local_batch(batch))
+    x = shard.read_batch(stream, state.n_images, batch)
     x = downsample(to_float(x.to(state.device)), growth.resolution)
     if cfg.data.hflip:
         x = random_hflip(x, generator)

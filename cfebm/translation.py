@@ -64,7 +64,7 @@ def source_batch(stream: BatchStream | None, n_images: int, growth: Growth,
     if stream is None:
         return None
     shard, batch = Shard() if shard is None else shard, growth.batch_size
-    x = stream.batch(n_images + shard.start(batch), shard.local_batch(batch)).to(device)
+    x = shard.read_batch(stream, n_images, batch).to(device)
     return downsample(to_float(x), growth.resolution)
 
 
