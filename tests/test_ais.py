@@ -12,16 +12,14 @@ import pytest
 import torch
 
 from cfebm.metrics.ais import (
-    Base,
     ais,
     bits_per_dim,
-    hmc_step,
     likelihood_bounds,
-    mala_step,
     rescale_log_likelihood,
     schedule,
     tune_step_sizes,
 )
+from cfebm.metrics.mcmc import Base, hmc_step, mala_step
 
 F64 = torch.float64
 

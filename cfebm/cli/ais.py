@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cfebm.apps.likelihood import held_out, model_bounds
 from cfebm.cli.common import FORMATTER, CLIError, add_model, count, load_model
-from cfebm.metrics.ais import BASES, SCHEDULES, TRANSITIONS, Base, schedule
+from cfebm.metrics.ais import SCHEDULES, TRANSITIONS, schedule
+from cfebm.metrics.mcmc import BASES, Base
 
 
 def cmd_ais(args: argparse.Namespace) -> None:
