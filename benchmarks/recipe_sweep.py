@@ -10,11 +10,13 @@ scaled once to the first 30-minute trial of issue 11 (123,136 images in 1,800 s)
 This lets the search run on a GPU, many variants at once, and its winners then be checked on the
 CPU itself (``cfebm train --preset fmnist32 --minutes 30``). Every variant logs a 500-sample FID
 every 6,400 images (through the fades too) and ends with FMNIST-FID, KID and class coverage of
-2,000 samples drawn as trained, from the EMA and from the trained weights.
+2,000 samples drawn as trained, from the EMA and from the trained weights. The variants pin the search's base (constant lr, EMA 0.99,
+Algorithm 2 chains) so that its earlier rows stay reproducible as the preset moves on.
 
     python benchmarks/recipe_sweep.py run --out runs/sweep --parallel 16 --wall-minutes 7
     python benchmarks/recipe_sweep.py one base --out runs/sweep --wall-minutes 7
     python benchmarks/recipe_sweep.py report --out runs/sweep
+    python benchmarks/recipe_sweep.py curves --out runs/curves --runs "preset=runs/f32" "other=runs/x"
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ BASE = [
     "growth.batch_size=[64, 64, 64]", "growth.lr=[3e-3, 3e-3, 1e-3]",
     "growth.n_steps=[15, 25, 30]", "growth.fade_images=[0, 12_800, 12_800]",
     "growth.stage_images=[19_200, 44_800, 1_000_000]", "train.ema_decay=0.99",
+    "growth.lr_decay=none", "sampler.init=noise",
 ]
 SINGLE_32 = ["growth.resolutions=[32]", "growth.batch_size=[64]", "growth.lr=[1e-3]",
              "growth.n_steps=[30]", "growth.fade_images=[0]", "growth.stage_images=[1_000_000]"]
@@ -81,6 +84,11 @@ VARIANTS: dict[str, tuple[list[str], float, int]] = {
     "eqlr-single-32-seed1": (["model.equalized_lr=true", *SINGLE_32], 1, 1),
     "eqlr-single-32-seed2": (["model.equalized_lr=true", *SINGLE_32], 1, 2),
     "eqlr-2h": (["model.equalized_lr=true"], 4, 0),
+    # Linear lr decay to 0 over the last stage (issue 11, session 5): the budget's end is the
+    # schedule's end, so the decay finishes even when the wall clock cuts nothing.
+    "eqlr-decay": (["model.equalized_lr=true", "growth.lr_decay=linear"], 1, 0),
+    "eqlr-decay-seed1": (["model.equalized_lr=true", "growth.lr_decay=linear"], 1, 1),
+    "eqlr-decay-2h": (["model.equalized_lr=true", "growth.lr_decay=linear"], 4, 0),
     "single-32-2h": (SINGLE_32, 4, 0),
 }
 
@@ -223,18 +231,23 @@ def report(out: Path) -> None:
     print(table)
 
 
-def plot_curves(outs: list[Path], path: Path, groups: dict[str, str]) -> None:
-    """In-training FID (500 samples, as trained) against images seen, through every fade, for
-    the variants whose names start with each prefix in ``groups`` (prefix -> label)."""
+def runs_by_prefix(outs: list[Path], groups: dict[str, str]) -> dict[str, list[Path]]:
+    """label -> the run folders in ``outs`` named ``prefix`` or ``prefix-seedN`` (prefix -> label)."""
+    return {label: [d for out in outs for d in sorted(out.iterdir())
+                    if d.is_dir() and (d.name == prefix or d.name.startswith(prefix + "-seed"))]
+            for prefix, label in groups.items()}
+
+
+def plot_curves(groups: dict[str, list[Path]], path: Path) -> None:
+    """In-training FID (the runs' ``train.eval_n`` samples, as trained) against images seen,
+    through every fade of the ``fmnist32`` schedule, one colour per label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    for k, (prefix, label) in enumerate(groups.items()):
-        runs = [d for out in outs for d in sorted(out.iterdir())
-                if d.is_dir() and (d.name == prefix or d.name.startswith(prefix + "-seed"))]
+    for k, (label, runs) in enumerate(groups.items()):
         for i, run in enumerate(runs):
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                     if "eval_fid" in line]
@@ -244,7 +257,7 @@ def plot_curves(outs: list[Path], path: Path, groups: dict[str, str]) -> None:
         ax.axvspan(x, x + 12.8, color="0.9")
         ax.text(x + 0.5, ax.get_ylim()[1] * 0.9, text, fontsize=7)
     ax.set_xlabel("training images (thousands)")
-    ax.set_ylabel("FMNIST-FID, 500 samples, EMA, as trained")
+    ax.set_ylabel("FMNIST-FID, 500 samples, as trained")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -268,6 +281,8 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=2000)
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--data-root", default="")
+    parser.add_argument("--runs", nargs="*", metavar="LABEL=DIR",
+                        help="with 'curves': plot these run folders instead of the sweep's")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "one":
@@ -279,9 +294,12 @@ def main() -> None:
             cfg, total = config_of(name, args.budget_minutes, args.data_root)
             print(f"{name:14s} {total:>9,} images  stages {list(cfg.growth.stage_images)}")
     elif args.command == "curves":  # --out and the folders of --variants hold results
-        outs = [args.out, *map(Path, args.variants or [])]
-        plot_curves(outs, args.out / "fid_curves.png",
-                    {"base": "base recipe", "equalized-lr": "+ equalised lr"})
+        groups: dict[str, list[Path]] = {}
+        for label, run in (item.split("=", 1) for item in args.runs or []):
+            groups.setdefault(label, []).append(Path(run))
+        plot_curves(groups or runs_by_prefix(
+            [args.out, *map(Path, args.variants or [])],
+            {"base": "base recipe", "equalized-lr": "+ equalised lr"}), args.out / "fid_curves.png")
     else:
         report(args.out)
 

@@ -48,6 +48,10 @@ class GrowthConfig:
     n_steps: tuple[int, ...] = (15, 30, 50)              # A.2 Langevin steps T(s)
     fade_images: tuple[int, ...] = (0, 75_000, 100_000)  # A.2 data feeding N: β goes 0 -> 1
     stage_images: tuple[int, ...] = (100_000, 150_000, 200_000)  # fade, then as long at β = 1
+    # "linear": once the last stage's fade ends, its lr falls linearly to 0 at the end of the
+    # schedule (budgeted training); "none": constant per stage, as the paper (A.2) and the
+    # authors' scripts train.
+    lr_decay: str = "none"
 
     def __post_init__(self):
         res = self.resolutions
@@ -63,8 +67,11 @@ class GrowthConfig:
         _require(all(n >= 1 for n in self.stage_images), "growth.stage_images must be >= 1")
         _require(all(0 <= f <= n for f, n in zip(self.fade_images, self.stage_images)),
                  "growth.fade_images must lie in [0, stage_images]")
+        _require(self.lr_decay in LR_DECAYS,
+                 f"growth.lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
 
 
+LR_DECAYS = ("none", "linear")
 NOISE_SCHEDULES = ("std_linear", "variance_linear", "a2", "constant")
 
 

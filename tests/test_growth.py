@@ -42,3 +42,20 @@ def test_zero_fade_means_no_fade_and_negative_raises():
     assert growth_at(10, cfg).beta == 1.0
     with pytest.raises(ValueError, match="n_images must be >= 0, got -1"):
         growth_at(-1, cfg)
+
+
+@pytest.mark.parametrize("n, lr", [
+    (50, 1e-3), (150, 2e-3),  # earlier stages keep their lr
+    (180, 3e-3), (280, 3e-3),  # the last stage's fade (180..280) at full lr
+    (330, 1.5e-3),             # halfway from the fade's end (280) to the schedule's end (380)
+    (355, 0.75e-3), (380, 0.0), (10_000, 0.0),
+])
+def test_linear_lr_decay_runs_from_the_last_fade_to_the_end(n, lr):
+    cfg = GrowthConfig(**{**vars(CFG), "lr_decay": "linear"})
+    assert growth_at(n, cfg).lr == pytest.approx(lr, abs=1e-12)
+    assert growth_at(n, CFG).lr == CFG.lr[growth_at(n, CFG).stage]  # "none": constant
+
+
+def test_unknown_lr_decay_is_refused():
+    with pytest.raises(ValueError, match="growth.lr_decay must be one of none, linear"):
+        GrowthConfig(lr_decay="cosine")

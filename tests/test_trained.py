@@ -215,7 +215,7 @@ def test_the_packaged_fmnist32_model_loads_by_name_and_prefers_garments_to_noise
     from cfebm.data import load_images, to_float
 
     model = load("fmnist32", device="cpu")
-    assert (model.resolution, model.channels, model.beta, model.weights) == (32, 1, 1.0, "ema")
+    assert (model.resolution, model.channels, model.beta, model.weights) == (32, 1, 1.0, "trained")
     assert main(["sample", "fmnist32", "--n", "2", "--steps", "1", "--out",
                  str(tmp_path / "s.png"), "--no-progress"]) == 0
     images = load_images(model.cfg.data, split="test", resolution=32, image_channels=1)
