@@ -10,8 +10,10 @@ scaled once to the first 30-minute trial of issue 11 (123,136 images in 1,800 s)
 This lets the search run on a GPU, many variants at once, and its winners then be checked on the
 CPU itself (``cfebm train --preset fmnist32 --minutes 30``). Every variant logs a 500-sample FID
 every 6,400 images (through the fades too) and ends with FMNIST-FID, KID and class coverage of
-2,000 samples drawn as trained, from the EMA and from the trained weights. The variants pin the search's base (constant lr, EMA 0.99,
-Algorithm 2 chains) so that its earlier rows stay reproducible as the preset moves on.
+2,000 samples drawn as trained, from the EMA and from the trained weights. ``BASE`` pins the
+search's recipe (constant lr, EMA 0.99, Algorithm 2 chains), so its rows stay reproducible as
+the preset moves on. ``curves`` plots the in-training FID of the sweep's runs, or of any runs
+given as ``--runs LABEL=DIR``.
 
     python benchmarks/recipe_sweep.py run --out runs/sweep --parallel 16 --wall-minutes 7
     python benchmarks/recipe_sweep.py one base --out runs/sweep --wall-minutes 7
@@ -293,7 +295,7 @@ def main() -> None:
         for name in args.variants or VARIANTS:
             cfg, total = config_of(name, args.budget_minutes, args.data_root)
             print(f"{name:14s} {total:>9,} images  stages {list(cfg.growth.stage_images)}")
-    elif args.command == "curves":  # --out and the folders of --variants hold results
+    elif args.command == "curves":  # --runs, else the sweep's runs in --out and --variants
         groups: dict[str, list[Path]] = {}
         for label, run in (item.split("=", 1) for item in args.runs or []):
             groups.setdefault(label, []).append(Path(run))

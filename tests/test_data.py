@@ -4,10 +4,8 @@ test_data_stream.py."""
 
 from __future__ import annotations
 
-import functools
 import gzip
 import io
-import operator
 import os
 import pickle
 import struct
@@ -296,7 +294,7 @@ def test_cifar_round_trips_pixels(tmp_path, n_classes):
     parts = [f"data_batch_{i}" for i in range(1, 6)] if n_classes == 10 else ["train"]
     data = np.concatenate([written[p][0] for p in parts])
     assert np.array_equal(train.images.numpy(), data.reshape(-1, 3, 32, 32))
-    assert train.labels.tolist() == functools.reduce(operator.iadd, (written[p][1] for p in parts), [])
+    assert train.labels.tolist() == [label for p in parts for label in written[p][1]]
     assert len(test) == 4 and test.images.shape == (4, 3, 32, 32)
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import operator
-
 import pytest
 import torch
 from torch import Tensor
@@ -42,7 +39,7 @@ def test_batch_stream_is_a_function_of_seed_and_position():
 
 def test_batch_stream_epochs_are_permutations():
     stream = BatchStream(_numbered(10), seed=0)
-    drawn = functools.reduce(operator.iadd, (_drawn(stream.batch(p, 3)) for p in range(0, 30, 3)), [])
+    drawn = [i for p in range(0, 30, 3) for i in _drawn(stream.batch(p, 3))]
     epochs = [drawn[i:i + 10] for i in range(0, 30, 10)]
     assert all(sorted(e) == list(range(10)) for e in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
