@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from launch import run_parallel
 
-from cfebm.config import Config, apply_overrides, load_preset
+from cfebm.config import Config, apply_overrides, from_dict, load_preset
 from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
+from cfebm.growth import growth_at
 from cfebm.metrics.reference import compute_reference
 from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
@@ -116,7 +117,7 @@ def run_all(out: Path, args: argparse.Namespace) -> None:
               "--eval-n", str(args.eval_n), "--seed", str(args.seed)],
              out / f"{slug(name, args.seed)}.log") for name, minutes in queue]
     run_parallel(jobs, args.parallel, poll_seconds=5)
-    report(out)
+    report(out, args.ttq_fid)
 
 
 def results(out: Path) -> list[dict]:
@@ -127,8 +128,9 @@ def results(out: Path) -> list[dict]:
                   key=lambda r: (order.index(r["variant"]), r["seed"]))
 
 
-def report(out: Path) -> None:
-    """Markdown table of the results, the FID-against-time plot and the main sample grids."""
+def report(out: Path, fid: float = 100.0) -> None:
+    """Markdown tables of the results and of the time to reach FID ``fid``, the FID-against-time
+    plot and the main sample grids."""
     lines = [("| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "
              "classes within ±50% of uniform | entropy (nats) | recoveries | FMNIST-FID, "
              "trained weights |"),
@@ -144,11 +146,49 @@ def report(out: Path) -> None:
             head + f"| {r['images']:,} | {r['resolution']}² ({r['beta']:.2f}) | {r['fid']:.1f} "
             f"| {r['kid']:.2f} ± {r['kid_std']:.2f} | {cov.get('n_covered', '—')} "
             f"| {cov.get('entropy', float('nan')):.3f} | {r['recoveries']} | {raw} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines + ["", *time_to_quality_table(out, fid)])
     (out / "results.md").write_text(table + "\n")
     print(table)
     plot_curves(out)
     plot_grids(out)
+
+
+def time_to_quality(run_dir: Path, fid: float, resolution: int = 32) -> float | None:
+    """Minutes of training until the run's in-training FID at ``resolution``, fully grown
+    (β = 1), first falls to ``fid`` or below; None if it never does."""
+    growth = from_dict(json.loads((run_dir / "config.json").read_text())).growth
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "eval_fid" not in r or r["eval_fid"] > fid:
+            continue
+        at = growth_at(r["n_images"], growth)  # an evaluation row carries no β
+        if at.resolution == resolution and at.beta >= 1.0:
+            return r["train_seconds"] / 60
+    return None
+
+
+def time_to_quality_table(out: Path, fid: float) -> list[str]:
+    """Table 9(d) as a time-to-quality question: per main variant, the minutes each seed took
+    to reach FID ``fid`` at 32², their median, and each median against CF-EBM's."""
+    times: dict[str, list[float | None]] = {}
+    for r in results(out):
+        if r["variant"] in MAIN:
+            times.setdefault(r["variant"], []).append(
+                None if r.get("diverged") else time_to_quality(out / slug(r["variant"], r["seed"]),
+                                                               fid))
+    reached = {v: sorted(t for t in ts if t is not None) for v, ts in times.items()}
+    # the median over all seeds, "never" counting as the slowest: defined when most got there
+    medians = {v: (ts[len(times[v]) // 2] if len(ts) * 2 > len(times[v]) else None)
+               for v, ts in reached.items()}
+    base = medians.get("cf-ebm")
+    lines = [f"Minutes of training to in-training FMNIST-FID ≤ {fid:g} at 32² (β = 1):", "",
+             "| variant | seeds | minutes per seed | median | median / cf-ebm's |", "|---|---|---|---|---|"]
+    for v, ts in times.items():
+        each = ", ".join("never" if t is None else f"{t:.1f}" for t in ts)
+        med = medians[v]
+        ratio = f"{med / base:.2f}" if med is not None and base else "—"
+        lines.append(f"| {v} | {len(ts)} | {each} | {'—' if med is None else f'{med:.1f}'} | {ratio} |")
+    return lines
 
 
 def _main_runs(out: Path, diverged: bool = False) -> list[tuple[str, Path]]:
@@ -223,6 +263,8 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=2000, help="samples per final evaluation")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ttq-fid", type=float, default=100.0,
+                        help="the in-training FID (500 samples) whose time to reach is compared")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "one":
@@ -230,7 +272,7 @@ def main() -> None:
     elif args.command == "run":
         run_all(args.out, args)
     else:
-        report(args.out)
+        report(args.out, args.ttq_fid)
 
 
 if __name__ == "__main__":

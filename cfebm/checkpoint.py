@@ -9,6 +9,8 @@ renamed over the target, so a crash can never leave a half-written checkpoint be
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 import uuid
@@ -24,6 +26,8 @@ from cfebm.model import EnergyNet, frozen_copy
 from cfebm.training import TrainState, new_state, resolve_device
 
 FORMAT = "cfebm-train-state-v1"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -116,7 +120,7 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["ema"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.generator.set_state(ckpt["generator"])
+    restore_generator(state.generator, ckpt["generator"])
     torch.set_rng_state(ckpt["torch_rng"])
     state.n_images = int(ckpt["n_images"])
     state.recoveries = int(ckpt["recoveries"])
@@ -125,6 +129,20 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     state.coarse = coarse_copies(state.sampling_net(), ckpt.get("coarse", []))
     state.shard = shard
     return state
+
+
+def restore_generator(generator: torch.Generator, saved: torch.Tensor) -> None:
+    """Set ``generator`` to the ``saved`` state, or, when that state comes from another device
+    type (a CUDA generator's state is 16 bytes, a CPU one's 5,056), seed it from the state's bytes:
+    a run moved between GPU and CPU continues, deterministically, but not bit for bit."""
+    try:
+        generator.set_state(saved)
+    except RuntimeError:
+        digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+        generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        log.warning("the checkpoint's sampler generator was saved on another device type than "
+                    "%s; its chains continue from a seed derived from it (not bit for bit)",
+                    generator.device.type)
 
 
 def coarse_copies(like: EnergyNet, weights: list[dict[str, Any]]) -> list[EnergyNet]:

@@ -211,6 +211,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     shard = Shard() if shard is None else shard
     shard.check(cfg.growth.batch_size)
     run_dir, main = Path(run_dir), shard.is_main
+    # the data first: a missing or unreadable dataset stops here, before a run folder exists
+    images, sources = training_data(cfg)  # sources: translation runs' chain starts, else None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     state = open_run(cfg, run_dir, resume, shard)
@@ -219,7 +221,6 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         log.info("%s, %d process(es)", describe_speed(cfg, state.device), shard.world)
         if (busy := busy_cpu_warning(state.device)) is not None:
             log.warning(busy)
-    images, sources = training_data(cfg)  # sources: translation runs' chain starts, else None
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
     runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train

@@ -100,8 +100,8 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
         files = [cyclegan_files(data, split, d) for d in "AB"]
         return tuple(cyclegan_images(f, data, resolution, channels) for f in files)
     if pair in TEXTURE_PAIRS:
-        return tuple(TensorImages(_match_channels(texture_crops(name, split, resolution),
-                                                  channels), name=name)
+        return tuple(TensorImages(_match_channels(texture_crops(name, split, resolution)
+                                                  [:data.limit or None], channels), name=name)
                      for name in TEXTURE_PAIRS[pair])
     classes = fmnist_classes(pair)
     x, labels = datasets.fashion_mnist(data.root, data.download, split, resolution, None)

@@ -31,6 +31,21 @@ def test_a_checkpoint_from_before_train_seconds_loads_with_zero(tmp_path):
     assert load_state(tmp_path / "old.pt", device="cpu").train_seconds == 0.0
 
 
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, caplog):
+    """A CUDA generator's state (16 bytes: seed and Philox offset) cannot be a CPU generator's
+    (5,056 bytes); loading such a file on the CPU seeds the chains from it, the same way twice."""
+    ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
+    ckpt["generator"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0],
+                                     dtype=torch.uint8)
+    atomic_save(ckpt, tmp_path / "gpu.pt")
+    with pytest.raises(RuntimeError):  # the case the loader has to handle
+        torch.Generator().set_state(ckpt["generator"])
+    draws = [torch.rand(4, generator=load_state(tmp_path / "gpu.pt", device="cpu").generator)
+             for _ in range(2)]
+    assert torch.equal(draws[0], draws[1]) and "another device type" in caplog.text
+    assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
+
+
 def test_a_torch_file_that_is_not_a_checkpoint_is_named(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"model": {}}, path)

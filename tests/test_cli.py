@@ -64,6 +64,16 @@ def test_bad_input_gives_one_clear_error(argv, message, capsys):
     assert err.startswith("cfebm: error:") and message in err and "\n" not in err
 
 
+def test_missing_data_stops_before_a_run_folder_exists(tmp_path, capsys):
+    # a wrong data.root must not leave a half-made run behind: fixing the path and running the
+    # same command again has to start the run, not ask for --resume
+    run_dir = tmp_path / "r"
+    argv = ["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress",
+            "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'nowhere'}"]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err and not run_dir.exists()
+
+
 def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["train", "--preset", "quickstart", "--set", "train.seed=5", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)

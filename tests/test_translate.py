@@ -128,15 +128,18 @@ def test_translation_files(tmp_path):
 
 def test_texture_directions_are_not_swapped():
     ab, ba = textures(), textures("task.direction=ba")
-    grass, gravel = texture_crops("grass", "test", 16), texture_crops("gravel", "test", 16)
+    n = ab.data.limit  # the tiny preset's: each domain keeps its first n crops
+    grass, gravel = texture_crops("grass", "test", 16)[:n], texture_crops("gravel", "test", 16)[:n]
     d = domains(ab, "test")
     assert torch.equal(d.source.images, grass) and torch.equal(d.target.images, gravel)
     assert (d.source_name, d.target_name) == ("grass", "gravel")
     d = domains(ba, "test")
     assert torch.equal(d.source.images, gravel) and torch.equal(d.target.images, grass)
     target, stream = training_data(ab)
-    assert torch.equal(target.images, texture_crops("gravel", "train", 16))
-    assert torch.equal(stream.images.images, texture_crops("grass", "train", 16))
+    assert torch.equal(target.images, texture_crops("gravel", "train", 16)[:n])
+    assert torch.equal(stream.images.images, texture_crops("grass", "train", 16)[:n])
+    d = domains(textures("data.limit=5"), "test")
+    assert torch.equal(d.source.images, grass[:5]) and torch.equal(d.target.images, gravel[:5])
 
 
 def test_texture_crops_are_pooled_crops_from_their_own_rows():
@@ -174,6 +177,18 @@ def test_direction_both_makes_two_runs(tmp_path):
     runs = translation_runs(cfg, tmp_path, "both")
     assert [(p.name, c.task.direction) for p, c in runs] == [("ab", "ab"), ("ba", "ba")]
     assert translation_runs(cfg, tmp_path, None) == [(tmp_path, cfg)]
+
+
+def test_direction_both_resumes_without_the_preset(tmp_path):
+    from cfebm.checkpoint import read
+
+    run = ["train", "--run-dir", str(tmp_path), "--direction", "both", "--no-progress"]
+    assert main([*run, "--preset", "tiny", "--set", "task.kind=translate",
+                 "--set", "task.pair=grass2gravel", "--stop-at", "32"]) == 0
+    assert main([*run, "--resume", "--stop-at", "64"]) == 0  # the config comes from the runs
+    for d in ("ab", "ba"):
+        ckpt = read(tmp_path / d / "checkpoints" / "latest.pt")
+        assert ckpt["n_images"] == 64 and ckpt["config"]["task"]["direction"] == d
 
 
 def test_direction_on_a_generation_preset_is_one_line(capsys):

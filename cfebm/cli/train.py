@@ -32,14 +32,26 @@ def _next_run_dir(root: Path, preset: str) -> Path:
     return root / f"{max(numbers, default=-1) + 1:05d}-{preset}"
 
 
+def _latest_checkpoint(run_dir: str | None, direction: str | None) -> Path | None:
+    """The checkpoint a resumed run takes its config from: ``run_dir``'s own, or with
+    ``--direction both`` the first of its two models' (``run_dir/ab``, ``run_dir/ba``)."""
+    if not run_dir:
+        return None
+    folders = [Path(run_dir)] + ([Path(run_dir) / d for d in ("ab", "ba")]
+                                 if direction == "both" else [])
+    found = [f / "checkpoints" / "latest.pt" for f in folders
+             if (f / "checkpoints" / "latest.pt").exists()]
+    return found[0] if found else None
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    latest = Path(args.run_dir) / "checkpoints" / "latest.pt" if args.run_dir else None
-    if args.resume and (latest is None or not latest.exists()):
+    latest = _latest_checkpoint(args.run_dir, args.direction)
+    if args.resume and latest is None:
         if args.preset is None:
             raise CLIError(f"--resume: {args.run_dir or 'no --run-dir'} holds no checkpoint to "
                            "continue; pass --preset to start a new run there")
         log.info("no checkpoint in %s: starting a new %s run", args.run_dir, args.preset)
-    if args.resume and latest is not None and latest.exists():
+    if args.resume and latest is not None:
         cfg = config_of(read(latest))  # continue with the run's own config (plus any --set)
     else:
         cfg = load_preset(args.preset or DEFAULT_PRESET)
