@@ -264,10 +264,25 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str) -> Config:
     """The defaults with ``cfebm/presets/<name>.toml`` applied."""
+    return from_dict(preset_overrides(name))
+
+
+def preset_overrides(name: str, within: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The sections a preset sets. A preset with ``base = "other"`` on top sets what ``other``
+    sets, then its own keys over them (e.g. a longer schedule of the same recipe)."""
     path = resources.files("cfebm.presets") / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; choose one of {preset_names()}")
-    return from_dict(tomllib.loads(path.read_text()))
+    own = tomllib.loads(path.read_text())
+    base = own.pop("base", None)
+    if base is None:
+        return own
+    _require(isinstance(base, str) and base not in (*within, name),
+             f"preset {name!r}: base must name another preset, without a cycle")
+    merged = preset_overrides(base, (*within, name))
+    for section, values in own.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    return merged
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

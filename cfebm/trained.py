@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm import __version__
-from cfebm.checkpoint import CheckpointError, coarse_copies, config_of, read
+from cfebm.checkpoint import CheckpointError, atomic_write, coarse_copies, config_of, read
 from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
@@ -226,8 +226,8 @@ class TrainedModel:
         metadata = {"format": EXPORT_FORMAT, "config": json.dumps(to_dict(self.cfg)),
                     "n_images": str(self.n_images), "weights": self.weights,
                     "coarse": str(len(self.coarse)), "cfebm_version": __version__}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, path, metadata=metadata)
+        # safetensors' save_file would leave the file readable by its owner only
+        atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))
         return path
 
     def __repr__(self) -> str:

@@ -37,6 +37,13 @@ def test_preset_loads_and_states_its_parameter_count(name):
         assert count_parameters(net, resolution) == used
 
 
+def test_a_preset_with_a_base_is_its_base_plus_its_own_keys():
+    long, base = to_dict(load_preset("fmnist32-2h")), to_dict(load_preset("fmnist32"))
+    assert long["growth"]["stage_images"] == [19_200, 44_800, 240_000]
+    long["growth"]["stage_images"] = base["growth"]["stage_images"]
+    assert long == base
+
+
 @pytest.mark.parametrize("name", [p for p in PAPER if p != "cifar10"])  # (older ones restate)
 def test_preset_holds_overrides_only(name):
     defaults = to_dict(Config())

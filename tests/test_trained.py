@@ -34,6 +34,21 @@ def test_export_round_trips_the_energy_exactly(tiny_run, tmp_path):
     assert not torch.equal(load(ckpt, ema=True).energy(x), load(ckpt, ema=False).energy(x))
 
 
+def test_an_export_is_readable_by_others_as_the_umask_allows(tiny_run, tmp_path):
+    """An export is made to be shared: it gets the permissions of any new file (safetensors'
+    own writer gives 0600), and nothing else is left in the folder."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = load(tiny_run / "checkpoints" / "latest.pt").export(tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
 def test_default_weights_are_the_ema_when_kept(tiny_run):
     ckpt = tiny_run / "checkpoints" / "latest.pt"
     assert load(ckpt).weights == "ema" and load(ckpt, ema=False).weights == "trained"
