@@ -39,9 +39,8 @@ def _latest_checkpoint(run_dir: str | None, direction: str | None) -> Path | Non
         return None
     folders = [Path(run_dir)] + ([Path(run_dir) / d for d in ("ab", "ba")]
                                  if direction == "both" else [])
-    found = [f / "checkpoints" / "latest.pt" for f in folders
-             if (f / "checkpoints" / "latest.pt").exists()]
-    return found[0] if found else None
+    return next((f / "checkpoints" / "latest.pt" for f in folders
+                 if (f / "checkpoints" / "latest.pt").exists()), None)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -76,11 +76,13 @@ _METADATA_KEY = "cfebm"
 
 def save_classifier(net: FMNISTClassifier, path: str | Path, info: dict) -> None:
     """Write ``net``'s weights and ``info`` (JSON-serialisable; ``architecture`` is added)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from cfebm.checkpoint import atomic_write  # the exports' writer: whole file, usual permissions
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    info = {**info, "architecture": ARCHITECTURE}
-    save_file(state, str(path), metadata={_METADATA_KEY: json.dumps(info, sort_keys=True)})
+    metadata = {_METADATA_KEY: json.dumps({**info, "architecture": ARCHITECTURE}, sort_keys=True)}
+    atomic_write(path, lambda f: f.write(save(state, metadata=metadata)))
 
 
 def load_classifier(path: str | Path) -> tuple[FMNISTClassifier, dict]:
