@@ -14,6 +14,8 @@ Runs go two at a time, one thread each, so a pair shares the 2 cores evenly.
 
     python benchmarks/quality.py run --out runs/quality          # all variants, then the report
     python benchmarks/quality.py report --out runs/quality       # tables and plot again
+    python benchmarks/quality.py run --out runs/t9d --variants cf-ebm single-32 \
+        --seeds 0 1 2 --minutes-main 25 --eval-n 500 --ttq-fid 200 150 120   # Table 9(d)
 """
 
 from __future__ import annotations
@@ -111,11 +113,13 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
 
 
 def run_all(out: Path, args: argparse.Namespace) -> None:
-    """Every variant in a subprocess, ``args.parallel`` at a time, main variants first."""
-    queue = [(n, args.minutes_main) for n in MAIN] + [(n, args.minutes_ablation) for n in ABLATIONS]
+    """Every chosen variant and seed in a subprocess, ``args.parallel`` at a time: seed by seed,
+    main variants first, so that the runs sharing the cores at any time share a seed."""
+    queue = [(name, seed, args.minutes_main if name in MAIN else args.minutes_ablation)
+             for seed in args.seeds for name in VARIANTS if name in args.variants]
     jobs = [([sys.executable, __file__, "one", name, "--out", str(out), "--minutes", str(minutes),
-              "--eval-n", str(args.eval_n), "--seed", str(args.seed)],
-             out / f"{slug(name, args.seed)}.log") for name, minutes in queue]
+              "--eval-n", str(args.eval_n), "--seed", str(seed)],
+             out / f"{slug(name, seed)}.log") for name, seed, minutes in queue]
     run_parallel(jobs, args.parallel, poll_seconds=5)
     report(out, args.ttq_fid)
 
@@ -128,9 +132,9 @@ def results(out: Path) -> list[dict]:
                   key=lambda r: (order.index(r["variant"]), r["seed"]))
 
 
-def report(out: Path, fid: float = 100.0) -> None:
-    """Markdown tables of the results and of the time to reach FID ``fid``, the FID-against-time
-    plot and the main sample grids."""
+def report(out: Path, fids: list[float] = (100.0,)) -> None:
+    """Markdown tables of the results and of the time to reach each FID in ``fids``, the
+    FID-against-time plot and the main sample grids."""
     lines = [("| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "
              "classes within ±50% of uniform | entropy (nats) | recoveries | FMNIST-FID, "
              "trained weights |"),
@@ -146,7 +150,8 @@ def report(out: Path, fid: float = 100.0) -> None:
             head + f"| {r['images']:,} | {r['resolution']}² ({r['beta']:.2f}) | {r['fid']:.1f} "
             f"| {r['kid']:.2f} ± {r['kid_std']:.2f} | {cov.get('n_covered', '—')} "
             f"| {cov.get('entropy', float('nan')):.3f} | {r['recoveries']} | {raw} |")
-    table = "\n".join(lines + ["", *time_to_quality_table(out, fid)])
+    ttq = [line for fid in fids for line in ["", *time_to_quality_table(out, fid)]]
+    table = "\n".join(lines + ttq + ["", *fade_table(out)])
     (out / "results.md").write_text(table + "\n")
     print(table)
     plot_curves(out)
@@ -191,6 +196,29 @@ def time_to_quality_table(out: Path, fid: float) -> list[str]:
     return lines
 
 
+def fade_table(out: Path) -> list[str]:
+    """Issue 11's "no collapse during fades", like for like: for every fade of every main run,
+    the last in-training FID of the stage before (fully grown) against the worst FID of the
+    fade's samples pooled to that stage's resolution (``eval_fid_coarse``)."""
+    lines = ["In-training FID through each fade, scored at the resolution of the stage before:", "",
+             "| run | fade | stage before, last FID | fade, worst pooled FID | ratio |",
+             "|---|---|---|---|---|"]
+    for label, run_dir in _main_runs(out):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if "eval_fid" in line]
+        for fade_res in sorted({r["eval_resolution"] for r in rows if "eval_fid_coarse" in r}):
+            during = [r for r in rows if r["eval_resolution"] == fade_res and "eval_fid_coarse" in r]
+            coarse = during[0]["eval_coarse_resolution"]
+            before = [r for r in rows if r["eval_resolution"] == coarse
+                      and r["n_images"] < during[0]["n_images"] and "eval_fid_coarse" not in r]
+            if not before:
+                continue
+            end, worst = before[-1]["eval_fid"], max(r["eval_fid_coarse"] for r in during)
+            lines.append(f"| {label} | {coarse}² → {fade_res}² | {end:.1f} | {worst:.1f} "
+                         f"| {worst / end:.2f} |")
+    return lines
+
+
 def _main_runs(out: Path, diverged: bool = False) -> list[tuple[str, Path]]:
     """(label, run folder) of every main-budget run under ``out``; ``diverged`` keeps those
     that ended in divergence (their curves stop there)."""
@@ -218,8 +246,15 @@ def plot_curves(out: Path) -> None:
                    if e["eval_resolution"] == res]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, color=color, linestyle="none")
+            pooled = [(e["train_seconds"] / 60, e["eval_fid_coarse"]) for e in evals
+                      if e.get("eval_coarse_resolution") == res]
+            if pooled:  # a fade's samples scored at the stage before's resolution
+                ax.plot(*zip(*pooled), marker=marker, color=color, linestyle=":",
+                        fillstyle="none")
     for res, marker in markers.items():
         ax.plot([], [], marker=marker, color="gray", linestyle="none", label=f"evaluated at {res}²")
+    ax.plot([], [], marker="o", color="gray", linestyle=":", fillstyle="none",
+            label="during a fade, pooled to the stage before")
     ax.set_xlabel("minutes of training (1 CPU thread)")
     ax.set_ylabel("FMNIST-FID (500 samples, vs test at that resolution)")
     ax.set_yscale("log")
@@ -262,9 +297,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="with 'one': its budget")
     parser.add_argument("--eval-n", type=int, default=2000, help="samples per final evaluation")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ttq-fid", type=float, default=100.0,
-                        help="the in-training FID (500 samples) whose time to reach is compared")
+    parser.add_argument("--seed", type=int, default=0, help="with 'one': its seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with 'run': the seeds")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        metavar="VARIANT", help="with 'run': the variants")
+    parser.add_argument("--ttq-fid", type=float, nargs="+", default=[100.0],
+                        help="in-training FIDs (500 samples) whose time to reach is compared")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "one":

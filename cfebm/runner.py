@@ -40,7 +40,7 @@ from cfebm.checkpoint import atomic_save, load_state, read, save_state, state_di
 from cfebm.config import Config, TrainConfig, to_dict
 from cfebm.data import BatchStream, downsample, load_images, to_float
 from cfebm.distributed import Shard
-from cfebm.evaluate import at_resolution, evaluate_samples, make_extractor
+from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
@@ -353,9 +353,8 @@ class TrainingEval:
                                          autocast=state.autocast)
                 yield shard.gather(x.detach(), n)
 
-        result, _ = evaluate_samples(batches(), self.reference(growth.resolution),
-                                     at_resolution(self.extractor, growth.resolution),
-                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
+        samples = list(batches())
+        result = self.score(samples, growth.resolution)
         candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
         improved = candidate and result.fid < self.best
         if improved:
@@ -363,7 +362,20 @@ class TrainingEval:
         row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
                "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
                "eval_kid_std": result.kid_std, "eval_best": improved}
+        if growth.fading and growth.stage > 0:
+            # The same samples pooled to the previous stage's resolution, scored like for like
+            # with that stage's last evaluation: does the fade lose what the coarse model knew?
+            coarse = cfg.growth.resolutions[growth.stage - 1]
+            pooled = self.score([downsample(x, coarse) for x in samples], coarse)
+            row.update(eval_coarse_resolution=coarse, eval_fid_coarse=pooled.fid)
         return row, improved
+
+    def score(self, samples: list[Tensor], resolution: int) -> EvalResult:
+        """FID and KID of sample batches (B, C, R, R) in [-1, 1] at ``resolution`` R."""
+        result, _ = evaluate_samples(iter(samples), self.reference(resolution),
+                                     at_resolution(self.extractor, resolution),
+                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
+        return result
 
 
 def best_fid(path: str | Path, train: TrainConfig) -> float:

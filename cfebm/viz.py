@@ -51,7 +51,8 @@ def save_images(x: Tensor, folder: str | Path, *, start: int = 0) -> list[Path]:
 
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
-    """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file."""
+    """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file,
+    and the in-training FID when the run evaluated (``train.eval_every``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,21 +61,25 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     metrics_path = Path(metrics_path)
     if not metrics_path.exists():
         return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    rows = [r for r in rows if "e_data" in r]  # training rows, not recovery or eval events
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    rows = [r for r in lines if "e_data" in r]  # training rows, not recovery or eval events
     if not rows:
         return None
+    evals = [r for r in lines if "eval_fid" in r]
     kimg = [r["n_images"] / 1000 for r in rows]
-    fig, (ax_e, ax_l) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    fig, axes = plt.subplots(3 if evals else 2, 1, figsize=(7, 8 if evals else 5.5), sharex=True)
+    ax_e, ax_l = axes[:2]
     ax_e.plot(kimg, [r["e_data"] for r in rows], label="mean E(data)")
     ax_e.plot(kimg, [r["e_sample"] for r in rows], label="mean E(samples)")
     ax_e.set_ylabel("energy")
     ax_e.legend(loc="best")
     ax_l.plot(kimg, [r["loss"] for r in rows], color="tab:red")
     ax_l.set_ylabel("loss = E(data) − E(samples)")
-    ax_l.set_xlabel("training images seen (thousands)")
+    if evals:
+        _plot_eval(axes[2], evals)
+    axes[-1].set_xlabel("training images seen (thousands)")
     starts = [r["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
-    for ax in (ax_e, ax_l):
+    for ax in axes:
         for s in starts:
             ax.axvline(s, color="gray", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
@@ -85,3 +90,19 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def _plot_eval(ax, evals: list[dict]) -> None:
+    """In-training FID per resolution; during a fade also the same samples pooled to the
+    resolution of the stage before (hollow), which is what the fade must not lose."""
+    for k, res in enumerate(sorted({r["eval_resolution"] for r in evals})):
+        at = [r for r in evals if r["eval_resolution"] == res]
+        ax.plot([r["n_images"] / 1000 for r in at], [r["eval_fid"] for r in at], "o-",
+                color=f"C{k}", label=f"FID at {res}²")
+        pooled = [r for r in evals if r.get("eval_coarse_resolution") == res]
+        if pooled:
+            ax.plot([r["n_images"] / 1000 for r in pooled], [r["eval_fid_coarse"] for r in pooled],
+                    "o:", color=f"C{k}", fillstyle="none", label=f"fade's samples pooled to {res}²")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"in-training FID ({evals[-1]['eval_n']} samples)")
+    ax.legend(loc="best", fontsize=7)

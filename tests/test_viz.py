@@ -11,14 +11,20 @@ def test_plot_metrics_skips_recovery_and_eval_events(tmp_path):
     rows = [
         {"n_images": 64, "stage": 0, "loss": 0.1, "e_data": -1.0, "e_sample": -0.9},
         {"event": "recovery", "n_images": 96, "rolled_back_to": 64, "loss": -1e4},
-        {"n_images": 128, "eval_fid": 80.0, "eval_resolution": 8},
+        {"n_images": 128, "eval_fid": 80.0, "eval_resolution": 8, "eval_n": 16},
         {"n_images": 128, "stage": 1, "loss": 0.2, "e_data": -2.0, "e_sample": -1.8},
+        {"n_images": 160, "eval_fid": 90.0, "eval_resolution": 16, "eval_n": 16,
+         "eval_coarse_resolution": 8, "eval_fid_coarse": 85.0},
     ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = plot_metrics(path, tmp_path / "training.png")
     with Image.open(out) as image:
-        assert image.size[0] > 100
+        with_fid = image.size
+    # Without evaluation rows there is no FID panel, so the figure is shorter.
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if "eval_fid" not in r))
+    with Image.open(plot_metrics(path, tmp_path / "plain.png")) as image:
+        assert image.size[0] == with_fid[0] > 100 and image.size[1] < with_fid[1]
     path.write_text(json.dumps(rows[1]) + "\n")
     assert plot_metrics(path, tmp_path / "none.png") is None
 
