@@ -36,6 +36,16 @@ from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
 from cfebm.viz import save_grid
 
+
+def last_stage_only(preset: str) -> list[str]:
+    """Overrides that train ``preset``'s network at its last resolution only, with that
+    stage's batch size, learning rate and Langevin steps, for as long as the budget allows."""
+    g = load_preset(preset).growth
+    return [f"growth.resolutions=[{g.resolutions[-1]}]", f"growth.batch_size=[{g.batch_size[-1]}]",
+            f"growth.lr=[{g.lr[-1]}]", f"growth.n_steps=[{g.n_steps[-1]}]",
+            "growth.fade_images=[0]", "growth.stage_images=[100_000_000]"]
+
+
 LONG = ["growth.stage_images=[12_800, 32_000, 100_000_000]"]
 MAIN = {  # 32², the main budget
     "cf-ebm": ("fmnist32", [
@@ -48,9 +58,7 @@ MAIN = {  # 32², the main budget
         "growth.fade_images=[0, 12_800, 9_600]", *LONG, "sampler.init=frozen",
         "train.eval_every=6_400", "train.eval_n=500"]),
     "single-32": ("fmnist32", [
-        "growth.resolutions=[32]", "growth.batch_size=[64]", "growth.lr=[1e-3]",
-        "growth.n_steps=[30]", "growth.fade_images=[0]", "growth.stage_images=[100_000_000]",
-        "train.eval_every=6_400", "train.eval_n=500"]),
+        *last_stage_only("fmnist32"), "train.eval_every=6_400", "train.eval_n=500"]),
 }
 ABLATIONS = {  # 16², the shorter budget; "swish" is the full model of Table 9(c)
     "swish": [],

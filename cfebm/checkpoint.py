@@ -10,6 +10,7 @@ renamed over the target, so a crash can never leave a half-written checkpoint be
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -57,6 +58,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted, so that equal tensors and
+    metadata give equal bytes (safetensors writes a metadata map in a random order, which
+    differs even between two saves in one process). The data bytes are unchanged: their offsets
+    are relative to the end of the header. The header is padded with spaces to 8 bytes."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":"))
+    header = header.encode() + b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + size:]
 
 
 def state_dict(state: TrainState) -> dict[str, Any]:

@@ -27,7 +27,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm import __version__
-from cfebm.checkpoint import CheckpointError, atomic_write, coarse_copies, config_of, read
+from cfebm.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    canonical_safetensors,
+    coarse_copies,
+    config_of,
+    read,
+)
 from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
@@ -227,7 +234,8 @@ class TrainedModel:
                     "n_images": str(self.n_images), "weights": self.weights,
                     "coarse": str(len(self.coarse)), "cfebm_version": __version__}
         # safetensors' save_file would leave the file readable by its owner only
-        atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))
+        blob = canonical_safetensors(save(tensors, metadata=metadata))
+        atomic_write(path, lambda f: f.write(blob))
         return path
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfebm.checkpoint import CheckpointError
+from cfebm.checkpoint import CheckpointError, canonical_safetensors
 from cfebm.cli import main
 from cfebm.model import frozen
 from cfebm.sampling import langevin_cfg
@@ -32,6 +32,28 @@ def test_export_round_trips_the_energy_exactly(tiny_run, tmp_path):
         assert torch.equal(model.energy(x), again.energy(x))
         assert (again.weights, again.n_images, again.beta) == (model.weights, 160, model.beta)
     assert not torch.equal(load(ckpt, ema=True).energy(x), load(ckpt, ema=False).energy(x))
+
+
+def test_exporting_twice_gives_the_same_bytes(tiny_run, tmp_path):
+    """Exports carry a sha256 in model cards: the same weights must give the same file, though
+    safetensors writes its metadata in a random order (here: 5 metadata keys, 3 exports)."""
+    model = load(tiny_run / "checkpoints" / "latest.pt")
+    blobs = {model.export(tmp_path / f"m{i}.safetensors").read_bytes() for i in range(3)}
+    assert len(blobs) == 1
+
+
+def test_canonical_safetensors_keeps_every_tensor_and_metadata_entry():
+    from safetensors.torch import load as load_bytes
+    from safetensors.torch import save
+
+    tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2, dtype=torch.bfloat16)}
+    metadata = {k: str(i) for i, k in enumerate("zyxwv")}
+    blob = canonical_safetensors(save(tensors, metadata=metadata))
+    assert len({canonical_safetensors(save(tensors, metadata=metadata)) for _ in range(5)}) == 1
+    again = load_bytes(blob)
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], v) for k, v in tensors.items())
+    header_size = int.from_bytes(blob[:8], "little")
+    assert header_size % 8 == 0 and blob.index(b'"v"') < blob.index(b'"z"')
 
 
 def test_an_export_is_readable_by_others_as_the_umask_allows(tiny_run, tmp_path):
