@@ -40,7 +40,9 @@ def test_preset_loads_and_states_its_parameter_count(name):
 def test_a_preset_with_a_base_is_its_base_plus_its_own_keys():
     long, base = to_dict(load_preset("fmnist32-2h")), to_dict(load_preset("fmnist32"))
     assert long["growth"]["stage_images"] == [19_200, 44_800, 240_000]
-    long["growth"]["stage_images"] = base["growth"]["stage_images"]
+    assert long["growth"]["n_steps"] == [15, 25, 30] != base["growth"]["n_steps"]
+    for key in ("stage_images", "n_steps"):
+        long["growth"][key] = base["growth"][key]
     assert long == base
 
 
