@@ -283,7 +283,7 @@ def plot_grids(out: Path) -> None:
     runs = [(label, d) for label, d in _main_runs(out) if (d / "eval_samples.png").exists()]
     if not runs:
         return
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.9), squeeze=False)
     for ax, (label, run_dir) in zip(axes[0], runs):
         fid = json.loads((run_dir / "result.json").read_text())["fid"]
         ax.imshow(plt.imread(run_dir / "eval_samples.png"), cmap="gray")

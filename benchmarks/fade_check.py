@@ -1,0 +1,60 @@
+"""Does the first chain of a fade hurt the coarse model's samples?
+
+Takes the checkpoint that ended a stage (``RUN/checkpoints/stageK-RxR.pt``), draws samples of it
+with Algorithm 2 at its resolution r, scores them at r, then runs them through what the next
+stage's first chain does at β = 0 (upsample 2×, ``--fine-steps`` Langevin steps of
+E(x) = E_r(avgpool(x)), which is the grown net at β = 0), pools them back to r and scores them
+again, with the in-training evaluation's reference and features (``TrainingEval``).
+
+    python benchmarks/fade_check.py runs/t9d/cf-ebm/checkpoints/stage1-16x16.pt --fine-steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from cfebm.checkpoint import config_of, read
+from cfebm.runner import TrainingEval
+from cfebm.sampling import energy_of, init_uniform, langevin_cfg, upsample
+from cfebm.trained import load
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoint", help="the checkpoint that ended a stage")
+    parser.add_argument("--fine-steps", type=int, required=True,
+                        help="T of the next stage: its chain's steps at β = 0")
+    parser.add_argument("--n", type=int, default=512, help="samples")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=2)
+    args = parser.parse_args()
+
+    model = load(args.checkpoint, ema=False)
+    cfg = config_of(read(args.checkpoint))
+    r, steps, channels = model.resolution, model.growth.n_steps, model.channels
+    coarse = energy_of(model.net, 1.0, model.autocast)
+
+    def fine(x: torch.Tensor) -> torch.Tensor:  # the grown net at β = 0
+        return coarse(F.avg_pool2d(x, 2))
+
+    generator = torch.Generator().manual_seed(args.seed)
+    before, after = [], []
+    for start in range(0, args.n, args.batch):
+        x = init_uniform(min(args.batch, args.n - start), channels, r, generator=generator)
+        x = langevin_cfg(coarse, x, steps, cfg.sampler, generator=generator).detach()
+        y = langevin_cfg(fine, upsample(x), args.fine_steps, cfg.sampler, generator=generator)
+        before.append(x)
+        after.append(F.avg_pool2d(y.detach(), 2))
+    score = TrainingEval(cfg, torch.device("cpu")).score
+    change = (torch.cat(after) - torch.cat(before)).abs().mean().item()
+    print(f"{args.checkpoint}: FID at {r}² of Algorithm 2's samples {score(before, r).fid:.1f}; "
+          f"after {args.fine_steps} steps at {2 * r}² (β = 0), pooled back: "
+          f"{score(after, r).fid:.1f}; mean |pixel change| {change:.4f}")
+
+
+if __name__ == "__main__":
+    main()
