@@ -16,7 +16,6 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from cfebm.checkpoint import config_of, read
 from cfebm.runner import TrainingEval
 from cfebm.sampling import energy_of, init_uniform, langevin_cfg, upsample
 from cfebm.trained import load
@@ -34,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load(args.checkpoint, ema=False)
-    cfg = config_of(read(args.checkpoint))
+    cfg = model.cfg
     r, steps, channels = model.resolution, model.growth.n_steps, model.channels
     coarse = energy_of(model.net, 1.0, model.autocast)
 

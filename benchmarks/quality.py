@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -140,7 +141,7 @@ def results(out: Path) -> list[dict]:
                   key=lambda r: (order.index(r["variant"]), r["seed"]))
 
 
-def report(out: Path, fids: list[float] = (100.0,)) -> None:
+def report(out: Path, fids: Sequence[float] = (100.0,)) -> None:
     """Markdown tables of the results and of the time to reach each FID in ``fids``, the
     FID-against-time plot and the main sample grids."""
     lines = [("| variant | seed | budget (min) | images | final res (β) | FMNIST-FID | FMNIST-KID | "

@@ -29,7 +29,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -341,6 +341,11 @@ class TrainingEval:
         cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
         generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
         batch = growth.batch_size
+        # During a fade the samples are also scored pooled to the stage before's resolution
+        # (like for like with that stage's last evaluation: does the fade lose what the coarse
+        # model knew?); only the pooled copies are kept, the full-size batches stream through.
+        coarse = cfg.growth.resolutions[growth.stage - 1] if growth.fading and growth.stage else 0
+        pooled: list[Tensor] = []
 
         def batches() -> Iterator[Tensor]:
             for start in range(0, cfg.train.eval_n, batch):
@@ -351,10 +356,12 @@ class TrainingEval:
                     x = sample_negatives(net, growth, rows, cfg.sampler, coarse=state.coarse,
                                          generator=chains, device=self.device,
                                          autocast=state.autocast)
-                yield shard.gather(x.detach(), n)
+                x = shard.gather(x.detach(), n)
+                if coarse:
+                    pooled.append(downsample(x, coarse))
+                yield x
 
-        samples = list(batches())
-        result = self.score(samples, growth.resolution)
+        result = self.score(batches(), growth.resolution)
         candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
         improved = candidate and result.fid < self.best
         if improved:
@@ -362,17 +369,13 @@ class TrainingEval:
         row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
                "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
                "eval_kid_std": result.kid_std, "eval_best": improved}
-        if growth.fading and growth.stage > 0:
-            # The same samples pooled to the previous stage's resolution, scored like for like
-            # with that stage's last evaluation: does the fade lose what the coarse model knew?
-            coarse = cfg.growth.resolutions[growth.stage - 1]
-            pooled = self.score([downsample(x, coarse) for x in samples], coarse)
-            row.update(eval_coarse_resolution=coarse, eval_fid_coarse=pooled.fid)
+        if coarse:
+            row.update(eval_coarse_resolution=coarse, eval_fid_coarse=self.score(pooled, coarse).fid)
         return row, improved
 
-    def score(self, samples: list[Tensor], resolution: int) -> EvalResult:
+    def score(self, samples: Iterable[Tensor], resolution: int) -> EvalResult:
         """FID and KID of sample batches (B, C, R, R) in [-1, 1] at ``resolution`` R."""
-        result, _ = evaluate_samples(iter(samples), self.reference(resolution),
+        result, _ = evaluate_samples(samples, self.reference(resolution),
                                      at_resolution(self.extractor, resolution),
                                      kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
         return result
