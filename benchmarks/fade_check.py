@@ -6,7 +6,15 @@ stage's first chain does at β = 0 (upsample 2×, ``--fine-steps`` Langevin step
 E(x) = E_r(avgpool(x)), which is the grown net at β = 0), pools them back to r and scores them
 again, with the in-training evaluation's reference and features (``TrainingEval``).
 
+``--betas`` also scores the whole smooth start of Algorithm 1 at each β with the coarse net left
+as it is (the grown net's new block untrained, so E(x) = E_r(avgpool(x)) stands in for it):
+⌊T(1−β)⌋ coarse steps from U(−1, 1), upsampling, mixing with β·U, then ``--fine-steps`` steps,
+pooled back to r. What this loses against β = 0 is the sampler's share of a fade's dip; the
+rest of the dip in training is the new block's.
+
     python benchmarks/fade_check.py runs/t9d/cf-ebm/checkpoints/stage1-16x16.pt --fine-steps 20
+    python benchmarks/fade_check.py runs/f32-T20/checkpoints/stage1-16x16.pt --fine-steps 20 \
+        --betas 0.25 0.5 0.75 0.9
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cfebm.runner import TrainingEval
-from cfebm.sampling import energy_of, init_uniform, langevin_cfg, upsample
+from cfebm.sampling import energy_of, init_uniform, langevin_cfg, smooth_init, upsample
 from cfebm.trained import load
 
 
@@ -30,6 +38,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512, help="samples")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--betas", type=float, nargs="*", default=[],
+                        help="fading factors at which to score the whole smooth start")
     args = parser.parse_args()
 
     model = load(args.checkpoint, ema=False)
@@ -53,6 +63,16 @@ def main() -> None:
     print(f"{args.checkpoint}: FID at {r}² of Algorithm 2's samples {score(before, r).fid:.1f}; "
           f"after {args.fine_steps} steps at {2 * r}² (β = 0), pooled back: "
           f"{score(after, r).fid:.1f}; mean |pixel change| {change:.4f}")
+    for beta in args.betas:
+        generator = torch.Generator().manual_seed(args.seed)
+        pooled = []
+        for start in range(0, args.n, args.batch):
+            x = smooth_init(coarse, min(args.batch, args.n - start), channels, 2 * r, beta, steps,
+                            cfg.sampler, generator=generator)
+            y = langevin_cfg(fine, x, args.fine_steps, cfg.sampler, generator=generator)
+            pooled.append(F.avg_pool2d(y.detach(), 2))
+        print(f"β = {beta:g}: {int(steps * (1 - beta))} coarse steps, mix, {args.fine_steps} at "
+              f"{2 * r}², pooled back: FID {score(pooled, r).fid:.1f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Runs go two at a time, one thread each, so a pair shares the 2 cores evenly.
     python benchmarks/quality.py report --out runs/quality       # tables and plot again
     python benchmarks/quality.py run --out runs/t9d --variants cf-ebm single-32 \
         --seeds 0 1 2 --minutes-main 25 --eval-n 500 --ttq-fid 200 150 120   # Table 9(d)
+    python benchmarks/quality.py fades runs/a runs/b    # any runs' fades, like for like
 """
 
 from __future__ import annotations
@@ -206,26 +207,38 @@ def time_to_quality_table(out: Path, fid: float) -> list[str]:
 
 
 def fade_table(out: Path) -> list[str]:
-    """Issue 11's "no collapse during fades", like for like: for every fade of every main run,
-    the last in-training FID of the stage before (fully grown) against the worst FID of the
-    fade's samples pooled to that stage's resolution (``eval_fid_coarse``)."""
+    """Issue 11's "no collapse during fades", like for like, for every main run under ``out``."""
+    return fade_lines(_main_runs(out))
+
+
+def fade_lines(runs: Sequence[tuple[str, Path]]) -> list[str]:
+    """A markdown table of ``fade_ratios`` for each (label, run folder)."""
     lines = ["In-training FID through each fade, scored at the resolution of the stage before:", "",
              "| run | fade | stage before, last FID | fade, worst pooled FID | ratio |",
              "|---|---|---|---|---|"]
-    for label, run_dir in _main_runs(out):
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                if "eval_fid" in line]
-        for fade_res in sorted({r["eval_resolution"] for r in rows if "eval_fid_coarse" in r}):
-            during = [r for r in rows if r["eval_resolution"] == fade_res and "eval_fid_coarse" in r]
-            coarse = during[0]["eval_coarse_resolution"]
-            before = [r for r in rows if r["eval_resolution"] == coarse
-                      and r["n_images"] < during[0]["n_images"] and "eval_fid_coarse" not in r]
-            if not before:
-                continue
-            end, worst = before[-1]["eval_fid"], max(r["eval_fid_coarse"] for r in during)
-            lines.append(f"| {label} | {coarse}² → {fade_res}² | {end:.1f} | {worst:.1f} "
+    for label, run_dir in runs:
+        for coarse, fine, end, worst in fade_ratios(run_dir):
+            lines.append(f"| {label} | {coarse}² → {fine}² | {end:.1f} | {worst:.1f} "
                          f"| {worst / end:.2f} |")
     return lines
+
+
+def fade_ratios(run_dir: Path) -> list[tuple[int, int, float, float]]:
+    """(coarse resolution, fade resolution, the stage before's last in-training FID, the worst
+    FID of the fade's samples pooled to the coarse resolution, ``eval_fid_coarse``) for every
+    fade of the run that in-training evaluation saw."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "eval_fid" in line]
+    found = []
+    for fade_res in sorted({r["eval_resolution"] for r in rows if "eval_fid_coarse" in r}):
+        during = [r for r in rows if r["eval_resolution"] == fade_res and "eval_fid_coarse" in r]
+        coarse = during[0]["eval_coarse_resolution"]
+        before = [r for r in rows if r["eval_resolution"] == coarse
+                  and r["n_images"] < during[0]["n_images"] and "eval_fid_coarse" not in r]
+        if before:
+            found.append((coarse, fade_res, before[-1]["eval_fid"],
+                          max(r["eval_fid_coarse"] for r in during)))
+    return found
 
 
 def _main_runs(out: Path, diverged: bool = False) -> list[tuple[str, Path]]:
@@ -298,8 +311,9 @@ def plot_grids(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("command", choices=["run", "one", "report"])
-    parser.add_argument("variant", nargs="?", help="with 'one': the variant to run")
+    parser.add_argument("command", choices=["run", "one", "report", "fades"])
+    parser.add_argument("variant", nargs="*", help="with 'one': the variant to run; with "
+                        "'fades': run folders whose fades to tabulate")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--minutes-main", type=float, default=20.0)
     parser.add_argument("--minutes-ablation", type=float, default=5.0)
@@ -315,7 +329,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "one":
-        print(json.dumps(run_one(args.variant, args.out, args.minutes, args.eval_n, args.seed)))
+        print(json.dumps(run_one(args.variant[0], args.out, args.minutes, args.eval_n, args.seed)))
+    elif args.command == "fades":
+        print("\n".join(fade_lines([(run, Path(run)) for run in args.variant])))
     elif args.command == "run":
         run_all(args.out, args)
     else:

@@ -49,8 +49,9 @@ class GrowthConfig:
     fade_images: tuple[int, ...] = (0, 75_000, 100_000)  # A.2 data feeding N: β goes 0 -> 1
     stage_images: tuple[int, ...] = (100_000, 150_000, 200_000)  # fade, then as long at β = 1
     # "linear": once the last stage's fade ends, its lr falls linearly to 0 at the end of the
-    # schedule (budgeted training); "none": constant per stage, as the paper (A.2) and the
-    # authors' scripts train.
+    # schedule (budgeted training); "linear_every_stage": every stage's lr does so, from the end
+    # of its fade to the end of the stage; "none": constant per stage, as the paper (A.2) and
+    # the authors' scripts train.
     lr_decay: str = "none"
 
     def __post_init__(self):
@@ -71,7 +72,7 @@ class GrowthConfig:
                  f"growth.lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
 
 
-LR_DECAYS = ("none", "linear")
+LR_DECAYS = ("none", "linear", "linear_every_stage")
 NOISE_SCHEDULES = ("std_linear", "variance_linear", "a2", "constant")
 
 

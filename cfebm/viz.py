@@ -50,6 +50,15 @@ def save_images(x: Tensor, folder: str | Path, *, start: int = 0) -> list[Path]:
     return paths
 
 
+def stage_changes(rows: list[dict]) -> list[float]:
+    """Thousands of images at which each new stage began, from training rows in order.
+
+    The trainer writes a row when a stage ends, so the last row of a stage marks the change
+    (the first row of the next one comes up to ``train.log_every`` images later).
+    """
+    return [a["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
+
+
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file,
     and the in-training FID when the run evaluated (``train.eval_every``)."""
@@ -78,9 +87,8 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     if evals:
         _plot_eval(axes[2], evals)
     axes[-1].set_xlabel("training images seen (thousands)")
-    starts = [r["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
     for ax in axes:
-        for s in starts:
+        for s in stage_changes(rows):
             ax.axvline(s, color="gray", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
     fig.suptitle("cfebm training (dotted lines: stage changes)")

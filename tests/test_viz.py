@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cfebm.viz import plot_metrics, save_grid
+from cfebm.viz import plot_metrics, save_grid, stage_changes
 
 
 def test_plot_metrics_skips_recovery_and_eval_events(tmp_path):
@@ -35,3 +35,9 @@ def test_save_grid_writes_the_pixels_it_is_given(tmp_path):
     with Image.open(out) as image:
         pixels = torch.tensor(np.array(image.convert("L")))
     assert pixels[:, :4].eq(0).all() and pixels[:, 4:].eq(255).all()
+
+
+def test_stage_lines_sit_where_a_stage_ended_not_at_the_next_log_row():
+    rows = [{"n_images": n, "stage": s} for n, s in
+            [(2560, 0), (19200, 0), (20480, 1), (64000, 1), (66560, 2), (69120, 2)]]
+    assert stage_changes(rows) == [19.2, 64.0]

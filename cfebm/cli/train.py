@@ -120,7 +120,9 @@ def cmd_info(args: argparse.Namespace) -> None:
             f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
                 cfg.growth.resolutions, cfg.growth.stage_images, cfg.growth.fade_images,
                 cfg.growth.batch_size, cfg.growth.lr, cfg.growth.n_steps))
-        + (", then lr linearly to 0" if cfg.growth.lr_decay == "linear" else ""),
+        + {"none": "", "linear": ", then lr linearly to 0",
+           "linear_every_stage": "; each stage's lr linearly to 0 after its fade"}[
+            cfg.growth.lr_decay],
     ]
     print("\n".join(lines))
     if args.config:
