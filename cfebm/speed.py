@@ -20,6 +20,7 @@ reduced-precision choice.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
@@ -29,6 +30,8 @@ from torch import Tensor
 
 from cfebm.config import Config
 from cfebm.model import EnergyNet
+
+log = logging.getLogger(__name__)
 
 
 class CompiledEnergy:
@@ -50,12 +53,28 @@ class CompiledEnergy:
 
     def __call__(self, x: Tensor, beta: float = 1.0) -> Tensor:
         if beta >= 1.0:
-            return self.compiled(x, 1.0)
+            return self._run(x, 1.0)
         if not 0.0 <= beta:
             raise ValueError(f"beta must lie in [0, 1], got {beta}")
         if self._beta is None or self._beta[:2] != (beta, x.device):  # once per chain, not step
             self._beta = (beta, x.device, torch.tensor(beta, device=x.device))
-        return self.compiled(x, self._beta[2])
+        return self._run(x, self._beta[2])
+
+    def _run(self, x: Tensor, beta: float | Tensor) -> Tensor:
+        """The compiled net; if compiling fails (inductor on a CPU needs a C++ compiler), the
+        eager net from then on, with one warning: the same energies, only slower. An error of
+        the net itself is raised again by the eager call."""
+        try:
+            return self.compiled(x, beta)
+        except Exception as error:  # any backend failure; the eager call re-raises real ones
+            if self.compiled is self.net:
+                raise
+            # dynamo's message wraps the backend's, then adds advice on its own logs
+            reason = " ".join(str(error).split()).split(" Set TORCHDYNAMO_VERBOSE")[0][:300]
+            log.warning("torch.compile failed (%s: %s); the Langevin energy runs eagerly",
+                        type(error).__name__, reason)
+            self.compiled = self.net
+            return self.net(x, beta)
 
 
 def busy_cpu_warning(device: torch.device, samples: int = 5) -> str | None:

@@ -81,6 +81,26 @@ def test_beta_as_a_float_would_recompile(net):
     assert counters["stats"]["unique_graphs"] > graphs
 
 
+def test_a_backend_that_cannot_compile_falls_back_to_the_eager_net(net, caplog):
+    """What a CPU without a C++ compiler does to inductor: the energies stay the eager net's."""
+    def broken(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    torch._dynamo.reset()
+    compiled = CompiledEnergy(net, backend=broken)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    with frozen(net):
+        for beta in (0.3, 1.0):
+            e, g = energy_and_grad(compiled, x, beta)
+            e_ref, g_ref = energy_and_grad(net, x, beta)
+            torch.testing.assert_close(e, e_ref)
+            torch.testing.assert_close(g, g_ref)
+    warnings = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler found" in warnings[0].getMessage()
+    with pytest.raises(ValueError, match="expected images"):  # the net's own errors surface
+        compiled(torch.rand(2, 3, 16, 16), 1.0)
+
+
 def test_training_step_with_compile_matches_eager(monkeypatch):
     monkeypatch.setattr("cfebm.speed.torch.compile",
                         lambda net, **kw: torch._dynamo.optimize("aot_eager")(net))
