@@ -41,8 +41,10 @@ def test_a_preset_with_a_base_is_its_base_plus_its_own_keys():
     long, base = to_dict(load_preset("fmnist32-2h")), to_dict(load_preset("fmnist32"))
     assert long["growth"]["stage_images"] == [19_200, 44_800, 240_000]
     assert long["growth"]["n_steps"] == [15, 25, 30] != base["growth"]["n_steps"]
+    assert long["train"]["compile"] is False and base["train"]["compile"] is True
     for key in ("stage_images", "n_steps"):
         long["growth"][key] = base["growth"][key]
+    long["train"]["compile"] = True
     assert long == base
 
 
