@@ -50,14 +50,19 @@ def main() -> None:
     def fine(x: torch.Tensor) -> torch.Tensor:  # the grown net at β = 0
         return coarse(F.avg_pool2d(x, 2))
 
+    def fine_chain_pooled(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The fade's chain at 2r from ``x``, pooled back to r."""
+        y = langevin_cfg(fine, x, args.fine_steps, cfg.sampler, generator=generator)
+        return F.avg_pool2d(y.detach(), 2)
+
+    sizes = [min(args.batch, args.n - start) for start in range(0, args.n, args.batch)]
     generator = torch.Generator().manual_seed(args.seed)
     before, after = [], []
-    for start in range(0, args.n, args.batch):
-        x = init_uniform(min(args.batch, args.n - start), channels, r, generator=generator)
+    for n in sizes:
+        x = init_uniform(n, channels, r, generator=generator)
         x = langevin_cfg(coarse, x, steps, cfg.sampler, generator=generator).detach()
-        y = langevin_cfg(fine, upsample(x), args.fine_steps, cfg.sampler, generator=generator)
         before.append(x)
-        after.append(F.avg_pool2d(y.detach(), 2))
+        after.append(fine_chain_pooled(upsample(x), generator))
     score = TrainingEval(cfg, torch.device("cpu")).score
     change = (torch.cat(after) - torch.cat(before)).abs().mean().item()
     print(f"{args.checkpoint}: FID at {r}² of Algorithm 2's samples {score(before, r).fid:.1f}; "
@@ -65,12 +70,9 @@ def main() -> None:
           f"{score(after, r).fid:.1f}; mean |pixel change| {change:.4f}")
     for beta in args.betas:
         generator = torch.Generator().manual_seed(args.seed)
-        pooled = []
-        for start in range(0, args.n, args.batch):
-            x = smooth_init(coarse, min(args.batch, args.n - start), channels, 2 * r, beta, steps,
-                            cfg.sampler, generator=generator)
-            y = langevin_cfg(fine, x, args.fine_steps, cfg.sampler, generator=generator)
-            pooled.append(F.avg_pool2d(y.detach(), 2))
+        pooled = [fine_chain_pooled(smooth_init(coarse, n, channels, 2 * r, beta, steps,
+                                                cfg.sampler, generator=generator), generator)
+                  for n in sizes]
         print(f"β = {beta:g}: {int(steps * (1 - beta))} coarse steps, mix, {args.fine_steps} at "
               f"{2 * r}², pooled back: FID {score(pooled, r).fid:.1f}")
 

@@ -327,6 +327,9 @@ def main() -> None:
     parser.add_argument("--ttq-fid", type=float, nargs="+", default=[100.0],
                         help="in-training FIDs (500 samples) whose time to reach is compared")
     args = parser.parse_args()
+    if args.command in ("one", "fades") and not args.variant:
+        parser.error(f"'{args.command}' needs " + ("a variant" if args.command == "one"
+                                                    else "one or more run folders"))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "one":
         print(json.dumps(run_one(args.variant[0], args.out, args.minutes, args.eval_n, args.seed)))
