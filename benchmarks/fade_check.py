@@ -8,9 +8,9 @@ again, with the in-training evaluation's reference and features (``TrainingEval`
 
 ``--betas`` also scores the whole smooth start of Algorithm 1 at each β with the coarse net left
 as it is (the grown net's new block untrained, so E(x) = E_r(avgpool(x)) stands in for it):
-⌊T(1−β)⌋ coarse steps from U(−1, 1), upsampling, mixing with β·U, then ``--fine-steps`` steps,
-pooled back to r. What this loses against β = 0 is the sampler's share of a fade's dip; the
-rest of the dip in training is the new block's.
+⌊T(1−β)⌋ coarse steps from U(−1, 1) (T with ``--coarse-steps full``), upsampling, mixing with
+β·U, then ``--fine-steps`` steps, pooled back to r. What this loses against β = 0 is the
+sampler's share of a fade's dip; the rest of the dip in training is the new block's.
 
     python benchmarks/fade_check.py runs/t9d/cf-ebm/checkpoints/stage1-16x16.pt --fine-steps 20
     python benchmarks/fade_check.py runs/f32-T20/checkpoints/stage1-16x16.pt --fine-steps 20 \
@@ -20,12 +20,20 @@ rest of the dip in training is the new block's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 
 from cfebm.runner import TrainingEval
-from cfebm.sampling import energy_of, init_uniform, langevin_cfg, smooth_init, upsample
+from cfebm.sampling import (
+    coarse_step_count,
+    energy_of,
+    init_uniform,
+    langevin_cfg,
+    smooth_init,
+    upsample,
+)
 from cfebm.trained import load
 
 
@@ -40,10 +48,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--betas", type=float, nargs="*", default=[],
                         help="fading factors at which to score the whole smooth start")
+    parser.add_argument("--coarse-steps", choices=("scaled", "full"), default=None,
+                        help="the smooth start's coarse chain (sampler.coarse_steps); "
+                             "default: the checkpoint's")
     args = parser.parse_args()
 
     model = load(args.checkpoint, ema=False)
     cfg = model.cfg
+    sampler = dataclasses.replace(cfg.sampler, coarse_steps=args.coarse_steps or
+                                  cfg.sampler.coarse_steps)
     r, steps, channels = model.resolution, model.growth.n_steps, model.channels
     coarse = energy_of(model.net, 1.0, model.autocast)
 
@@ -71,10 +84,11 @@ def main() -> None:
     for beta in args.betas:
         generator = torch.Generator().manual_seed(args.seed)
         pooled = [fine_chain_pooled(smooth_init(coarse, n, channels, 2 * r, beta, steps,
-                                                cfg.sampler, generator=generator), generator)
+                                                sampler, generator=generator), generator)
                   for n in sizes]
-        print(f"β = {beta:g}: {int(steps * (1 - beta))} coarse steps, mix, {args.fine_steps} at "
-              f"{2 * r}², pooled back: FID {score(pooled, r).fid:.1f}")
+        n_coarse = coarse_step_count(steps, beta, sampler.coarse_steps)
+        print(f"β = {beta:g}: {n_coarse} coarse steps, mix, {args.fine_steps} at {2 * r}², "
+              f"pooled back: FID {score(pooled, r).fid:.1f}")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ class SamplerConfig:
     clamp_every_step: bool = True
     smooth: bool = True             # smooth MCMC sampling during a fade (Alg. 1, Sec. 3.2(ii)b)
     mix: str = "sqrt"               # "sqrt": √(1−β²)·up + β·U (Alg. 1); "linear": (1−β)·up + β·U
+    # Steps of the coarse chain in the smooth start. "scaled": ⌊T(s−1)·(1−β)⌋ (Alg. 1, the
+    # authors' train_v0); "full": T(s−1) at every β (the authors' train_multi and earlier v0).
+    coarse_steps: str = "scaled"
     # Where chains start. "noise": U(−1, 1) at the current resolution (Alg. 1 and 2 of the paper).
     # "cascade": U(−1, 1) at the first resolution, then each stage's T(s) steps at every
     # resolution up to the current one, all by the same expanding net (authors' v0
@@ -108,6 +111,8 @@ class SamplerConfig:
         _require(self.noise_schedule in NOISE_SCHEDULES,
                  f"sampler.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}")
         _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
+        _require(self.coarse_steps in ("scaled", "full"),
+                 "sampler.coarse_steps must be 'scaled' or 'full'")
         _require(self.init in ("noise", "cascade", "frozen"),
                  "sampler.init must be 'noise', 'cascade' or 'frozen'")
 

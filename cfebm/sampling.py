@@ -251,6 +251,16 @@ def mix_with_noise(x_up: Tensor, noise: Tensor, beta: float, mix: str = "sqrt") 
     raise ValueError(f"unknown mix {mix!r}; choose 'sqrt' or 'linear'")
 
 
+def coarse_step_count(n_steps_coarse: int, beta: float, mode: str = "scaled") -> int:
+    """Steps of the smooth start's coarse chain at fading factor β: ⌊T(s−1)·(1−β)⌋ for
+    "scaled" (Algorithm 1; the authors' int()), T(s−1) for "full"."""
+    if mode == "full":
+        return n_steps_coarse
+    if mode == "scaled":
+        return int(n_steps_coarse * (1.0 - beta))
+    raise ValueError(f"unknown coarse_steps {mode!r}; choose 'scaled' or 'full'")
+
+
 def smooth_init(
     coarse_energy: Energy, n: int, channels: int, resolution: int, beta: float,
     n_steps_coarse: int, cfg: SamplerConfig, *, generator: Generator = None,
@@ -258,13 +268,13 @@ def smooth_init(
 ) -> Tensor:
     """Initial states for the grown energy at ``resolution`` during a fade (Algorithm 1).
 
-    Runs ⌊T(s−1)·(1−β)⌋ Langevin steps (the authors' int()) of the coarse energy from U(−1, 1)
-    at resolution/2, upsamples 2×, and mixes with fresh uniform noise by β.
+    Runs ``coarse_step_count`` Langevin steps (⌊T(s−1)·(1−β)⌋ by default) of the coarse energy
+    from U(−1, 1) at resolution/2, upsamples 2×, and mixes with fresh uniform noise by β.
     Returns (n, channels, r, r).
     """
     x = init_uniform(n, channels, resolution // 2, generator=generator, device=device)
-    x = langevin_cfg(coarse_energy, x, int(n_steps_coarse * (1.0 - beta)), cfg,
-                     generator=generator, callback=callback)
+    x = langevin_cfg(coarse_energy, x, coarse_step_count(n_steps_coarse, beta, cfg.coarse_steps),
+                     cfg, generator=generator, callback=callback)
     noise = init_uniform(n, channels, resolution, generator=generator, device=device)
     x = mix_with_noise(upsample(x), noise, beta, cfg.mix)
     return x.clamp(-1.0, 1.0) if cfg.clamp else x

@@ -31,7 +31,14 @@ from cfebm.data import BatchStream, ImageSet, downsample, load_images, to_float
 from cfebm.distributed import Shard
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
-from cfebm.sampling import Generator, LangevinStep, energy_of, langevin_cfg, upsample
+from cfebm.sampling import (
+    Generator,
+    LangevinStep,
+    coarse_step_count,
+    energy_of,
+    langevin_cfg,
+    upsample,
+)
 from cfebm.translate_data import domains
 
 
@@ -87,7 +94,7 @@ def translation_chain(
     beta, x = growth.beta, source
     if growth.fading and cfg.smooth:
         coarse = langevin_cfg(energy_of(net, 1.0, autocast), downsample(source, x.shape[-1] // 2),
-                              int(growth.n_steps_coarse * (1.0 - beta)), cfg,
+                              coarse_step_count(growth.n_steps_coarse, beta, cfg.coarse_steps), cfg,
                               generator=generator, callback=callback)
         x = (1.0 - beta) * upsample(coarse) + beta * source
         x = x.clamp(-1.0, 1.0) if cfg.clamp else x

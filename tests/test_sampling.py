@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import weakref
 
@@ -10,6 +11,7 @@ from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
     Streams,
     cascade,
+    coarse_step_count,
     energy_of,
     init_uniform,
     langevin,
@@ -169,6 +171,20 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
     with frozen(net):
         sample_negatives(counting_net, grown, 2, cfg, generator=torch.Generator())
     assert steps == [(16, 1.0)] * 4
+    steps.clear()
+    with frozen(net):
+        sample_negatives(counting_net, fading, 2, dataclasses.replace(cfg, coarse_steps="full"),
+                         generator=torch.Generator())
+    assert steps == [(8, 1.0)] * 8 + [(16, 0.25)] * 4   # T(s−1) = 8 at every β
+
+
+def test_coarse_step_count():
+    assert [coarse_step_count(25, b) for b in (0.0, 0.5, 0.75, 0.99, 1.0)] == [25, 12, 6, 0, 0]
+    assert [coarse_step_count(25, b, "full") for b in (0.0, 0.5, 1.0)] == [25, 25, 25]
+    with pytest.raises(ValueError, match="unknown coarse_steps 'half'"):
+        coarse_step_count(25, 0.5, "half")
+    with pytest.raises(ValueError, match="sampler.coarse_steps"):
+        SamplerConfig(coarse_steps="half")
 
 
 def test_cascade_runs_every_scale():

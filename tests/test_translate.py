@@ -77,6 +77,17 @@ def test_training_chain_starts_at_source_and_fades_from_the_pooled_source():
     torch.testing.assert_close(start, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("coarse_steps, expected", [("scaled", [8] * 3 + [16] * 2),
+                                                    ("full", [8] * 4 + [16] * 2)])
+def test_training_chain_coarse_steps_follow_the_sampler_option(coarse_steps, expected):
+    cfg = textures("growth.n_steps=[4,2]", f"sampler.coarse_steps={coarse_steps}")
+    net, sizes = EnergyNet(cfg.model), []
+    with frozen(net):
+        translation_chain(net, growth_at(128 + 16, cfg.growth), sources(), cfg.sampler,
+                          callback=lambda step: sizes.append(step.x.shape[-1]))
+    assert sizes == expected   # ⌊4·(1−0.25)⌋ = 3 coarse steps, or all 4
+
+
 # ------------------------------------------------------------------------------------------------
 # Saliency maps
 

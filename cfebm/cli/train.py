@@ -113,7 +113,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"{cfg.train.precision}"),
         (f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
         f"model(s), step {cfg.sampler.step_size:g}, η0 {cfg.sampler.eta0:g} "
-        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth}"),
+        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth} (mix {cfg.sampler.mix}, "
+        f"coarse steps {cfg.sampler.coarse_steps})"),
         f"data            {cfg.data.dataset}" if cfg.task.kind == "generate" else
         f"task            translate {cfg.task.pair}, direction {cfg.task.direction}",
         "schedule        " + ", ".join(
