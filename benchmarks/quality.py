@@ -214,7 +214,7 @@ def fade_table(out: Path) -> list[str]:
 def fade_lines(runs: Sequence[tuple[str, Path]]) -> list[str]:
     """A markdown table of ``fade_ratios`` for each (label, run folder)."""
     lines = ["In-training FID through each fade, scored at the resolution of the stage before:", "",
-             "| run | fade | stage before, last FID | fade, worst pooled FID | ratio |",
+             "| run | fade | stage before, last FID | fade (to β = 1), worst pooled FID | ratio |",
              "|---|---|---|---|---|"]
     for label, run_dir in runs:
         for coarse, fine, end, worst in fade_ratios(run_dir):
@@ -226,19 +226,29 @@ def fade_lines(runs: Sequence[tuple[str, Path]]) -> list[str]:
 def fade_ratios(run_dir: Path) -> list[tuple[int, int, float, float]]:
     """(coarse resolution, fade resolution, the stage before's last in-training FID, the worst
     FID of the fade's samples pooled to the coarse resolution, ``eval_fid_coarse``) for every
-    fade of the run that in-training evaluation saw."""
+    fade of the run that in-training evaluation saw. The fade runs from β = 0 to its first
+    evaluation at β = 1, where the chains start from noise alone for the first time."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if "eval_fid" in line]
     found = []
-    for fade_res in sorted({r["eval_resolution"] for r in rows if "eval_fid_coarse" in r}):
-        during = [r for r in rows if r["eval_resolution"] == fade_res and "eval_fid_coarse" in r]
+    for fade_res in sorted({r["eval_resolution"] for r in rows if _fading(r)}):
+        at = [r for r in rows if r["eval_resolution"] == fade_res]
+        during = [r for r in at if _fading(r)]
+        grown = [r for r in at if r["n_images"] > during[-1]["n_images"]
+                 and "eval_fid_coarse" in r][:1]
         coarse = during[0]["eval_coarse_resolution"]
         before = [r for r in rows if r["eval_resolution"] == coarse
-                  and r["n_images"] < during[0]["n_images"] and "eval_fid_coarse" not in r]
+                  and r["n_images"] < during[0]["n_images"] and not _fading(r)]
         if before:
             found.append((coarse, fade_res, before[-1]["eval_fid"],
-                          max(r["eval_fid_coarse"] for r in during)))
+                          max(r["eval_fid_coarse"] for r in during + grown)))
     return found
+
+
+def _fading(row: dict) -> bool:
+    """Whether an evaluation row was taken during a fade (β < 1). Rows written before
+    ``eval_beta`` was logged carry a pooled FID only during fades."""
+    return row.get("eval_beta", 0.0 if "eval_fid_coarse" in row else 1.0) < 1
 
 
 def _main_runs(out: Path, diverged: bool = False) -> list[tuple[str, Path]]:
@@ -270,13 +280,13 @@ def plot_curves(out: Path) -> None:
                 ax.plot(*zip(*pts), marker=marker, color=color, linestyle="none")
             pooled = [(e["train_seconds"] / 60, e["eval_fid_coarse"]) for e in evals
                       if e.get("eval_coarse_resolution") == res]
-            if pooled:  # a fade's samples scored at the stage before's resolution
+            if pooled:  # samples scored at the stage before's resolution
                 ax.plot(*zip(*pooled), marker=marker, color=color, linestyle=":",
                         fillstyle="none")
     for res, marker in markers.items():
         ax.plot([], [], marker=marker, color="gray", linestyle="none", label=f"evaluated at {res}²")
     ax.plot([], [], marker="o", color="gray", linestyle=":", fillstyle="none",
-            label="during a fade, pooled to the stage before")
+            label="pooled to the stage before")
     ax.set_xlabel("minutes of training (1 CPU thread)")
     ax.set_ylabel("FMNIST-FID (500 samples, vs test at that resolution)")
     ax.set_yscale("log")

@@ -341,10 +341,11 @@ class TrainingEval:
         cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
         generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
         batch = growth.batch_size
-        # During a fade the samples are also scored pooled to the stage before's resolution
-        # (like for like with that stage's last evaluation: does the fade lose what the coarse
-        # model knew?); only the pooled copies are kept, the full-size batches stream through.
-        coarse = cfg.growth.resolutions[growth.stage - 1] if growth.fading and growth.stage else 0
+        # After the first stage the samples are also scored pooled to the stage before's
+        # resolution (like for like with that stage's last evaluation: does the fade, or the
+        # stage after it, lose what the coarse model knew?); only the pooled copies are kept,
+        # the full-size batches stream through.
+        coarse = cfg.growth.resolutions[growth.stage - 1] if growth.stage else 0
         pooled: list[Tensor] = []
 
         def batches() -> Iterator[Tensor]:
@@ -367,7 +368,7 @@ class TrainingEval:
         if improved:
             self.best = result.fid
         row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
-               "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
+               "eval_beta": growth.beta, "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
                "eval_kid_std": result.kid_std, "eval_best": improved}
         if coarse:
             row.update(eval_coarse_resolution=coarse, eval_fid_coarse=self.score(pooled, coarse).fid)

@@ -101,8 +101,8 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
 
 
 def _plot_eval(ax, evals: list[dict]) -> None:
-    """In-training FID per resolution; during a fade also the same samples pooled to the
-    resolution of the stage before (hollow), which is what the fade must not lose."""
+    """In-training FID per resolution; after the first stage also the same samples pooled to
+    the resolution of the stage before (hollow), which is what a fade must not lose."""
     for k, res in enumerate(sorted({r["eval_resolution"] for r in evals})):
         at = [r for r in evals if r["eval_resolution"] == res]
         ax.plot([r["n_images"] / 1000 for r in at], [r["eval_fid"] for r in at], "o-",
@@ -110,7 +110,7 @@ def _plot_eval(ax, evals: list[dict]) -> None:
         pooled = [r for r in evals if r.get("eval_coarse_resolution") == res]
         if pooled:
             ax.plot([r["n_images"] / 1000 for r in pooled], [r["eval_fid_coarse"] for r in pooled],
-                    "o:", color=f"C{k}", fillstyle="none", label=f"fade's samples pooled to {res}²")
+                    "o:", color=f"C{k}", fillstyle="none", label=f"next stage pooled to {res}²")
     ax.set_yscale("log")
     ax.set_ylabel(f"in-training FID ({evals[-1]['eval_n']} samples)")
     ax.legend(loc="best", fontsize=7)

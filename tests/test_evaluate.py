@@ -194,10 +194,10 @@ def test_training_logs_eval_lines_and_keeps_the_best_checkpoint(fmnist_run):
     assert [(r["n_images"], r["eval_resolution"]) for r in evals] == [(128, 16), (256, 16),
                                                                       (384, 16)]
     assert all(math.isfinite(r["eval_fid"]) and r["eval_kid"] is not None for r in evals)
-    # During the fade the same samples are also scored pooled to the stage before (8²).
-    assert evals[0]["eval_coarse_resolution"] == 8 and math.isfinite(evals[0]["eval_fid_coarse"])
-    assert evals[0]["eval_fid_coarse"] != evals[0]["eval_fid"]
-    assert all("eval_fid_coarse" not in r for r in evals[1:])
+    # After the first stage the same samples are also scored pooled to the stage before (8²).
+    assert [r["eval_beta"] for r in evals] == [0.0, 1.0, 1.0]
+    assert all(r["eval_coarse_resolution"] == 8 and math.isfinite(r["eval_fid_coarse"])
+               and r["eval_fid_coarse"] != r["eval_fid"] for r in evals)
     assert not evals[0]["eval_best"] and evals[1]["eval_best"]
     best = read(fmnist_run / "checkpoints" / "best.pt")
     candidates = [r for r in evals if r["n_images"] >= 256]
