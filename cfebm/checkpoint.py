@@ -94,6 +94,22 @@ def save_state(state: TrainState, path: str | Path) -> None:
     atomic_save(state_dict(state), path)
 
 
+def keep_as(path: str | Path, copy: str | Path) -> None:
+    """Make ``copy`` the file ``path`` holds now (a hard link where the file system allows one),
+    atomically: ``copy`` is its old self or the whole of ``path``, never part of it."""
+    path, copy = Path(path), Path(copy)
+    tmp = copy.with_name(f".{copy.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here: copy the bytes
+            atomic_write(tmp, lambda f: f.write(path.read_bytes()))
+        os.replace(tmp, copy)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict without unpickling arbitrary objects."""
     path = Path(path)

@@ -5,6 +5,7 @@ Layout of a run directory::
     config.json                 the resolved configuration
     metrics.jsonl               one JSON object per log interval (and per recovery event)
     checkpoints/latest.pt       the newest training state (atomic; ``--resume`` reads it)
+    checkpoints/previous.pt     the one before it (a recovery's second line: ``_recover``)
     checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
     checkpoints/best.pt         the state with the lowest in-training FID (``train.eval_every``;
                                 ``TrainingEval`` below writes its ``"eval"`` entry, ``best_fid``
@@ -36,7 +37,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cfebm.checkpoint import atomic_save, load_state, read, save_state, state_dict
+from cfebm.checkpoint import (
+    atomic_save,
+    keep_as,
+    load_state,
+    read,
+    save_state,
+    state_dict,
+)
 from cfebm.config import Config, TrainConfig, to_dict
 from cfebm.data import BatchStream, downsample, load_images, to_float
 from cfebm.distributed import Shard
@@ -180,22 +188,47 @@ def save_samples(state: TrainState, path: Path, growth: Growth | None = None) ->
     return save_grid(x, path, scale=max(1, 128 // growth.resolution))
 
 
-def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict) -> TrainState:
-    """Roll back to the last checkpoint with half the learning rate and fresh sampler noise."""
-    cfg = state.cfg
+def save_latest(state: TrainState, run_dir: Path) -> None:
+    """Write ``checkpoints/latest.pt``, keeping the one it replaces as ``previous.pt``."""
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if latest.exists():
+        keep_as(latest, latest.with_name("previous.pt"))
+    save_state(state, latest)
+
+
+def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
+             last_rollback: int | None) -> TrainState:
+    """Roll back to the last checkpoint with half the learning rate and fresh sampler noise.
+
+    When the run diverges again from the checkpoint the last recovery loaded (``last_rollback``
+    images, no checkpoint written since), that checkpoint was most likely written after the
+    divergence had begun (an energy blow-up grows over hundreds of iterations before |loss|
+    passes ``train.max_abs_loss``), so this rollback goes one checkpoint further back, to
+    ``previous.pt``, which then also becomes ``latest.pt``.
+    """
+    cfg, shard = state.cfg, state.shard
     if state.recoveries >= cfg.train.max_recoveries:
         raise RunError(f"training diverged at {state.n_images} images (loss {metrics['loss']:.3g})"
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
     failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
-    state = load_state(run_dir / "checkpoints" / "latest.pt", state.device, state.shard)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    source = latest
+    if (last_rollback is not None and latest.with_name("previous.pt").exists()
+            and read(latest)["n_images"] == last_rollback):
+        source = latest.with_name("previous.pt")
+    state = load_state(source, state.device, shard)
+    shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
+    if source != latest and shard.is_main:
+        keep_as(source, latest)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
     state.train_seconds = seconds
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
     runlog.write({"event": "recovery", "n_images": failed_at, "rolled_back_to": state.n_images,
-                  "loss": metrics["loss"], "lr_scale": lr_scale, "recoveries": recoveries})
-    log.warning("divergence at %d images; rolled back to %d with lr x%.3g",
-                failed_at, state.n_images, lr_scale)
+                  "checkpoint": source.name, "loss": metrics["loss"], "lr_scale": lr_scale,
+                  "recoveries": recoveries})
+    log.warning("divergence at %d images; rolled back to %d (%s) with lr x%.3g",
+                failed_at, state.n_images, source.name, lr_scale)
     return state
 
 
@@ -233,6 +266,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     if state.n_images == 0 and main:
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
     budget, stop = math.inf if time_budget is None else time_budget, False
+    last_rollback: int | None = None  # images of the checkpoint the last recovery loaded
     with _stop_on_signals() as signals:
         while state.n_images < end and state.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
@@ -243,8 +277,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
             state.train_seconds += seconds
             if diverged(metrics, t.max_abs_loss):
-                state = _recover(state, run_dir, runlog, metrics)
-                bar.n = state.n_images
+                state = _recover(state, run_dir, runlog, metrics, last_rollback)
+                bar.n = last_rollback = state.n_images
                 continue
             averager.add(metrics)
             bar.update(state.n_images - before)
@@ -260,7 +294,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     if stop and main:  # the last iteration was not a final one: save it
         log.warning("stopped by signal %s at %d images",
                     signals[0] if signals else "on another rank", state.n_images)
-        save_state(state, run_dir / "checkpoints" / "latest.pt")
+        save_latest(state, run_dir)
     if main:
         plot_metrics(runlog.path, run_dir / "training.png")
     runlog.close()
@@ -291,7 +325,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
         save_state(state, run_dir / "checkpoints" /
                    f"stage{growth.stage}-{growth.resolution}x{growth.resolution}.pt")
     if _crossed(before, now, t.checkpoint_every) or stage_done:
-        save_state(state, run_dir / "checkpoints" / "latest.pt")
+        save_latest(state, run_dir)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,12 +3,21 @@ divergence test's boundary. (Whole-run round trips are in test_training.py and
 test_recovery_resume.py.)"""
 
 import math
+import os
 
 import pytest
 import torch
 
 from cfebm import __version__
-from cfebm.checkpoint import CheckpointError, atomic_save, load_state, read, save_state, state_dict
+from cfebm.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    keep_as,
+    load_state,
+    read,
+    save_state,
+    state_dict,
+)
 from cfebm.config import load_preset
 from cfebm.training import diverged, new_state
 
@@ -81,3 +90,20 @@ def test_a_checkpoint_with_an_invalid_config_is_named(tmp_path):
 ])
 def test_divergence_is_a_magnitude_above_the_limit_or_not_finite(loss, expected):
     assert diverged({"loss": loss}, 5.0) is expected
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_keep_as_keeps_the_old_file_when_the_original_is_rewritten(tmp_path, monkeypatch, links):
+    """previous.pt must survive latest.pt being replaced, by hard link or, without links, copy."""
+    if not links:
+        def no_link(*_):
+            raise OSError("hard links not supported")
+        monkeypatch.setattr(os, "link", no_link)
+    latest, previous = tmp_path / "latest.pt", tmp_path / "previous.pt"
+    atomic_save({"n": torch.tensor(1)}, latest)
+    keep_as(latest, previous)
+    atomic_save({"n": torch.tensor(2)}, latest)
+    assert torch.load(previous)["n"] == 1 and torch.load(latest)["n"] == 2
+    keep_as(latest, previous)  # replaces the older copy
+    assert torch.load(previous)["n"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "previous.pt"]

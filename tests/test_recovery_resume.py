@@ -17,6 +17,7 @@ The tiny preset: stage 0 is 8² for 128 images, stage 1 16² for 256 images whos
 fade in (β = images in stage / 64); batches of 16, so call k of ``train_step`` ends at 16·k.
 """
 
+import json
 import os
 import signal
 
@@ -112,6 +113,43 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
     # The run then finishes at the schedule's end with the halved rate.
     assert final.n_images == 384 and (final.recoveries, final.lr_scale) == (1, 0.5)
     assert all(torch.isfinite(p).all() for p in final.net.parameters())
+
+
+@pytest.mark.slow
+def test_a_second_divergence_from_the_same_checkpoint_rolls_back_one_further(tmp_path,
+                                                                            monkeypatch):
+    """Checkpoints every 64 images. Iteration 10 (144 -> 160) diverges: back to latest.pt (128).
+    Iteration 12 (144 -> 160 again) diverges before any new checkpoint: latest.pt is suspect,
+    so the run goes back to previous.pt (64), with a quarter of the lr."""
+    cfg = tiny("train.checkpoint_every=64")
+    real_data_batch, calls, seen = runner.data_batch, [0], {}
+
+    def data_batch(state, stream):
+        calls[0] += 1
+        if calls[0] == 11:  # the first iteration after the first rollback
+            seen["previous"] = read(tmp_path / "checkpoints" / "previous.pt")
+        if calls[0] == 13:  # the first iteration after the second
+            seen["entry"] = (state.n_images, state.recoveries, state.lr_scale,
+                             {k: v.clone() for k, v in state.net.state_dict().items()},
+                             read(tmp_path / "checkpoints" / "latest.pt")["n_images"])
+        x = real_data_batch(state, stream)
+        return x * float("nan") if calls[0] in (10, 12) else x
+
+    monkeypatch.setattr(runner, "data_batch", data_batch)
+    final = runner.run_training(cfg, tmp_path, progress=False)
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = [(r["n_images"], r["rolled_back_to"], r["checkpoint"]) for r in rows
+              if r.get("event") == "recovery"]
+    assert events == [(160, 128, "latest.pt"), (160, 64, "previous.pt")]
+    n_images, recoveries, lr_scale, model, latest_images = seen["entry"]
+    assert seen["previous"]["n_images"] == 64
+    assert (n_images, recoveries, lr_scale, latest_images) == (64, 2, 0.25, 64)
+    assert_same_tensors(model, seen["previous"]["model"], "model")
+    assert final.n_images == 384 and (final.recoveries, final.lr_scale) == (2, 0.25)
+    ckpts = tmp_path / "checkpoints"
+    assert (read(ckpts / "latest.pt")["n_images"], read(ckpts / "previous.pt")["n_images"]) == (
+        384, 320)
 
 
 @pytest.mark.slow
