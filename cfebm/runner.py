@@ -341,10 +341,11 @@ class TrainingEval:
     Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
     a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
     only by the network. In a data-parallel run each rank samples its rows of every batch
-    (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is the run's test split (the first 10,000 images) at the
-    same resolution, pooled from the top resolution as the training data is; its features are
-    computed once per resolution. Only evaluations at the last stage, fully faded in, compete for
-    the best checkpoint.
+    (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is
+    the run's test split (the first 10,000 images) at the same resolution, pooled from the top
+    resolution as the training data is; its features are computed once per resolution. Only
+    evaluations at the last stage, fully faded in, compete for the best checkpoint. After the
+    first stage the same samples are also scored pooled to the stage before's resolution.
 
     Args:
         cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
@@ -402,10 +403,11 @@ class TrainingEval:
         if improved:
             self.best = result.fid
         row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
-               "eval_beta": growth.beta, "eval_n": cfg.train.eval_n, "eval_fid": result.fid, "eval_kid": result.kid,
-               "eval_kid_std": result.kid_std, "eval_best": improved}
+               "eval_beta": growth.beta, "eval_n": cfg.train.eval_n, "eval_fid": result.fid,
+               "eval_kid": result.kid, "eval_kid_std": result.kid_std, "eval_best": improved}
         if coarse:
-            row.update(eval_coarse_resolution=coarse, eval_fid_coarse=self.score(pooled, coarse).fid)
+            row.update(eval_coarse_resolution=coarse,
+                       eval_fid_coarse=self.score(pooled, coarse).fid)
         return row, improved
 
     def score(self, samples: Iterable[Tensor], resolution: int) -> EvalResult:
