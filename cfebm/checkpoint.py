@@ -41,14 +41,18 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _temp_beside(path: Path) -> Path:
+    """A unique name in ``path``'s folder (so os.replace onto ``path`` is atomic); files made
+    under it get the umask's permissions rather than mkstemp's owner-only 0600."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``: readers see
     the old file or the whole new one, never part of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name in the same folder (so os.replace is atomic), created with the umask's
-    # permissions rather than mkstemp's owner-only 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _temp_beside(path)
     try:
         with open(tmp, "xb") as f:
             write(f)
@@ -98,12 +102,13 @@ def keep_as(path: str | Path, copy: str | Path) -> None:
     """Make ``copy`` the file ``path`` holds now (a hard link where the file system allows one),
     atomically: ``copy`` is its old self or the whole of ``path``, never part of it."""
     path, copy = Path(path), Path(copy)
-    tmp = copy.with_name(f".{copy.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _temp_beside(copy)
     try:
-        try:
-            os.link(path, tmp)
-        except OSError:  # no hard links here: copy the bytes
-            atomic_write(tmp, lambda f: f.write(path.read_bytes()))
+        os.link(path, tmp)
+    except OSError:  # no hard links here: copy the bytes
+        atomic_write(copy, lambda f: f.write(path.read_bytes()))
+        return
+    try:
         os.replace(tmp, copy)
     except BaseException:
         tmp.unlink(missing_ok=True)

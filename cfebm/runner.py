@@ -212,12 +212,11 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
     failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
-    latest = run_dir / "checkpoints" / "latest.pt"
-    source = latest
-    if (last_rollback is not None and latest.with_name("previous.pt").exists()
-            and read(latest)["n_images"] == last_rollback):
+    latest = source = run_dir / "checkpoints" / "latest.pt"
+    device, state = state.device, load_state(latest, state.device, shard)
+    if state.n_images == last_rollback and latest.with_name("previous.pt").exists():
         source = latest.with_name("previous.pt")
-    state = load_state(source, state.device, shard)
+        state = load_state(source, device, shard)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
     if source != latest and shard.is_main:
         keep_as(source, latest)
