@@ -24,6 +24,7 @@ import torch
 from cfebm import __version__
 from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.distributed import Shard
+from cfebm.divergence import LossWatch
 from cfebm.model import EnergyNet, frozen_copy
 from cfebm.training import TrainState, new_state, resolve_device
 
@@ -84,6 +85,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "n_images": state.n_images,
         "recoveries": state.recoveries,
         "lr_scale": state.lr_scale,
+        "loss_watch": state.watch.state(),
         "train_seconds": state.train_seconds,
         "model": state.net.state_dict(),
         "ema": None if state.ema is None else state.ema.state_dict(),
@@ -165,6 +167,8 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     state.n_images = int(ckpt["n_images"])
     state.recoveries = int(ckpt["recoveries"])
     state.lr_scale = float(ckpt["lr_scale"])
+    state.watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor,
+                            [float(v) for v in ckpt.get("loss_watch", [])])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
     state.coarse = coarse_copies(state.sampling_net(), ckpt.get("coarse", []))
     state.shard = shard

@@ -146,6 +146,8 @@ class TrainConfig:
     channels_last: bool = False      # memory format for convolutions
     compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
     max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
+    spike_factor: float = 10.0       # recent |loss| above this x its past median diverged; 0 = off
+    spike_floor: float = 1.0         # ... if that recent |loss| is also above this (divergence.py)
     max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
     log_every: int = 2_000           # images between metric lines
     sample_every: int = 20_000       # images between sample grids (and at every stage change)
@@ -161,6 +163,8 @@ class TrainConfig:
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
         for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1")
+        _require(self.spike_factor >= 0, "train.spike_factor must be >= 0 (0 = off)")
+        _require(self.spike_floor >= 0, "train.spike_floor must be >= 0")
         _require(self.eval_every >= 0, "train.eval_every must be >= 0 (0 = off)")
         _require(self.eval_n >= 2, "train.eval_n must be >= 2")
         _require(self.eval_features in ("fmnist", "inception"),

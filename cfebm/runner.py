@@ -48,6 +48,7 @@ from cfebm.checkpoint import (
 from cfebm.config import Config, TrainConfig, to_dict
 from cfebm.data import BatchStream, downsample, load_images, to_float
 from cfebm.distributed import Shard
+from cfebm.divergence import divergence
 from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
@@ -58,7 +59,6 @@ from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
     data_batch,
-    diverged,
     new_state,
     sample_negatives,
     train_step,
@@ -196,9 +196,10 @@ def save_latest(state: TrainState, run_dir: Path) -> None:
     save_state(state, latest)
 
 
-def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
+def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict, reason: str,
              last_rollback: int | None) -> TrainState:
-    """Roll back to the last checkpoint with half the learning rate and fresh sampler noise.
+    """Roll back to the last checkpoint with half the learning rate and fresh sampler noise
+    (``reason``: why the loss says the run diverged, ``divergence.divergence``).
 
     When the run diverges again from the checkpoint the last recovery loaded (``last_rollback``
     images, no checkpoint written since), that checkpoint was most likely written after the
@@ -208,7 +209,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     """
     cfg, shard = state.cfg, state.shard
     if state.recoveries >= cfg.train.max_recoveries:
-        raise RunError(f"training diverged at {state.n_images} images (loss {metrics['loss']:.3g})"
+        raise RunError(f"training diverged at {state.n_images} images ({reason})"
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
     failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
@@ -224,10 +225,10 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     state.train_seconds = seconds
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
     runlog.write({"event": "recovery", "n_images": failed_at, "rolled_back_to": state.n_images,
-                  "checkpoint": source.name, "loss": metrics["loss"], "lr_scale": lr_scale,
-                  "recoveries": recoveries})
-    log.warning("divergence at %d images; rolled back to %d (%s) with lr x%.3g",
-                failed_at, state.n_images, source.name, lr_scale)
+                  "checkpoint": source.name, "loss": metrics["loss"], "reason": reason,
+                  "lr_scale": lr_scale, "recoveries": recoveries})
+    log.warning("divergence at %d images (%s); rolled back to %d (%s) with lr x%.3g",
+                failed_at, reason, state.n_images, source.name, lr_scale)
     return state
 
 
@@ -275,8 +276,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                        else train_step(state, x_data, start))
             seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
             state.train_seconds += seconds
-            if diverged(metrics, t.max_abs_loss):
-                state = _recover(state, run_dir, runlog, metrics, last_rollback)
+            if (reason := divergence(metrics["loss"], t.max_abs_loss, state.watch)) is not None:
+                state = _recover(state, run_dir, runlog, metrics, reason, last_rollback)
                 bar.n = last_rollback = state.n_images
                 continue
             averager.add(metrics)
@@ -309,7 +310,8 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
     if _crossed(before, now, t.log_every) or stage_done:
         row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
                "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
-               **averager.pop(), "train_seconds": state.train_seconds, "time": time.time()}
+               **averager.pop(), "loss_spike": state.watch.pop_peak(),
+               "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
     if evaluator is not None and _evaluates(before, now, t, final):
         row, improved = evaluator(state)

@@ -20,6 +20,7 @@ from torch import Tensor
 from cfebm.config import Config, SamplerConfig
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.distributed import Shard
+from cfebm.divergence import LossWatch
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import (
@@ -129,6 +130,8 @@ class TrainState:
     n_images: int = 0
     recoveries: int = 0      # divergences rolled back so far
     lr_scale: float = 1.0    # halved at each recovery
+    # The recent losses that tell a spike (divergence.py); new_state sets the config's.
+    watch: LossWatch = field(default_factory=lambda: LossWatch(0.0, 0.0))
     train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)
     # sampler.init="frozen" (A.8): a frozen copy of the model as each finished stage ended,
     # which samples that stage's resolution in the cascade; coarse[k] is stage k's.
@@ -176,7 +179,8 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
                                  betas=cfg.train.adam_betas)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     compiled = CompiledEnergy(net) if cfg.train.compile else None
-    return TrainState(cfg, net, ema, optimizer, generator, compiled=compiled)
+    watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor)
+    return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled)
 
 
 def freeze_finished_stages(state: TrainState) -> None:
@@ -248,8 +252,3 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
     state.n_images += n * state.shard.world
     return metrics
 
-
-def diverged(metrics: dict[str, float], max_abs_loss: float) -> bool:
-    """True when the loss is NaN/inf or its magnitude exceeds ``max_abs_loss``."""
-    loss = metrics["loss"]
-    return not (abs(loss) <= max_abs_loss)

@@ -1,0 +1,103 @@
+"""Telling a diverging run from a healthy one (``cfebm.divergence``), and rolling it back.
+
+The unit tests feed ``LossWatch`` loss sequences whose window mean and history median are
+known by construction. The run test drives the real trainer on the tiny preset and makes the
+loss jump for three iterations by scaling three data batches (a real spike of the real loss,
+far below ``train.max_abs_loss``): the watch must roll the run back, and without the watch the
+same run must go on as if nothing happened.
+"""
+
+import json
+import math
+
+import pytest
+
+from cfebm import divergence, runner
+from cfebm.config import apply_overrides, load_preset
+from cfebm.divergence import HISTORY, WINDOW, LossWatch
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (0.0, False), (-5.0, False), (5.0, False),   # |loss| = max_abs_loss is still fine
+    (5.0001, True), (-5.0001, True), (math.inf, True), (-math.inf, True), (math.nan, True),
+])
+def test_divergence_is_a_magnitude_above_the_limit_or_not_finite(loss, expected):
+    assert (divergence.divergence(loss, 5.0) is not None) is expected
+
+
+def feed(watch: LossWatch, history: float, recent: list[float]) -> list[str | None]:
+    """HISTORY losses of ±``history`` (median |loss| = history), then ``recent``."""
+    verdicts = [watch.update(history * (-1) ** k) for k in range(HISTORY)]
+    return verdicts + [watch.update(loss) for loss in recent]
+
+
+def test_a_recent_mean_above_factor_times_the_median_before_is_a_spike():
+    # History median 0.2; last WINDOW losses average exactly 2.5 = 12.5x the median.
+    recent = [2.0, -3.0] * (WINDOW // 2) + [2.5] * (WINDOW % 2)
+    verdicts = feed(LossWatch(10.0, 1.0), 0.2, recent)
+    assert all(v is None for v in verdicts[:-1])
+    assert verdicts[-1] is not None and "12.5x" in verdicts[-1] and "median 0.2" in verdicts[-1]
+
+
+@pytest.mark.parametrize("history, recent, factor, floor", [
+    (0.2, 1.9, 10.0, 1.0),   # 9.5x the median: under the factor
+    (0.05, 0.9, 10.0, 1.0),  # 18x, but under the floor: tiny losses have noisy ratios
+    (0.2, 2.5, 0.0, 1.0),    # factor 0 turns the watch off
+])
+def test_no_spike_under_the_factor_under_the_floor_or_switched_off(history, recent, factor,
+                                                                   floor):
+    assert all(v is None for v in feed(LossWatch(factor, floor), history, [recent] * WINDOW))
+
+
+def test_the_watch_judges_only_after_window_plus_history_iterations():
+    watch = LossWatch(10.0, 1.0)
+    early = [watch.update(0.01) for _ in range(HISTORY)]
+    early += [watch.update(1e3) for _ in range(WINDOW - 1)]  # 224 values: no verdict yet
+    assert all(v is None for v in early) and watch.peak == 0.0
+    assert watch.update(1e3) is not None                     # the 225th: judged
+    assert watch.pop_peak() > 1e4 and watch.peak == 0.0
+
+
+def test_a_watch_rebuilt_from_its_state_judges_as_the_original():
+    """What a checkpoint keeps (``state()``) is all a resumed run needs to judge alike."""
+    a = LossWatch(10.0, 1.0)
+    feed(a, 0.3, [0.4] * 10)
+    b = LossWatch(10.0, 1.0, a.state())
+    tail = [0.5, 3.0, 5.0, 8.0] + [9.0] * 20
+    verdicts = [a.update(x) for x in tail]
+    assert verdicts == [b.update(x) for x in tail]
+    assert any(v is not None for v in verdicts)  # the tail does reach a spike
+
+
+def spiked_run(tmp_path, monkeypatch, *overrides):
+    """The tiny preset (batches of 16, checkpoints every 64 images) with data batches 14-16
+    (images 208-256) scaled by 30, and a watch of 3 iterations against the 8 before."""
+    monkeypatch.setattr(divergence, "WINDOW", 3)
+    monkeypatch.setattr(divergence, "HISTORY", 8)
+    cfg = apply_overrides(load_preset("tiny"), ["train.checkpoint_every=64", *overrides])
+    real, calls = runner.data_batch, [0]
+
+    def data_batch(state, stream):
+        calls[0] += 1
+        x = real(state, stream)
+        return x * 30.0 if 14 <= calls[0] <= 16 else x
+
+    monkeypatch.setattr(runner, "data_batch", data_batch)
+    final = runner.run_training(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return final, rows
+
+
+@pytest.mark.slow
+def test_a_loss_spike_far_below_max_abs_loss_is_rolled_back(tmp_path, monkeypatch):
+    final, rows = spiked_run(tmp_path / "on", monkeypatch)
+    events = [r for r in rows if r.get("event") == "recovery"]
+    assert len(events) == 1
+    event = events[0]
+    assert abs(event["loss"]) < 1e4  # max_abs_loss alone would not have stopped it
+    assert event["rolled_back_to"] == 192 and event["checkpoint"] == "latest.pt"
+    assert event["n_images"] in (224, 240, 256) and "median" in event["reason"]
+    assert (final.n_images, final.recoveries, final.lr_scale) == (384, 1, 0.5)
+
+    _, rows_off = spiked_run(tmp_path / "off", monkeypatch, "train.spike_factor=0")
+    assert not [r for r in rows_off if r.get("event") == "recovery"]
