@@ -214,20 +214,30 @@ def fade_table(out: Path) -> list[str]:
 def fade_lines(runs: Sequence[tuple[str, Path]]) -> list[str]:
     """A markdown table of ``fade_ratios`` for each (label, run folder)."""
     lines = ["In-training FID through each fade, scored at the resolution of the stage before:", "",
-             "| run | fade | stage before, last FID | fade (to β = 1), worst pooled FID | ratio |",
-             "|---|---|---|---|---|"]
+             ("| run | fade | stage before, last FID | fade (to β = 1), worst pooled FID | ratio "
+              f"| images after the fade until within {BACK_WITHIN}× |"),
+             "|---|---|---|---|---|---|"]
     for label, run_dir in runs:
-        for coarse, fine, end, worst in fade_ratios(run_dir):
+        for coarse, fine, end, worst, back in fade_ratios(run_dir):
+            after = ("not within the run" if back is None else "—" if back == NOT_SCORED
+                     else f"{back:,}")
             lines.append(f"| {label} | {coarse}² → {fine}² | {end:.1f} | {worst:.1f} "
-                         f"| {worst / end:.2f} |")
+                         f"| {worst / end:.2f} | {after} |")
     return lines
 
 
-def fade_ratios(run_dir: Path) -> list[tuple[int, int, float, float]]:
+BACK_WITHIN = 1.25  # a fade's dip is over once the pooled FID is this close to the stage before
+NOT_SCORED = -1     # runs older than session 9 pooled their samples only during fades
+
+
+def fade_ratios(run_dir: Path) -> list[tuple[int, int, float, float, int | None]]:
     """(coarse resolution, fade resolution, the stage before's last in-training FID, the worst
-    FID of the fade's samples pooled to the coarse resolution, ``eval_fid_coarse``) for every
-    fade of the run that in-training evaluation saw. The fade runs from β = 0 to its first
-    evaluation at β = 1, where the chains start from noise alone for the first time."""
+    FID of the fade's samples pooled to the coarse resolution, ``eval_fid_coarse``, and the
+    images from the fade's end (its first evaluation at β = 1) to the first evaluation pooled
+    within ``BACK_WITHIN`` × the stage before; None if none is, ``NOT_SCORED`` if the run
+    pooled no evaluation after the fade) for every fade of the run that
+    in-training evaluation saw. The fade runs from β = 0 to its first evaluation at β = 1,
+    where the chains start from noise alone for the first time."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if "eval_fid" in line]
     found = []
@@ -240,8 +250,14 @@ def fade_ratios(run_dir: Path) -> list[tuple[int, int, float, float]]:
         before = [r for r in rows if r["eval_resolution"] == coarse
                   and r["n_images"] < during[0]["n_images"] and not _fading(r)]
         if before:
-            found.append((coarse, fade_res, before[-1]["eval_fid"],
-                          max(r["eval_fid_coarse"] for r in during + grown)))
+            end, ends_at = before[-1]["eval_fid"], (grown or during)[-1]["n_images"]
+            after = [r for r in at if r["n_images"] >= ends_at and "eval_fid_coarse" in r]
+            back = [r["n_images"] - ends_at for r in after
+                    if r["eval_fid_coarse"] <= BACK_WITHIN * end][:1]
+            found.append((coarse, fade_res, end,
+                          max(r["eval_fid_coarse"] for r in during + grown),
+                          back[0] if back else
+                          None if any(r["n_images"] > ends_at for r in after) else NOT_SCORED))
     return found
 
 
