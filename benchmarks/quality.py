@@ -36,7 +36,7 @@ from cfebm.growth import growth_at
 from cfebm.metrics.reference import compute_reference
 from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
-from cfebm.viz import save_grid
+from cfebm.viz import read_metrics, save_grid
 
 
 def last_stage_only(preset: str) -> list[str]:
@@ -238,8 +238,7 @@ def fade_ratios(run_dir: Path) -> list[tuple[int, int, float, float, int | None]
     pooled no evaluation after the fade) for every fade of the run that
     in-training evaluation saw. The fade runs from β = 0 to its first evaluation at β = 1,
     where the chains start from noise alone for the first time."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if "eval_fid" in line]
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_fid" in r]
     found = []
     for fade_res in sorted({r["eval_resolution"] for r in rows if _fading(r)}):
         at = [r for r in rows if r["eval_resolution"] == fade_res]

@@ -279,6 +279,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             if (reason := divergence(metrics["loss"], t.max_abs_loss, state.watch)) is not None:
                 state = _recover(state, run_dir, runlog, metrics, reason, last_rollback)
                 bar.n = last_rollback = state.n_images
+                averager = _Averager()  # its iterations belong to the discarded trajectory
                 continue
             averager.add(metrics)
             bar.update(state.n_images - before)

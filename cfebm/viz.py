@@ -59,9 +59,27 @@ def stage_changes(rows: list[dict]) -> list[float]:
     return [a["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
 
 
+def kept_lines(lines: list[dict]) -> list[dict]:
+    """The metrics lines of the trajectory a run kept, in order. A recovery rolls the run back
+    to a checkpoint, so the lines written since that checkpoint (``n_images`` above the event's
+    ``rolled_back_to``) describe a discarded trajectory and are dropped; the events stay."""
+    kept: list[dict] = []
+    for line in lines:
+        if line.get("event") == "recovery":
+            kept = [k for k in kept if "event" in k or k["n_images"] <= line["rolled_back_to"]]
+        kept.append(line)
+    return kept
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The kept lines (``kept_lines``) of a run's ``metrics.jsonl``."""
+    return kept_lines([json.loads(line) for line in Path(path).read_text().splitlines() if line])
+
+
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file,
-    and the in-training FID when the run evaluated (``train.eval_every``)."""
+    and the in-training FID when the run evaluated (``train.eval_every``): the trajectory the
+    run kept (``kept_lines``), with a red line where a recovery rolled it back."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +88,7 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     metrics_path = Path(metrics_path)
     if not metrics_path.exists():
         return None
-    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    lines = read_metrics(metrics_path)
     rows = [r for r in lines if "e_data" in r]  # training rows, not recovery or eval events
     if not rows:
         return None
@@ -90,8 +108,12 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     for ax in axes:
         for s in stage_changes(rows):
             ax.axvline(s, color="gray", linestyle=":", linewidth=1)
+        for r in lines:
+            if r.get("event") == "recovery":
+                ax.axvline(r["rolled_back_to"] / 1000, color="tab:red", linestyle="--",
+                           linewidth=1)
         ax.grid(alpha=0.3)
-    fig.suptitle("cfebm training (dotted lines: stage changes)")
+    fig.suptitle("cfebm training (dotted: stage changes; red dashed: rolled back here)")
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +125,13 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
 def _plot_eval(ax, evals: list[dict]) -> None:
     """In-training FID per resolution; after the first stage also the same samples pooled to
     the resolution of the stage before (hollow), which is what a fade must not lose."""
-    for k, res in enumerate(sorted({r["eval_resolution"] for r in evals})):
+    resolutions = {r["eval_resolution"] for r in evals}
+    resolutions |= {r["eval_coarse_resolution"] for r in evals if "eval_coarse_resolution" in r}
+    for k, res in enumerate(sorted(resolutions)):  # a replayed fade has no evaluation at 8²
         at = [r for r in evals if r["eval_resolution"] == res]
-        ax.plot([r["n_images"] / 1000 for r in at], [r["eval_fid"] for r in at], "o-",
-                color=f"C{k}", label=f"FID at {res}²")
+        if at:
+            ax.plot([r["n_images"] / 1000 for r in at], [r["eval_fid"] for r in at], "o-",
+                    color=f"C{k}", label=f"FID at {res}²")
         pooled = [r for r in evals if r.get("eval_coarse_resolution") == res]
         if pooled:
             ax.plot([r["n_images"] / 1000 for r in pooled], [r["eval_fid_coarse"] for r in pooled],

@@ -114,3 +114,25 @@ def test_a_loss_spike_far_below_max_abs_loss_is_rolled_back(tmp_path, monkeypatc
 
     _, rows_off = spiked_run(tmp_path / "off", monkeypatch, "train.spike_factor=0")
     assert not [r for r in rows_off if r.get("event") == "recovery"]
+
+
+@pytest.mark.slow
+def test_the_first_metrics_row_after_a_rollback_averages_only_iterations_after_it(
+        tmp_path, monkeypatch):
+    """With one metrics row per stage, the spike's iterations are still unlogged when the run
+    rolls back; the final row must average the iterations of the kept trajectory alone."""
+    losses, real_step = [], runner.train_step
+
+    def train_step(state, x_data, *start):
+        metrics = real_step(state, x_data, *start)
+        losses.append((state.n_images, float(metrics["loss"])))
+        return metrics
+
+    monkeypatch.setattr(runner, "train_step", train_step)
+    _, rows = spiked_run(tmp_path, monkeypatch, "train.log_every=1000")
+    event = next(r for r in rows if r.get("event") == "recovery")
+    detected = next(k for k, (n, _) in enumerate(losses) if n == event["n_images"])
+    kept = [loss for _, loss in losses[detected + 1:]]
+    last = [r for r in rows if "e_data" in r][-1]
+    assert last["n_images"] == 384 and len(kept) == (384 - 128) // 16
+    assert last["loss"] == pytest.approx(sum(kept) / len(kept), rel=1e-6)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cfebm.viz import plot_metrics, save_grid, stage_changes
+from cfebm.viz import kept_lines, plot_metrics, save_grid, stage_changes
 
 
 def test_plot_metrics_skips_recovery_and_eval_events(tmp_path):
@@ -41,3 +41,20 @@ def test_stage_lines_sit_where_a_stage_ended_not_at_the_next_log_row():
     rows = [{"n_images": n, "stage": s} for n, s in
             [(2560, 0), (19200, 0), (20480, 1), (64000, 1), (66560, 2), (69120, 2)]]
     assert stage_changes(rows) == [19.2, 64.0]
+
+
+def test_kept_lines_drop_what_a_rollback_discarded():
+    """Lines written after the checkpoint a recovery went back to belong to a trajectory the
+    run threw away; a second recovery further back discards more."""
+    def train(n, tag):
+        return {"n_images": n, "stage": 0, "e_data": 0.0, "e_sample": 0.0, "tag": tag}
+
+    def back(n, to):
+        return {"event": "recovery", "n_images": n, "rolled_back_to": to}
+
+    lines = [train(32, "a"), train(64, "a"), {"n_images": 64, "eval_fid": 9.0, "tag": "a"},
+             train(96, "a"), {"n_images": 96, "eval_fid": 99.0, "tag": "a"}, back(112, 64),
+             train(96, "b"), back(112, 32), train(64, "c")]
+    kept = kept_lines(lines)
+    assert kept == [lines[0], lines[5], lines[7], lines[8]]
+    assert kept_lines(lines[:7]) == lines[:3] + lines[5:7]
