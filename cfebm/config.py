@@ -146,7 +146,7 @@ class TrainConfig:
     channels_last: bool = False      # memory format for convolutions
     compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
     max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
-    spike_factor: float = 20.0       # recent median |loss| above this x the one before; 0 = off
+    spike_factor: float = 30.0       # recent median |loss| above this x the one before; 0 = off
     spike_floor: float = 1.0         # ... if that recent |loss| is also above this (divergence.py)
     max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
     log_every: int = 2_000           # images between metric lines

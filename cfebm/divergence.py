@@ -10,7 +10,7 @@ instead: the median |loss| of the last ``WINDOW`` iterations against the median 
 of 23 among losses of 0.1 happens in healthy runs) is not a divergence; a blow-up, which grows
 for hundreds of iterations, is. The ratio is scale-free (the loss's typical size grows several
 times over from stage to stage, most of it through each fade, where healthy runs reach ratios
-of about 8), and ``train.spike_floor`` keeps tiny losses, whose ratios are noisy, from counting.
+of about 10), and ``train.spike_floor`` keeps tiny losses, whose ratios are noisy, from counting.
 """
 
 from __future__ import annotations
