@@ -172,8 +172,7 @@ def time_to_quality(run_dir: Path, fid: float, resolution: int = 32) -> float | 
     """Minutes of training until the run's in-training FID at ``resolution``, fully grown
     (β = 1), first falls to ``fid`` or below; None if it never does."""
     growth = from_dict(json.loads((run_dir / "config.json").read_text())).growth
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_metrics(run_dir / "metrics.jsonl"):
         if "eval_fid" not in r or r["eval_fid"] > fid:
             continue
         at = growth_at(r["n_images"], growth)  # an evaluation row carries no β
@@ -283,8 +282,7 @@ def plot_curves(out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     markers = {8: "v", 16: "s", 32: "o"}
     for k, (label, run_dir) in enumerate(_main_runs(out, diverged=True)):
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        evals = [json.loads(line) for line in lines if "eval_fid" in line]
+        evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_fid" in r]
         color = f"C{k}"
         ax.plot([e["train_seconds"] / 60 for e in evals], [e["eval_fid"] for e in evals],
                 color=color, label=label)

@@ -38,7 +38,7 @@ from cfebm.growth import growth_at, stage_starts
 from cfebm.metrics.reference import compute_reference
 from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
-from cfebm.viz import save_grid
+from cfebm.viz import read_metrics, save_grid
 
 # The quick start's settings carried to 32² (issue 11's first trial: FID 112 at 30 minutes).
 BASE = [
@@ -251,8 +251,7 @@ def plot_curves(groups: dict[str, list[Path]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for k, (label, runs) in enumerate(groups.items()):
         for i, run in enumerate(runs):
-            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-                    if "eval_fid" in line]
+            rows = [r for r in read_metrics(run / "metrics.jsonl") if "eval_fid" in r]
             ax.plot([r["n_images"] / 1000 for r in rows], [r["eval_fid"] for r in rows],
                     color=f"C{k}", alpha=0.8, marker=".", label=label if i == 0 else None)
     for x, text in ((19.2, "fade into 16²"), (64, "fade into 32²")):
