@@ -105,15 +105,15 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     if evals:
         _plot_eval(axes[2], evals)
     axes[-1].set_xlabel("training images seen (thousands)")
+    rollbacks = [r["rolled_back_to"] / 1000 for r in lines if r.get("event") == "recovery"]
     for ax in axes:
         for s in stage_changes(rows):
             ax.axvline(s, color="gray", linestyle=":", linewidth=1)
-        for r in lines:
-            if r.get("event") == "recovery":
-                ax.axvline(r["rolled_back_to"] / 1000, color="tab:red", linestyle="--",
-                           linewidth=1)
+        for s in rollbacks:
+            ax.axvline(s, color="tab:red", linestyle="--", linewidth=1)
         ax.grid(alpha=0.3)
-    fig.suptitle("cfebm training (dotted: stage changes; red dashed: rolled back here)")
+    fig.suptitle("cfebm training (dotted: stage changes"
+                 + ("; red dashed: rolled back here)" if rollbacks else ")"))
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
