@@ -25,7 +25,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from cfebm.runner import TrainingEval
+from cfebm.loop import TrainingEval
 from cfebm.sampling import (
     coarse_step_count,
     energy_of,

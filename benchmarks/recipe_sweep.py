@@ -35,8 +35,8 @@ from launch import run_parallel
 from cfebm.config import Config, apply_overrides, load_preset
 from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.growth import growth_at, stage_starts
+from cfebm.loop import RunError, run_training
 from cfebm.metrics.reference import compute_reference
-from cfebm.runner import RunError, run_training
 from cfebm.trained import TrainedModel
 from cfebm.viz import read_metrics, save_grid
 

@@ -37,11 +37,11 @@ from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
 from cfebm.checkpoint import read
 from cfebm.data import downsample, to_float
+from cfebm.data.domains import FMNIST_PAIRS, domains, fmnist_classes
 from cfebm.evaluate import at_resolution, make_extractor
 from cfebm.metrics import FMNISTFeatures, kid
 from cfebm.model import count_parameters
 from cfebm.trained import load
-from cfebm.translate_data import FMNIST_PAIRS, domains, fmnist_classes
 
 
 def images(image_set, resolution: int, n: int | None = None) -> torch.Tensor:

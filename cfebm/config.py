@@ -175,7 +175,7 @@ class TrainConfig:
 class TaskConfig:
     """What the model learns. "generate": the images of [data], chains from noise (Algorithm 1).
     "translate" (Sec. 3.3, Eq. 4): the energy of a target domain whose chains start at
-    source-domain images; ``pair`` names domains A and B (``translate_data.PAIRS``; "cyclegan"
+    source-domain images; ``pair`` names domains A and B (``data.domains.PAIRS``; "cyclegan"
     reads ``data.root``), ``direction`` "ab" translates A into B, "ba" B into A. A translation
     run reads ``data.root``, ``limit`` (per domain), ``hflip`` (target images), ``center_crop``
     and ``num_workers`` from [data], never ``data.dataset``: the pair decides the images."""
@@ -189,7 +189,7 @@ class TaskConfig:
                  "task.kind must be 'generate' or 'translate'")
         _require(self.direction in ("ab", "ba"), "task.direction must be 'ab' or 'ba'")
         _require(self.kind == "generate" or bool(self.pair),
-                 "task.kind = 'translate' needs task.pair (see translate_data.PAIRS)")
+                 "task.kind = 'translate' needs task.pair (see cfebm.data.domains.PAIRS)")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``TrainState`` holds everything a run needs to continue exactly: the network, its EMA, the
 optimiser, the number of images seen (the only progress state; stage and β derive from it), the
 random generator and the divergence-recovery record. ``train_step`` is one iteration of
-Algorithm 1; the loop with its files, progress bar and checkpoints lives in ``runner.py``.
+Algorithm 1; the loop with its files, progress bar and checkpoints lives in ``loop.py``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from cfebm.config import Config, SamplerConfig
 from cfebm.data import BatchStream, ImageSet, downsample, load_images, to_float
+from cfebm.data.domains import domains
 from cfebm.distributed import Shard
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
@@ -39,7 +40,6 @@ from cfebm.sampling import (
     langevin_cfg,
     upsample,
 )
-from cfebm.translate_data import domains
 
 
 def translating(cfg: Config) -> bool:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cfebm import cache, data, runner
+from cfebm import data, loop
 from cfebm.cli import main
 from cfebm.config import DataConfig, apply_overrides, load_preset
-from cfebm.data import DataError, load_images
+from cfebm.data import DataError, cache, load_images
 
 
 def folder_of_images(root, n=20, size=(40, 28)):
@@ -114,8 +114,8 @@ def test_training_from_the_cache_equals_training_without_it(tmp_path):
     cfg = load_preset("tiny")
     cache.prepare(cfg.data, tmp_path / "cache", resolution=16, channels=1, progress=False)
     cached_cfg = apply_overrides(cfg, [f"data.cache={tmp_path / 'cache'}"])
-    a = runner.run_training(cfg, tmp_path / "a", stop_at=48, progress=False)
-    b = runner.run_training(cached_cfg, tmp_path / "b", stop_at=48, progress=False)
+    a = loop.run_training(cfg, tmp_path / "a", stop_at=48, progress=False)
+    b = loop.run_training(cached_cfg, tmp_path / "b", stop_at=48, progress=False)
     for key, value in a.net.state_dict().items():
         assert torch.equal(value, b.net.state_dict()[key]), key
 

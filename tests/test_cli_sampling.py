@@ -108,7 +108,7 @@ def test_load_defaults_to_the_ema_on_cpu_and_carries_the_frozen_copies(checkpoin
     """``cfebm.load(path, device="cpu")`` with no other options: the EMA weights, on the CPU, in eval mode, with the
     checkpoint's progress; ``ema=False`` gives the trained weights. A frozen-init checkpoint past
     stage 0 brings its frozen 8² copy along, with the weights stored for it."""
-    from cfebm.runner import run_training
+    from cfebm.loop import run_training
     from cfebm.trained import load
 
     ckpt = torch.load(checkpoint, weights_only=True)

@@ -1,4 +1,4 @@
-"""Tests for cfebm.data and cfebm.datasets: real Fashion-MNIST, generated files in each on-disk
+"""Tests for cfebm.data (images and readers): real Fashion-MNIST, generated files in each on-disk
 format, and pooling to coarse resolutions. Batch streams and pixel conversions are in
 test_data_stream.py."""
 
@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cfebm import datasets
 from cfebm.config import DataConfig
 from cfebm.data import (
     DataError,
     LazyImages,
     downsample,
     load_images,
+    readers,
     to_float,
     to_uint8,
 )
@@ -105,7 +105,7 @@ def test_fashion_mnist_reads_root_before_system_copy(tmp_path):
 
 
 def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="data.download=true"):
         load_images(_cfg(root=str(tmp_path)), split="train", resolution=32, image_channels=1)
@@ -119,7 +119,7 @@ def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
 def test_read_idx_round_trip(tmp_path, name):
     a = np.random.default_rng(1).integers(0, 256, (5, 3, 4), dtype=np.uint8)
     _write_idx(tmp_path / name, a)
-    assert np.array_equal(datasets.read_idx(tmp_path / name), a)
+    assert np.array_equal(readers.read_idx(tmp_path / name), a)
 
 
 @pytest.mark.parametrize("corrupt, message", [
@@ -131,7 +131,7 @@ def test_read_idx_rejects_corrupt_files(tmp_path, corrupt, message):
     _write_idx(tmp_path / "a", np.zeros((2, 3), np.uint8))
     (tmp_path / "a").write_bytes(corrupt((tmp_path / "a").read_bytes()))
     with pytest.raises(DataError, match=message):
-        datasets.read_idx(tmp_path / "a")
+        readers.read_idx(tmp_path / "a")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_folder_center_crop_and_split_subfolders(tmp_path):
 
 
 def test_folder_threads_keep_order_and_bad_file_is_named(image_folder):
-    source = datasets.image_files(str(image_folder), "train", None)
+    source = readers.image_files(str(image_folder), "train", None)
     serial = LazyImages(source, resolution=8, channels=3, name="folder")
     threaded = LazyImages(source, resolution=8, channels=3, name="folder", num_workers=2)
     idx = torch.tensor([3, 0, 2, 0, 1])
@@ -327,7 +327,7 @@ def test_cifar_unpickler_runs_no_code(tmp_path):
     blob = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=2)
     blob = blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     (folder / "test_batch").write_bytes(blob)
-    assert np.array_equal(datasets.read_cifar_batch(folder / "test_batch")[b"data"], data)
+    assert np.array_equal(readers.read_cifar_batch(folder / "test_batch")[b"data"], data)
 
 
 def test_svhn_round_trips_pixels_and_labels(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cfebm import distributed, runner
+from cfebm import distributed, loop
 from cfebm.checkpoint import read
 from cfebm.config import apply_overrides, load_preset
 from cfebm.distributed import DistributedError, Shard
@@ -48,7 +48,7 @@ def _rank(rank: int, world: int, port: int, run_dir: str, extra: list[str]) -> N
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     with distributed.process_group("cpu", Shard(rank, world, rank)) as shard:
-        runner.run_training(tiny(*extra), run_dir, progress=False, shard=shard)
+        loop.run_training(tiny(*extra), run_dir, progress=False, shard=shard)
 
 
 def start_ranks(world: int, run_dir, extra=()) -> list:
@@ -133,7 +133,7 @@ def test_asking_for_cuda_without_it_is_refused_in_one_line():
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     torchrun_cli(2, tmp_path / "two")
-    one = runner.run_training(tiny(), tmp_path / "one", progress=False)
+    one = loop.run_training(tiny(), tmp_path / "one", progress=False)
     two = read(tmp_path / "two" / "checkpoints" / "latest.pt")
     assert two["n_images"] == one.n_images == 384
     assert_close_states(two["model"], one.net.state_dict(), "net")
@@ -151,7 +151,7 @@ def test_in_training_evaluation_shared_by_two_ranks_equals_one_process(tmp_path)
     extra = ["data.dataset=\"fashion_mnist\"", "data.limit=256", "train.eval_every=128",
              "train.eval_n=40", "growth.fade_images=[0, 16]", "growth.stage_images=[128, 32]"]
     join(start_ranks(2, tmp_path / "two", extra))
-    runner.run_training(tiny(*extra), tmp_path / "one", progress=False)
+    loop.run_training(tiny(*extra), tmp_path / "one", progress=False)
 
     def evals(run):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -180,8 +180,8 @@ def test_sigterm_on_one_rank_checkpoints_once_and_resume_on_one_process_continue
     stopped = read(run / "checkpoints" / "latest.pt")["n_images"]
     assert 32 <= stopped < 128 + 4096 and stopped % 16 == 0
     target = stopped + 64
-    resumed = runner.run_training(tiny(*long), run, resume=True, stop_at=target, progress=False)
-    straight = runner.run_training(tiny(*long), tmp_path / "straight", stop_at=target,
+    resumed = loop.run_training(tiny(*long), run, resume=True, stop_at=target, progress=False)
+    straight = loop.run_training(tiny(*long), tmp_path / "straight", stop_at=target,
                                    progress=False)
     assert resumed.n_images == straight.n_images == target
     assert_close_states(resumed.net.state_dict(), straight.net.state_dict(), "net")

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from cfebm import divergence, runner
+from cfebm import divergence, loop
 from cfebm.config import apply_overrides, load_preset
 from cfebm.divergence import HISTORY, WINDOW, LossWatch
 
@@ -88,15 +88,15 @@ def spiked_run(tmp_path, monkeypatch, *overrides):
     monkeypatch.setattr(divergence, "WINDOW", 3)
     monkeypatch.setattr(divergence, "HISTORY", 8)
     cfg = apply_overrides(load_preset("tiny"), ["train.checkpoint_every=1000", *overrides])
-    real, calls = runner.data_batch, [0]
+    real, calls = loop.data_batch, [0]
 
     def data_batch(state, stream):
         calls[0] += 1
         x = real(state, stream)
         return x * 30.0 if 14 <= calls[0] <= 18 else x
 
-    monkeypatch.setattr(runner, "data_batch", data_batch)
-    final = runner.run_training(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(loop, "data_batch", data_batch)
+    final = loop.run_training(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return final, rows
 
@@ -121,14 +121,14 @@ def test_the_first_metrics_row_after_a_rollback_averages_only_iterations_after_i
         tmp_path, monkeypatch):
     """With one metrics row per stage, the spike's iterations are still unlogged when the run
     rolls back; the final row must average the iterations of the kept trajectory alone."""
-    losses, real_step = [], runner.train_step
+    losses, real_step = [], loop.train_step
 
     def train_step(state, x_data, *start):
         metrics = real_step(state, x_data, *start)
         losses.append((state.n_images, float(metrics["loss"])))
         return metrics
 
-    monkeypatch.setattr(runner, "train_step", train_step)
+    monkeypatch.setattr(loop, "train_step", train_step)
     _, rows = spiked_run(tmp_path, monkeypatch, "train.log_every=1000")
     event = next(r for r in rows if r.get("event") == "recovery")
     detected = next(k for k, (n, _) in enumerate(losses) if n == event["n_images"])

@@ -1,6 +1,6 @@
 """Divergence recovery, exact resume and stopping on a signal, checked from the outside.
 
-Each test drives the real ``runner.run_training`` and only intervenes at a known iteration:
+Each test drives the real ``loop.run_training`` and only intervenes at a known iteration:
 it poisons one data batch with NaN (a real divergence: the loss is NaN and Adam writes NaN
 weights), or it delivers SIGINT to the process. What it checks is independent of the recovery
 code's own logging:
@@ -24,7 +24,7 @@ import signal
 import pytest
 import torch
 
-from cfebm import runner
+from cfebm import loop
 from cfebm.checkpoint import read
 from cfebm.config import apply_overrides, load_preset
 
@@ -35,14 +35,14 @@ def tiny(*overrides):
 
 def poison_batch(monkeypatch, call: int) -> None:
     """Make the ``call``-th data batch (1-based) all NaN, after drawing it as usual."""
-    real, calls = runner.data_batch, [0]
+    real, calls = loop.data_batch, [0]
 
     def data_batch(state, stream):
         calls[0] += 1
         x = real(state, stream)
         return x * float("nan") if calls[0] == call else x
 
-    monkeypatch.setattr(runner, "data_batch", data_batch)
+    monkeypatch.setattr(loop, "data_batch", data_batch)
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
@@ -76,7 +76,7 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
     and Adam moments, with new chain noise, and step with lr = schedule lr × 0.5."""
     cfg = tiny("train.ema_decay=0.9")
     poison_batch(monkeypatch, call=10)
-    real_step, seen = runner.train_step, {}
+    real_step, seen = loop.train_step, {}
 
     def train_step(state, x_data):
         seen["calls"] = seen.get("calls", 0) + 1
@@ -96,8 +96,8 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
             seen["lrs"] = [g["lr"] for g in state.optimizer.param_groups]
         return metrics
 
-    monkeypatch.setattr(runner, "train_step", train_step)
-    final = runner.run_training(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(loop, "train_step", train_step)
+    final = loop.run_training(cfg, tmp_path, progress=False)
 
     entry = seen["entry"]
     latest = entry["latest"]
@@ -122,7 +122,7 @@ def test_a_second_divergence_from_the_same_checkpoint_rolls_back_one_further(tmp
     Iteration 12 (144 -> 160 again) diverges before any new checkpoint: latest.pt is suspect,
     so the run goes back to previous.pt (64), with a quarter of the lr."""
     cfg = tiny("train.checkpoint_every=64")
-    real_data_batch, calls, seen = runner.data_batch, [0], {}
+    real_data_batch, calls, seen = loop.data_batch, [0], {}
 
     def data_batch(state, stream):
         calls[0] += 1
@@ -135,8 +135,8 @@ def test_a_second_divergence_from_the_same_checkpoint_rolls_back_one_further(tmp
         x = real_data_batch(state, stream)
         return x * float("nan") if calls[0] in (10, 12) else x
 
-    monkeypatch.setattr(runner, "data_batch", data_batch)
-    final = runner.run_training(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(loop, "data_batch", data_batch)
+    final = loop.run_training(cfg, tmp_path, progress=False)
 
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     events = [(r["n_images"], r["rolled_back_to"], r["checkpoint"]) for r in rows
@@ -160,17 +160,17 @@ def test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run(tmp_path,
     β = 0.75, a frozen 8² copy in use), resume to 384: bitwise the straight run's result."""
     cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
                f"sampler.init={init}")
-    real_data_batch = runner.data_batch
+    real_data_batch = loop.data_batch
     poison_batch(monkeypatch, call=10)
-    straight = runner.run_training(cfg, tmp_path / "a", progress=False)
+    straight = loop.run_training(cfg, tmp_path / "a", progress=False)
 
     poison_batch(monkeypatch, call=10)
-    runner.run_training(cfg, tmp_path / "b", stop_at=176, progress=False)
+    loop.run_training(cfg, tmp_path / "b", stop_at=176, progress=False)
     stopped = read(tmp_path / "b" / "checkpoints" / "latest.pt")
     assert stopped["n_images"] == 176 and (stopped["recoveries"], stopped["lr_scale"]) == (1, 0.5)
     assert len(stopped["coarse"]) == (init == "frozen")
-    monkeypatch.setattr(runner, "data_batch", real_data_batch)  # nothing diverges now
-    resumed = runner.run_training(cfg, tmp_path / "b", resume=True, progress=False)
+    monkeypatch.setattr(loop, "data_batch", real_data_batch)  # nothing diverges now
+    resumed = loop.run_training(cfg, tmp_path / "b", resume=True, progress=False)
 
     assert straight.n_images == 384 and (straight.recoveries, straight.lr_scale) == (1, 0.5)
     assert_same_run(straight, resumed)
@@ -184,7 +184,7 @@ def test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly(tmp_path,
     far = 1_000_000
     cfg = tiny(f"train.checkpoint_every={far}", f"train.log_every={far}",
                f"train.sample_every={far}")
-    real_step, calls = runner.train_step, [0]
+    real_step, calls = loop.train_step, [0]
 
     def train_step(state, x_data):
         calls[0] += 1
@@ -193,18 +193,18 @@ def test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly(tmp_path,
             os.kill(os.getpid(), signal.SIGINT)
         return metrics
 
-    monkeypatch.setattr(runner, "train_step", train_step)
+    monkeypatch.setattr(loop, "train_step", train_step)
     handler = signal.getsignal(signal.SIGINT)
-    stopped = runner.run_training(cfg, tmp_path / "b", progress=False)
+    stopped = loop.run_training(cfg, tmp_path / "b", progress=False)
     assert stopped.n_images == 48 and calls[0] == 3
     saved = read(tmp_path / "b" / "checkpoints" / "latest.pt")
     assert saved["n_images"] == 48
     assert_same_tensors(saved["model"], stopped.net.state_dict(), "model")
 
-    monkeypatch.setattr(runner, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     assert signal.getsignal(signal.SIGINT) is handler  # the run put the old handler back
-    resumed = runner.run_training(cfg, tmp_path / "b", resume=True, stop_at=80, progress=False)
-    straight = runner.run_training(cfg, tmp_path / "a", stop_at=80, progress=False)
+    resumed = loop.run_training(cfg, tmp_path / "b", resume=True, stop_at=80, progress=False)
+    straight = loop.run_training(cfg, tmp_path / "a", stop_at=80, progress=False)
     assert resumed.n_images == straight.n_images == 80
     assert_same_tensors(resumed.net.state_dict(), straight.net.state_dict(), "model")
     assert_same_tensors(resumed.optimizer.state_dict()["state"],

@@ -270,7 +270,7 @@ def test_training_grids_sample_with_the_frozen_coarse_copies(tmp_path):
 
     from cfebm.checkpoint import load_state
     from cfebm.data import to_uint8
-    from cfebm.runner import save_samples
+    from cfebm.loop import save_samples
     from cfebm.training import sample_negatives
 
     run_dir = tmp_path / "run"

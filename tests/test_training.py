@@ -5,8 +5,8 @@ import torch
 
 from cfebm.checkpoint import load_state, read
 from cfebm.config import apply_overrides, load_preset
+from cfebm.loop import RunError, run_training
 from cfebm.model import EnergyNet
-from cfebm.runner import RunError, run_training
 from cfebm.training import cd_loss, new_state, train_step, update_ema
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from test_recovery_resume import assert_same_run, poison_batch
 
-from cfebm import runner
+from cfebm import loop
 from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
 from cfebm.checkpoint import read
@@ -20,12 +20,12 @@ from cfebm.cli import main
 from cfebm.cli.train import translation_runs
 from cfebm.config import apply_overrides, load_preset
 from cfebm.data import downsample, to_float
-from cfebm.datasets import DataError
+from cfebm.data.domains import domains, texture_crops
+from cfebm.data.readers import DataError
 from cfebm.growth import growth_at
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import upsample
 from cfebm.trained import TrainedModel
-from cfebm.translate_data import domains, texture_crops
 from cfebm.translation import training_data, translation_chain
 
 
@@ -156,7 +156,7 @@ def test_texture_directions_are_not_swapped():
 def test_texture_crops_are_pooled_crops_from_their_own_rows():
     from skimage import data as skdata
 
-    from cfebm.translate_data import texture_positions
+    from cfebm.data.domains import texture_positions
 
     image = torch.from_numpy(skdata.gravel()).float()
     for split, (low, high) in (("train", (0, 384)), ("test", (384, 512))):
@@ -173,7 +173,7 @@ def test_texture_crops_are_pooled_crops_from_their_own_rows():
 
 @pytest.mark.fmnist
 def test_fashion_mnist_pair_classes_and_direction():
-    from cfebm.datasets import fashion_mnist
+    from cfebm.data.readers import fashion_mnist
 
     cfg = apply_overrides(load_preset("translate-fmnist"), ["task.direction=ba"])
     d = domains(cfg, "test")
@@ -272,14 +272,14 @@ def test_translation_resume_mid_fade_after_a_recovery_is_bitwise(tmp_path, monke
     """Divergence at iteration 10 (rolled back to 128 images), stop at 176 images (stage 1,
     β = 0.75), resume to the end: bit for bit the straight run, source stream included."""
     cfg = textures("train.ema_decay=0.9", "data.hflip=true", "train.n_grid=16")
-    real = runner.data_batch
+    real = loop.data_batch
     poison_batch(monkeypatch, call=10)
-    straight = runner.run_training(cfg, tmp_path / "a", progress=False)
+    straight = loop.run_training(cfg, tmp_path / "a", progress=False)
     poison_batch(monkeypatch, call=10)
-    runner.run_training(cfg, tmp_path / "b", stop_at=176, progress=False)
+    loop.run_training(cfg, tmp_path / "b", stop_at=176, progress=False)
     assert read(tmp_path / "b" / "checkpoints" / "latest.pt")["n_images"] == 176
-    monkeypatch.setattr(runner, "data_batch", real)
-    resumed = runner.run_training(cfg, tmp_path / "b", resume=True, progress=False)
+    monkeypatch.setattr(loop, "data_batch", real)
+    resumed = loop.run_training(cfg, tmp_path / "b", resume=True, progress=False)
     assert straight.n_images == 384 and straight.recoveries == 1
     assert_same_run(straight, resumed)
     assert (tmp_path / "a" / "samples" / "final.png").is_file()
@@ -293,14 +293,14 @@ def test_translation_negatives_are_chains_from_the_source_stream(tmp_path, monke
                    "growth.fade_images=[0,0]")
     grass = to_float(texture_crops("grass", "train", 16))
     seen = []
-    real = runner.train_step
+    real = loop.train_step
 
     def train_step(state, x_data, start=None):
         seen.append(start)
         return real(state, x_data, start)
 
-    monkeypatch.setattr(runner, "train_step", train_step)
-    runner.run_training(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(loop, "train_step", train_step)
+    loop.run_training(cfg, tmp_path, progress=False)
     assert len(seen) == 4 and seen[0].shape == (16, 1, 8, 8) and seen[-1].shape == (16, 1, 16, 16)
     pooled = downsample(grass, 8)
     assert all(any(torch.equal(row, p) for p in pooled) for row in seen[0][:3])
@@ -312,7 +312,7 @@ def test_cli_translate_writes_what_the_library_computes(tmp_path, capsys):
     from cfebm.trained import load
 
     cfg = textures("train.n_grid=16")
-    runner.run_training(cfg, tmp_path / "run", stop_at=32, progress=False)
+    loop.run_training(cfg, tmp_path / "run", stop_at=32, progress=False)
     ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
     out = tmp_path / "out"
     assert main(["translate", str(ckpt), "--n", "3", "--steps", "2", "--out", str(out),

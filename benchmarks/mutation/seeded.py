@@ -44,7 +44,7 @@ BUGS = {
             [TRUTH + "test_linear_energy_gradient_is_data_mean_minus_sample_mean",
              TRUTH + "test_toy_run_moves_sample_moments_toward_the_data"]),
     "B3": ("rollback rewinds the image count but keeps the diverged weights and Adam state",
-           "cfebm/runner.py",
+           "cfebm/loop.py",
            'state = load_state(run_dir / "checkpoints" / "latest.pt", device=state.device)',
            ('state.n_images = load_state(run_dir / "checkpoints" / "latest.pt", '
             'device=state.device).n_images'),
@@ -53,7 +53,7 @@ BUGS = {
            'group["lr"] = growth.lr * state.lr_scale', 'group["lr"] = growth.lr',
            [TRUTH + "test_update_is_a_descent_step_with_the_schedule_lr_times_lr_scale",
             RESUME + "test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr"]),
-    "B5": ("no reseed of the chain noise after a rollback", "cfebm/runner.py",
+    "B5": ("no reseed of the chain noise after a rollback", "cfebm/loop.py",
            "state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)", "pass",
            [RESUME + "test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr"]),
     "B6": ("resume forgets the frozen coarse copies", "cfebm/checkpoint.py",
@@ -65,7 +65,7 @@ BUGS = {
     "B8": ("resume forgets recoveries", "cfebm/checkpoint.py",
            'state.recoveries = int(ckpt["recoveries"])', "state.recoveries = 0",
            [RESUME + "test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run[noise]"]),
-    "B9": ("the signal handler's checkpoint is not written", "cfebm/runner.py",
+    "B9": ("the signal handler's checkpoint is not written", "cfebm/loop.py",
            ('        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)\n'
             '        save_state(state, run_dir / "checkpoints" / "latest.pt")\n'),
            '        log.warning("stopped by signal %d at %d images", signals[0], state.n_images)\n',

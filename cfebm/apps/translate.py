@@ -32,10 +32,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cfebm import datasets
 from cfebm.apps.chains import Trajectory
 from cfebm.apps.restore import images_of
-from cfebm.data import DataError, downsample, to_float
+from cfebm.data import DataError, downsample, readers, to_float
 from cfebm.sampling import LangevinStep
 from cfebm.trained import TrainedModel
 from cfebm.translation import grid_sources
@@ -169,7 +168,7 @@ def source_images(model: TrainedModel, path: str | Path | None = None,
                 img.load()
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read image {path} ({e})") from e
-        x = datasets.prepare_image(img, mode="L" if model.channels == 1 else "RGB",
+        x = readers.prepare_image(img, mode="L" if model.channels == 1 else "RGB",
                                    resolution=model.resolution)
         return to_float(x[None])
     if not path.is_dir():

@@ -24,8 +24,8 @@ from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.config import ConfigError
 from cfebm.data import DataError
 from cfebm.distributed import DistributedError
+from cfebm.loop import RunError
 from cfebm.metrics.reference import EvalError
-from cfebm.runner import RunError
 
 USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, DistributedError, EvalError,
                RunError, FileNotFoundError)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from cfebm.cache import prepare
 from cfebm.cli.common import FORMATTER
 from cfebm.config import apply_overrides, load_preset, preset_names
+from cfebm.data.cache import prepare
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

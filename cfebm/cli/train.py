@@ -17,8 +17,8 @@ from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
 from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.growth import total_images
+from cfebm.loop import run_training
 from cfebm.model import count_parameters
-from cfebm.runner import run_training
 from cfebm.trained import load
 
 DEFAULT_PRESET = "quickstart"

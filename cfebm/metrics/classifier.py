@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from cfebm.config import DataConfig
 from cfebm.data import load_images, to_float
-from cfebm.datasets import DEBIAN_FASHION_MNIST, read_idx  # noqa: F401 (read_idx: re-exported)
+from cfebm.data.readers import DEBIAN_FASHION_MNIST, read_idx  # noqa: F401 (read_idx: re-exported)
 
 ARCHITECTURE = "fmnist-cnn-v1"   # stored in the weights' metadata; bump when the layers change
 FEATURE_DIM = 128
@@ -103,7 +103,7 @@ def load_classifier(path: str | Path) -> tuple[FMNISTClassifier, dict]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Fashion-MNIST, read through cfebm.data (the IDX reader is ``cfebm.datasets.read_idx``)
+# Fashion-MNIST, read through cfebm.data (the IDX reader is ``cfebm.data.readers.read_idx``)
 
 FMNIST_DEFAULT_ROOT = str(DEBIAN_FASHION_MNIST)   # Debian package dataset-fashion-mnist
 

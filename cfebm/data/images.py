@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from cfebm import datasets
+from cfebm.data import readers
 from cfebm.config import DataConfig
-from cfebm.datasets import DataError
+from cfebm.data.readers import DataError
 from cfebm.sampling import Slice, draw
 
 __all__ = ["DATASETS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
@@ -152,7 +152,7 @@ class LazyImages(ImageSet):
         return len(self.source)
 
     def __getitem__(self, i: int) -> Tensor:
-        return datasets.prepare_image(self.source[int(i)], mode="L" if self.channels == 1 else
+        return readers.prepare_image(self.source[int(i)], mode="L" if self.channels == 1 else
                                       "RGB", resolution=self.resolution,
                                       center_crop=self.center_crop)
 
@@ -198,31 +198,31 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
     if image_channels not in (1, 3):
         raise DataError(f"image_channels must be 1 or 3, got {image_channels!r}")
     if cfg.cache:
-        from cfebm.cache import open_cache  # cache.py builds on this module
+        from cfebm.data.cache import open_cache  # cache.py builds on this module
 
         return open_cache(cfg, split=split, resolution=resolution, channels=image_channels)
     limit = cfg.limit or None  # slicing with None keeps everything
     name, root, download = cfg.dataset, cfg.root, cfg.download
     if name in ("folder", "celeba", "lsun"):
         if name == "folder":
-            source = datasets.image_files(root, split, limit)
-            datasets.check_sizes(source, resolution, cfg.center_crop)
+            source = readers.image_files(root, split, limit)
+            readers.check_sizes(source, resolution, cfg.center_crop)
         elif name == "celeba":
-            source = datasets.celeba(root, download, split, limit)
+            source = readers.celeba(root, download, split, limit)
         else:
-            source = datasets.lsun(root, cfg.subset, split, limit)
+            source = readers.lsun(root, cfg.subset, split, limit)
         return LazyImages(source, resolution=resolution, channels=image_channels, name=name,
                           center_crop=cfg.center_crop, num_workers=cfg.num_workers)
     labels = None
     if name == "fashion_mnist":
-        x, labels = datasets.fashion_mnist(root, download, split, resolution, limit)
+        x, labels = readers.fashion_mnist(root, download, split, resolution, limit)
     elif name == "digits":
-        x, labels = datasets.digits(split, resolution, limit)
+        x, labels = readers.digits(split, resolution, limit)
     elif name in ("cifar10", "cifar100"):
-        x, labels = datasets.cifar(root, download, split, resolution, limit,
+        x, labels = readers.cifar(root, download, split, resolution, limit,
                                    n_classes=10 if name == "cifar10" else 100)
     elif name == "svhn":
-        x, labels = datasets.svhn(root, download, split, resolution, limit)
+        x, labels = readers.svhn(root, download, split, resolution, limit)
     else:
         x = fake_images(split, resolution, image_channels, cfg.limit or 512)
     return TensorImages(_match_channels(x, image_channels), labels, name=name)

@@ -7,7 +7,7 @@ the run goes ("ab": A is the source, B the target; "ba": the reverse). Pairs:
 - ``"cyclegan"``: the folder layout of cat2dog, summer2winter, vangogh2photo, apple2orange and
   selfie2anime, ``data.root`` holding ``trainA``, ``trainB``, ``testA`` and ``testB`` (images
   anywhere below each). Every image is converted to gray or RGB, centre-cropped to a square and
-  resized to the run's resolution with Lanczos (``datasets.prepare_image``), so mixed sizes and
+  resized to the run's resolution with Lanczos (``readers.prepare_image``), so mixed sizes and
   aspect ratios are fine; images smaller than the resolution are refused.
 - ``"sneaker2ankleboot"`` (Fashion-MNIST class 7 → 9), ``"tshirt2dress"`` (0 → 3) and any
   ``"fmnist:K,L"`` (class K → L): the classes of Fashion-MNIST's own train and test splits,
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from cfebm import datasets
+from cfebm.data import readers
 from cfebm.config import Config, DataConfig
-from cfebm.data import ImageSet, LazyImages, TensorImages, _match_channels
-from cfebm.datasets import DataError, resize_uint8
+from cfebm.data.images import ImageSet, LazyImages, TensorImages, _match_channels
+from cfebm.data.readers import DataError, resize_uint8
 
 FMNIST_PAIRS = {"sneaker2ankleboot": (7, 9), "tshirt2dress": (0, 3)}
 TEXTURE_PAIRS = {"grass2gravel": ("grass", "gravel")}
@@ -104,7 +104,7 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
                                                   [:data.limit or None], channels), name=name)
                      for name in TEXTURE_PAIRS[pair])
     classes = fmnist_classes(pair)
-    x, labels = datasets.fashion_mnist(data.root, data.download, split, resolution, None)
+    x, labels = readers.fashion_mnist(data.root, data.download, split, resolution, None)
     out = []
     for k in classes:
         keep = (labels == k).nonzero().squeeze(1)[:data.limit or None]
@@ -117,7 +117,7 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
 # CycleGAN folders
 
 
-def cyclegan_files(data: DataConfig, split: str, domain: str) -> datasets.ImageFiles:
+def cyclegan_files(data: DataConfig, split: str, domain: str) -> readers.ImageFiles:
     """The image files of ``data.root/<split><domain>`` (e.g. ``trainA``), sorted, the first
     ``data.limit`` (0: all)."""
     if not data.root:
@@ -132,17 +132,17 @@ def cyclegan_files(data: DataConfig, split: str, domain: str) -> datasets.ImageF
         raise DataError(f"{folder} is missing: a CycleGAN folder holds trainA, trainB, testA and "
                         f"testB (found: {', '.join(present) or 'no folders'})")
     paths = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in datasets.IMAGE_EXTENSIONS and p.is_file())
+                   if p.suffix.lower() in readers.IMAGE_EXTENSIONS and p.is_file())
     if not paths:
         raise DataError(f"{folder} holds no images "
-                        f"({'/'.join(datasets.IMAGE_EXTENSIONS)})")
-    return datasets.ImageFiles(paths[:data.limit or None])
+                        f"({'/'.join(readers.IMAGE_EXTENSIONS)})")
+    return readers.ImageFiles(paths[:data.limit or None])
 
 
-def cyclegan_images(files: datasets.ImageFiles, data: DataConfig, resolution: int,
+def cyclegan_images(files: readers.ImageFiles, data: DataConfig, resolution: int,
                     channels: int) -> LazyImages:
     """``files`` decoded lazily at ``resolution``; images smaller than it are refused."""
-    datasets.check_sizes(files, resolution, data.center_crop)
+    readers.check_sizes(files, resolution, data.center_crop)
     return LazyImages(files, resolution=resolution, channels=channels,
                       name=str(files.paths[0].parent), center_crop=data.center_crop,
                       num_workers=data.num_workers)

@@ -32,8 +32,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm.config import DataConfig
-from cfebm.data import ImageSet, downsample, load_images, to_float, to_uint8
-from cfebm.datasets import DataError
+from cfebm.data.images import ImageSet, downsample, load_images, to_float, to_uint8
+from cfebm.data.readers import DataError
 
 FORMAT = "cfebm-image-cache-v1"
 CHUNK = 256  # images decoded and written between progress records
