@@ -142,7 +142,8 @@ class TrainConfig:
     energy_reg: float = 0.0          # coefficient of mean(E(data)² + E(samples)²), 0 = off
     ema_decay: float = 0.0           # EMA of parameters for sampling, 0 = off
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "fp32"          # "fp32" or "bf16" (autocast; energies and loss stay fp32)
+    precision: str = "fp32"          # "fp32", "bf16" (autocast; energies and loss stay fp32) or
+    #                                  "auto": bf16 where the device runs it natively (speed.py)
     channels_last: bool = False      # memory format for convolutions
     compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
     max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
@@ -158,7 +159,8 @@ class TrainConfig:
     eval_features: str = "fmnist"    # "fmnist" (Fashion-MNIST classifier) or "inception"
 
     def __post_init__(self):
-        _require(self.precision in ("fp32", "bf16"), "train.precision must be 'fp32' or 'bf16'")
+        _require(self.precision in ("fp32", "bf16", "auto"),
+                 "train.precision must be 'fp32', 'bf16' or 'auto'")
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
         for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):

@@ -54,7 +54,7 @@ from cfebm.growth import Growth, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
 from cfebm.sampling import Slice
-from cfebm.speed import busy_cpu_warning
+from cfebm.speed import busy_cpu_warning, precision_warning
 from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
@@ -252,8 +252,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     if main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
         log.info("%s, %d process(es)", describe_speed(cfg, state.device), shard.world)
-        if (busy := busy_cpu_warning(state.device)) is not None:
-            log.warning(busy)
+        for warning in (precision_warning(cfg.train.precision, state.device),
+                        busy_cpu_warning(state.device)):
+            if warning is not None:
+                log.warning(warning)
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
     runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train

@@ -15,11 +15,15 @@ values a fade takes (tests/test_speed.py counts them).
 
 fp16 is not offered: the Langevin input gradient of a spectrally normalised net in fp16 needs
 loss scaling that no one has shown safe here; bf16 autocast (``train.precision``) is the
-reduced-precision choice.
+reduced-precision choice. ``"auto"`` takes it only where the device computes bf16 natively
+(CUDA with bf16 support; a CPU whose oneDNN build runs bf16 kernels, AVX-512 and newer): on an
+AVX2-only CPU, bf16 is emulated and a training iteration ran 16–70× slower than in fp32
+(benchmarks/RESULTS.md, "bf16 on a CPU without AVX-512").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import statistics
@@ -77,6 +81,37 @@ class CompiledEnergy:
             return self.net(x, beta)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 convolutions and matrix products in hardware."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` on ``device``: "fp32" or "bf16"; "auto" is bf16 where it is native."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast when ``precision`` resolves to bf16 on ``device``, else nothing."""
+    if resolved_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def precision_warning(precision: str, device: torch.device) -> str | None:
+    """A warning when bf16 is asked for by name on a device that can only emulate it."""
+    if precision != "bf16" or native_bf16(device):
+        return None
+    return (f"train.precision = 'bf16' on a {device.type} without native bf16: it is emulated and "
+            "runs many times slower than fp32; use train.precision=auto (or fp32)")
+
+
 def busy_cpu_warning(device: torch.device, samples: int = 5) -> str | None:
     """A warning when other processes are keeping this machine's cores busy now, else None.
 
@@ -112,8 +147,10 @@ def _runnable_tasks() -> int:
 def describe(cfg: Config, device: torch.device) -> str:
     """One line of the speed choices a run makes, printed at its start."""
     t = cfg.train
-    return (f"speed: device {device}, precision {t.precision} "
-            f"({'bf16 autocast, fp32 energies' if t.precision == 'bf16' else 'no autocast'}), "
+    precision = resolved_precision(t.precision, device)
+    asked = f" from {t.precision}" if t.precision != precision else ""
+    return (f"speed: device {device}, precision {precision}{asked} "
+            f"({'bf16 autocast, fp32 energies' if precision == 'bf16' else 'no autocast'}), "
             f"channels_last {t.channels_last}, compile {t.compile} "
             f"({'Langevin energy and its input gradient' if t.compile else 'eager'}), "
             f"{torch.get_num_threads()} CPU threads")

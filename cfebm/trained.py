@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cfebm import __version__
+from cfebm import __version__, speed
 from cfebm.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -110,10 +110,11 @@ class TrainedModel:
         return self
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The precision the model was trained in (bf16 autocast or none)."""
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The precision the model was trained in (bf16 autocast or none). A model trained in
+        bf16 runs in fp32 on a device that could only emulate bf16 (``speed.native_bf16``):
+        many times faster there, and the energies differ only by bf16's rounding."""
+        trained = self.cfg.train.precision
+        return speed.autocast("fp32" if trained == "fp32" else "auto", self.device)
 
     def check_images(self, x: Tensor, what: str = "images") -> None:
         shape = (self.channels, self.resolution, self.resolution)

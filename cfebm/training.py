@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from cfebm import speed
 from cfebm.config import Config, SamplerConfig
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.distributed import Shard
@@ -162,9 +163,7 @@ class TrainState:
                      batch)
 
     def autocast(self) -> AbstractContextManager:
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return speed.autocast(self.cfg.train.precision, self.device)
 
 
 def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
