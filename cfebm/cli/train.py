@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cfebm import __version__, distributed
+from cfebm.budget import fit_schedule
 from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
 from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
@@ -20,6 +21,7 @@ from cfebm.growth import total_images
 from cfebm.loop import run_training
 from cfebm.model import count_parameters
 from cfebm.trained import load
+from cfebm.training import resolve_device
 
 DEFAULT_PRESET = "quickstart"
 
@@ -57,6 +59,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = apply_overrides(cfg, args.set)
     budget = None if args.minutes is None else 60.0 * args.minutes
     with distributed.process_group(cfg.train.device) as shard:  # torchrun: one rank of many
+        if budget is not None and args.fit and not args.dry_run and not (args.resume and latest):
+            cfg = _fitted(cfg, args.minutes, shard)
         run_dir = shard.broadcast(Path(args.run_dir) if args.run_dir  # rank 0 numbers it
                                   else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
         for direction_dir, direction_cfg in translation_runs(cfg, run_dir, args.direction):
@@ -72,6 +76,26 @@ def cmd_train(args: argparse.Namespace) -> None:
                 print(f"trained to {state.n_images} images; samples in "
                       f"{direction_dir / 'samples'}, checkpoint "
                       f"{direction_dir / 'checkpoints' / 'latest.pt'}")
+
+
+def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
+    """``cfg`` with its schedule fitted to ``minutes`` on this machine (``cfebm.budget``); as it
+    is under torchrun (the ranks would time differently) and for translation runs."""
+    if shard.world > 1 or cfg.task.kind != "generate":
+        log.info("--minutes: the schedule is not fitted (%s)",
+                 "several processes" if shard.world > 1 else "translation run")
+        return cfg
+    log.info("--minutes %g: timing one iteration of every stage to fit the schedule", minutes)
+    fitted, f, costs = fit_schedule(cfg, minutes, resolve_device(cfg.train.device))
+    per_stage = ", ".join(f"{r}² {c.grown:.2f} s" for r, c in zip(cfg.growth.resolutions, costs))
+    if f < 1.0:
+        log.warning("the schedule does not fit %g minutes here (%s per iteration): every stage "
+                    "and fade scaled by %.3f to %s images (--no-fit keeps it as it is and "
+                    "stops wherever the time runs out)", minutes, per_stage, f,
+                    list(fitted.growth.stage_images))
+    else:
+        log.info("the schedule fits %g minutes here (%s per iteration)", minutes, per_stage)
+    return fitted
 
 
 def translation_runs(cfg: Config, run_dir: Path, direction: str | None) -> list[tuple[Path, Config]]:
@@ -141,7 +165,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--stop-at", type=count(1), help="stop after this many training images")
     p.add_argument("--minutes", type=float,
-                   help="stop after this many minutes of training iterations (a time budget)")
+                   help="stop after this many minutes of training iterations (a time budget); "
+                        "a new run first times its stages and, if the schedule would not fit, "
+                        "shortens every stage by one factor so that it ends fully grown")
+    p.add_argument("--no-fit", dest="fit", action="store_false",
+                   help="with --minutes: keep the schedule as it is and stop when time runs out")
     p.add_argument("--direction", choices=("ab", "ba", "both"),
                    help="translation presets: translate A into B, B into A, or train both "
                    "models (in RUN_DIR/ab and RUN_DIR/ba); default: the preset's task.direction")

@@ -1,0 +1,103 @@
+"""A preset's schedule fitted to a time budget on this machine (``cfebm train --minutes``).
+
+A preset's stage lengths are sized for a reference machine: ``fmnist32`` fills 30 minutes on
+two AVX-512 cores with native bf16. On a slower machine the same schedule would stop wherever the
+budget ran out, often inside a coarse stage, with no model at the resolution the preset is for
+(two AVX2 cores without bf16 run a 32² iteration about 5× slower; benchmarks/RESULTS.md).
+
+``fit_schedule`` predicts the schedule's time from one timed training iteration per stage and
+phase (mid-fade and grown) and, when the prediction exceeds the budget, scales every stage's
+and every fade's images by one factor f < 1: the run then ends on its finished, fully grown last
+stage, with the recipe's proportions and its learning-rate decay to 0 intact. A schedule that
+fits is left as it is, so on the reference machine a preset trains exactly as measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from cfebm.config import Config, GrowthConfig
+from cfebm.growth import stage_starts
+from cfebm.sampling import init_uniform
+from cfebm.training import new_state, train_step
+
+SLACK = 0.9  # share of the budget the predicted iterations may fill: grids, checkpoints, logs
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Seconds of one training iteration of a stage while its block fades in and once grown."""
+
+    fading: float
+    grown: float
+
+
+def predicted_seconds(growth: GrowthConfig, costs: list[StageCost]) -> float:
+    """Seconds the iterations of ``growth``'s whole schedule take at ``costs`` per iteration."""
+    total = 0.0
+    for batch, fade, images, cost in zip(growth.batch_size, growth.fade_images,
+                                         growth.stage_images, costs):
+        total += fade / batch * cost.fading + (images - fade) / batch * cost.grown
+    return total
+
+
+def scaled(growth: GrowthConfig, f: float) -> GrowthConfig:
+    """``growth`` with every stage's and fade's images times ``f``, in whole batches (at least
+    one batch per stage; a fade keeps at least one batch if it had any)."""
+    def whole(n: int, batch: int, least: int) -> int:
+        return max(least, round(n * f / batch) * batch)
+    stages = [whole(n, b, b) for n, b in zip(growth.stage_images, growth.batch_size)]
+    fades = [min(whole(n, b, b if n else 0), s)
+             for n, b, s in zip(growth.fade_images, growth.batch_size, stages)]
+    return replace(growth, stage_images=tuple(stages), fade_images=tuple(fades))
+
+
+def fit(growth: GrowthConfig, costs: list[StageCost], budget: float) -> tuple[GrowthConfig, float]:
+    """The schedule (and its factor f ≤ 1) whose predicted time fits ``SLACK × budget`` seconds:
+    ``growth`` itself if it fits, else the largest f (to 0.1%) that does."""
+    target = SLACK * budget
+    if predicted_seconds(growth, costs) <= target:
+        return growth, 1.0
+    low, high = 0.0, 1.0
+    while high - low > 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if predicted_seconds(scaled(growth, mid), costs) <= target \
+            else (low, mid)
+    return scaled(growth, low), low
+
+
+def measure(cfg: Config, device: torch.device | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> list[StageCost]:
+    """Time one training iteration of every stage, mid-fade and grown, on a throwaway copy of
+    the run (after one untimed iteration, which allocates). Eager even for ``train.compile``
+    runs (compiling would take minutes): their real iterations are faster, never slower."""
+    cfg = replace(cfg, train=replace(cfg.train, compile=False))
+    state = new_state(cfg, device)
+    starts, costs = stage_starts(cfg.growth), []
+    for s, fade in enumerate(cfg.growth.fade_images):
+        grown = _iteration_seconds(state, min(starts[s] + fade, starts[s + 1] - 1), clock)
+        fading = _iteration_seconds(state, starts[s] + fade // 2, clock) if s and fade else grown
+        costs.append(StageCost(fading, grown))
+    return costs
+
+
+def _iteration_seconds(state, n_images: int, clock: Callable[[], float]) -> float:
+    state.n_images = n_images
+    g, channels = state.growth, state.cfg.model.image_channels
+    x = init_uniform(g.batch_size, channels, g.resolution, device=state.device)
+    train_step(state, x)
+    state.n_images, begin = n_images, clock()
+    train_step(state, x)
+    return clock() - begin
+
+
+def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
+                 ) -> tuple[Config, float, list[StageCost]]:
+    """``cfg`` with its schedule fitted to ``minutes`` of training here; also f and the costs."""
+    costs = measure(cfg, device)
+    growth, f = fit(cfg.growth, costs, 60.0 * minutes)
+    return replace(cfg, growth=growth), f, costs

@@ -1,0 +1,85 @@
+"""Tests for cfebm.budget: a schedule fitted to a time budget from per-iteration costs."""
+
+import json
+from itertools import count
+
+import pytest
+
+from cfebm import budget
+from cfebm.budget import SLACK, StageCost, fit, predicted_seconds, scaled
+from cfebm.checkpoint import read
+from cfebm.cli import main
+from cfebm.config import GrowthConfig, load_preset
+from cfebm.growth import growth_at, total_images
+
+GROWTH = GrowthConfig(resolutions=(8, 16, 32), batch_size=(64, 64, 64), lr=(3e-3, 3e-3, 1e-3),
+                      n_steps=(15, 25, 20), fade_images=(0, 12_800, 12_800),
+                      stage_images=(19_200, 44_800, 83_200), lr_decay="linear")
+COSTS = [StageCost(0.1, 0.1), StageCost(2.6, 2.3), StageCost(7.5, 6.7)]  # seconds per iteration
+
+
+def test_predicted_seconds_counts_each_phase_at_its_cost():
+    # 8²: 300 iterations × 0.1; 16²: 200 fading × 2.6 + 500 × 2.3; 32²: 200 × 7.5 + 1,100 × 6.7
+    expected = 300 * 0.1 + 200 * 2.6 + 500 * 2.3 + 200 * 7.5 + 1_100 * 6.7
+    assert predicted_seconds(GROWTH, COSTS) == pytest.approx(expected)
+
+
+def test_a_schedule_that_fits_is_left_as_it_is():
+    fitted, f = fit(GROWTH, COSTS, budget=predicted_seconds(GROWTH, COSTS) / SLACK + 1)
+    assert (fitted, f) == (GROWTH, 1.0)
+
+
+def test_a_schedule_too_long_is_scaled_to_fill_the_budget():
+    seconds = 1_800.0
+    fitted, f = fit(GROWTH, COSTS, seconds)
+    assert 0 < f < 1
+    assert predicted_seconds(fitted, COSTS) <= SLACK * seconds
+    assert predicted_seconds(scaled(GROWTH, f + 0.01), COSTS) > SLACK * seconds  # the largest f
+    for stage, fade, batch, was_stage, was_fade in zip(
+            fitted.stage_images, fitted.fade_images, fitted.batch_size, GROWTH.stage_images,
+            GROWTH.fade_images):
+        assert stage % batch == 0 and fade % batch == 0 and 0 <= fade <= stage
+        assert stage == pytest.approx(f * was_stage, abs=batch)   # one factor for every stage
+        assert fade == pytest.approx(f * was_fade, abs=batch)
+    assert fitted.resolutions == GROWTH.resolutions and fitted.lr == GROWTH.lr  # only lengths
+    assert growth_at(total_images(fitted), fitted).resolution == 32  # it still grows to the top
+
+
+def test_a_tiny_budget_keeps_one_batch_per_stage_and_every_fade():
+    fitted, _ = fit(GROWTH, COSTS, budget=1.0)
+    assert fitted.stage_images == (64, 64, 64)
+    assert fitted.fade_images == (0, 64, 64)
+
+
+def test_measure_times_every_stage_grown_and_mid_fade():
+    ticks = count()
+    costs = budget.measure(load_preset("tiny"), clock=lambda: float(next(ticks)))
+    # one tick between the two reads of each timed iteration; 8² has no fade, 16² both phases
+    assert costs == [StageCost(1.0, 1.0), StageCost(1.0, 1.0)]
+
+
+@pytest.fixture
+def slow_machine(monkeypatch):
+    """Per-iteration costs of a machine on which the tiny preset takes 240 s."""
+    monkeypatch.setattr(budget, "measure", lambda cfg, device=None: [StageCost(10.0, 10.0)] * 2)
+
+
+def test_train_minutes_fits_the_schedule_and_the_run_ends_fully_grown(slow_machine, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--minutes", "1", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    growth = json.loads((run / "config.json").read_text())["growth"]
+    # 54 s of the 60 fit 5 iterations of 10 s: f ≈ 5/24 of the preset's 24 iterations
+    assert growth["stage_images"] == [32, 48] and growth["fade_images"] == [0, 16]
+    ckpt = read(run / "checkpoints" / "latest.pt")
+    assert ckpt["n_images"] == 80 and ckpt["config"]["growth"]["stage_images"] == [32, 48]
+
+
+def test_no_fit_and_resume_keep_the_schedule(slow_machine, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--minutes", "1", "--no-fit", "--stop-at", "32",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["growth"]["stage_images"] == [128, 256]
+    assert main(["train", "--resume", "--minutes", "1", "--stop-at", "64", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["growth"]["stage_images"] == [128, 256]
