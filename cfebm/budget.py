@@ -25,7 +25,7 @@ from cfebm.growth import stage_starts
 from cfebm.sampling import init_uniform
 from cfebm.training import new_state, train_step
 
-SLACK = 0.9  # share of the budget the predicted iterations may fill: grids, checkpoints, logs
+SLACK = 0.9  # share of the budget a shortened schedule's iterations fill: grids, checkpoints, logs
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,24 @@ def scaled(growth: GrowthConfig, f: float) -> GrowthConfig:
 
 
 def fit(growth: GrowthConfig, costs: list[StageCost], budget: float) -> tuple[GrowthConfig, float]:
-    """The schedule (and its factor f ≤ 1) whose predicted time fits ``SLACK × budget`` seconds:
-    ``growth`` itself if it fits, else the largest f (to 0.1%) that does."""
-    target = SLACK * budget
-    if predicted_seconds(growth, costs) <= target:
+    """The schedule to train in ``budget`` seconds, and its factor f ≤ 1: ``growth`` itself if
+    its predicted time is within the budget, else the largest f (to 0.1%) whose schedule's fits
+    ``SLACK × budget`` (the rest for grids, checkpoints and logs)."""
+    if predicted_seconds(growth, costs) <= budget:
         return growth, 1.0
     low, high = 0.0, 1.0
     while high - low > 1e-3:
         mid = (low + high) / 2
-        low, high = (mid, high) if predicted_seconds(scaled(growth, mid), costs) <= target \
-            else (low, mid)
+        fits = predicted_seconds(scaled(growth, mid), costs) <= SLACK * budget
+        low, high = (mid, high) if fits else (low, mid)
     return scaled(growth, low), low
 
 
 def measure(cfg: Config, device: torch.device | None = None,
             clock: Callable[[], float] = time.perf_counter) -> list[StageCost]:
     """Time one training iteration of every stage, mid-fade and grown, on a throwaway copy of
-    the run (after one untimed iteration, which allocates). Eager even for ``train.compile``
-    runs (compiling would take minutes): their real iterations are faster, never slower."""
-    cfg = replace(cfg, train=replace(cfg.train, compile=False))
+    the run, with its precision and compile settings, after one untimed iteration (which
+    allocates, and compiles: inductor's on-disk cache then serves the run's own compile)."""
     state = new_state(cfg, device)
     starts, costs = stage_starts(cfg.growth), []
     for s, fade in enumerate(cfg.growth.fade_images):

@@ -25,8 +25,12 @@ def test_predicted_seconds_counts_each_phase_at_its_cost():
 
 
 def test_a_schedule_that_fits_is_left_as_it_is():
-    fitted, f = fit(GROWTH, COSTS, budget=predicted_seconds(GROWTH, COSTS) / SLACK + 1)
-    assert (fitted, f) == (GROWTH, 1.0)
+    """Within the budget, even without the slack for grids: a preset trains as measured."""
+    seconds = predicted_seconds(GROWTH, COSTS)
+    for budget_seconds in (seconds / SLACK, seconds + 1):
+        assert fit(GROWTH, COSTS, budget_seconds) == (GROWTH, 1.0)
+    fitted, f = fit(GROWTH, COSTS, seconds - 1)   # over it: shortened to fill SLACK of it
+    assert f < 1 and predicted_seconds(fitted, COSTS) <= SLACK * (seconds - 1)
 
 
 def test_a_schedule_too_long_is_scaled_to_fill_the_budget():
