@@ -87,3 +87,13 @@ def test_no_fit_and_resume_keep_the_schedule(slow_machine, tmp_path):
     assert main(["train", "--resume", "--minutes", "1", "--stop-at", "64", "--run-dir", str(run),
                  "--no-progress"]) == 0
     assert json.loads((run / "config.json").read_text())["growth"]["stage_images"] == [128, 256]
+
+
+def test_an_existing_run_is_refused_before_any_timing(monkeypatch, tmp_path):
+    run, timed = tmp_path / "run", []
+    assert main(["train", "--preset", "tiny", "--stop-at", "16", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    monkeypatch.setattr(budget, "measure", lambda cfg, device=None: timed.append(1) or [])
+    assert main(["train", "--preset", "tiny", "--minutes", "1", "--run-dir", str(run),
+                 "--no-progress"]) == 2
+    assert timed == []

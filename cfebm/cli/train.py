@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = apply_overrides(cfg, args.set)
     budget = None if args.minutes is None else 60.0 * args.minutes
     with distributed.process_group(cfg.train.device) as shard:  # torchrun: one rank of many
-        if budget is not None and args.fit and not args.dry_run and not (args.resume and latest):
+        if budget is not None and args.fit and not args.dry_run and latest is None:
             cfg = _fitted(cfg, args.minutes, shard)
         run_dir = shard.broadcast(Path(args.run_dir) if args.run_dir  # rank 0 numbers it
                                   else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
@@ -86,8 +87,10 @@ def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
                  "several processes" if shard.world > 1 else "translation run")
         return cfg
     log.info("--minutes %g: timing one iteration of every stage to fit the schedule", minutes)
+    begin = time.perf_counter()
     fitted, f, costs = fit_schedule(cfg, minutes, resolve_device(cfg.train.device))
     per_stage = ", ".join(f"{r}² {c.grown:.2f} s" for r, c in zip(cfg.growth.resolutions, costs))
+    per_stage += f"; timed in {time.perf_counter() - begin:.0f} s"
     if f < 1.0:
         log.warning("the schedule does not fit %g minutes here (%s per iteration): every stage "
                     "and fade scaled by %.3f to %s images (--no-fit keeps it as it is and "
