@@ -73,25 +73,38 @@ def fit(growth: GrowthConfig, costs: list[StageCost], budget: float) -> tuple[Gr
 def measure(cfg: Config, device: torch.device | None = None,
             clock: Callable[[], float] = time.perf_counter) -> list[StageCost]:
     """Time one training iteration of every stage, mid-fade and grown, on a throwaway copy of
-    the run, with its precision and compile settings, after one untimed iteration (which
-    allocates, and compiles: inductor's on-disk cache then serves the run's own compile)."""
+    the run, with its precision and compile settings: the fastest of two, after one untimed
+    iteration (which allocates, and compiles: inductor's on-disk cache then serves the run's
+    own compile)."""
     state = new_state(cfg, device)
     starts, costs = stage_starts(cfg.growth), []
-    for s, fade in enumerate(cfg.growth.fade_images):
-        grown = _iteration_seconds(state, min(starts[s] + fade, starts[s + 1] - 1), clock)
-        fading = _iteration_seconds(state, starts[s] + fade // 2, clock) if s and fade else grown
-        costs.append(StageCost(fading, grown))
+    try:
+        for s, fade in enumerate(cfg.growth.fade_images):
+            grown = _iteration_seconds(state, min(starts[s] + fade, starts[s + 1] - 1), clock)
+            fading = (_iteration_seconds(state, starts[s] + fade // 2, clock) if s and fade
+                      else grown)
+            costs.append(StageCost(fading, grown))
+    finally:
+        if cfg.train.compile:
+            # dynamo's recompile limit counts graphs per code object, the throwaway net's too:
+            # without a reset the run's own net would reach it and run eagerly
+            torch._dynamo.reset()
     return costs
 
 
-def _iteration_seconds(state, n_images: int, clock: Callable[[], float]) -> float:
+def _iteration_seconds(state, n_images: int, clock: Callable[[], float], repeats: int = 2) -> float:
+    """The fastest of ``repeats`` timed iterations at ``n_images`` (the fastest: another
+    process's burst only ever slows one down)."""
     state.n_images = n_images
     g, channels = state.growth, state.cfg.model.image_channels
     x = init_uniform(g.batch_size, channels, g.resolution, device=state.device)
     train_step(state, x)
-    state.n_images, begin = n_images, clock()
-    train_step(state, x)
-    return clock() - begin
+    seconds = []
+    for _ in range(repeats):
+        state.n_images, begin = n_images, clock()
+        train_step(state, x)
+        seconds.append(clock() - begin)
+    return min(seconds)
 
 
 def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None

@@ -4,6 +4,7 @@ import json
 from itertools import count
 
 import pytest
+import torch
 
 from cfebm import budget
 from cfebm.budget import SLACK, StageCost, fit, predicted_seconds, scaled
@@ -97,3 +98,33 @@ def test_an_existing_run_is_refused_before_any_timing(monkeypatch, tmp_path):
     assert main(["train", "--preset", "tiny", "--minutes", "1", "--run-dir", str(run),
                  "--no-progress"]) == 2
     assert timed == []
+
+
+def test_timing_a_compiled_run_leaves_the_run_its_own_graphs(monkeypatch):
+    """The throwaway net's graphs count towards dynamo's per-function limit: after timing, the
+    run's net must still compile every resolution instead of running eagerly."""
+    from torch._dynamo.utils import counters
+
+    from cfebm import training
+    from cfebm.config import apply_overrides
+    from cfebm.speed import CompiledEnergy
+
+    monkeypatch.setattr(training, "CompiledEnergy",
+                        lambda net: CompiledEnergy(net, backend="aot_eager"))
+    cfg = apply_overrides(load_preset("tiny"), ["train.compile=true",
+                                                "model.max_resolution=32",
+                                                "growth.resolutions=[8,16,32]",
+                                                "growth.batch_size=[4,4,4]",
+                                                "growth.lr=[1e-3,1e-3,1e-3]",
+                                                "growth.n_steps=[2,2,2]",
+                                                "growth.fade_images=[0,8,8]",
+                                                "growth.stage_images=[8,16,16]"])
+    budget.measure(cfg)
+    counters.clear()
+    run = training.new_state(cfg)
+    for n_images in (0, 12, 16, 28, 32):   # 8², 16² fading and grown, 32² fading and grown
+        run.n_images = n_images
+        g = run.growth
+        before = counters["stats"]["unique_graphs"]
+        training.train_step(run, torch.rand(4, 1, g.resolution, g.resolution) * 2 - 1)
+        assert counters["stats"]["unique_graphs"] > before, f"{g.resolution}² ran eagerly"

@@ -86,18 +86,18 @@ def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
         log.info("--minutes: the schedule is not fitted (%s)",
                  "several processes" if shard.world > 1 else "translation run")
         return cfg
-    log.info("--minutes %g: timing one iteration of every stage to fit the schedule", minutes)
+    log.info("--minutes %g: timing a few iterations of every stage to fit the schedule", minutes)
     begin = time.perf_counter()
     fitted, f, costs = fit_schedule(cfg, minutes, resolve_device(cfg.train.device))
     per_stage = ", ".join(f"{r}² {c.grown:.2f} s" for r, c in zip(cfg.growth.resolutions, costs))
-    per_stage += f"; timed in {time.perf_counter() - begin:.0f} s"
+    per_stage += f" per iteration, timed in {time.perf_counter() - begin:.0f} s"
     if f < 1.0:
-        log.warning("the schedule does not fit %g minutes here (%s per iteration): every stage "
+        log.warning("the schedule does not fit %g minutes here (%s): every stage "
                     "and fade scaled by %.3f to %s images (--no-fit keeps it as it is and "
                     "stops wherever the time runs out)", minutes, per_stage, f,
                     list(fitted.growth.stage_images))
     else:
-        log.info("the schedule fits %g minutes here (%s per iteration)", minutes, per_stage)
+        log.info("the schedule fits %g minutes here (%s)", minutes, per_stage)
     return fitted
 
 
