@@ -58,7 +58,7 @@ def scaled(growth: GrowthConfig, f: float) -> GrowthConfig:
 
 def fit(growth: GrowthConfig, costs: list[StageCost], budget: float) -> tuple[GrowthConfig, float]:
     """The schedule to train in ``budget`` seconds, and its factor f ≤ 1: ``growth`` itself if
-    its predicted time is within the budget, else the largest f (to 0.1%) whose schedule's fits
+    its predicted time is within the budget, else the largest f (to 0.1%) whose schedule fits
     ``SLACK × budget`` (the rest for grids, checkpoints and logs)."""
     if predicted_seconds(growth, costs) <= budget:
         return growth, 1.0
