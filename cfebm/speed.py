@@ -17,13 +17,14 @@ fp16 is not offered: the Langevin input gradient of a spectrally normalised net 
 loss scaling that no one has shown safe here; bf16 autocast (``train.precision``) is the
 reduced-precision choice. ``"auto"`` takes it only where the device computes bf16 natively
 (CUDA with bf16 support; a CPU whose oneDNN build runs bf16 kernels, AVX-512 and newer): on an
-AVX2-only CPU, bf16 is emulated and a training iteration ran 16–70× slower than in fp32
-(benchmarks/RESULTS.md, "bf16 on a CPU without AVX-512").
+AVX2-only CPU, bf16 is emulated and a training iteration ran 10–15× slower than in fp32
+(benchmarks/RESULTS.md, "A CPU without AVX-512").
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import statistics
@@ -81,8 +82,10 @@ class CompiledEnergy:
             return self.net(x, beta)
 
 
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 convolutions and matrix products in hardware."""
+    """Whether ``device`` runs bf16 convolutions and matrix products in hardware (asked once
+    per device: ``autocast`` calls it at every energy evaluation of a Langevin chain)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

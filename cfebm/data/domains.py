@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from cfebm.data import readers
 from cfebm.config import Config, DataConfig
+from cfebm.data import readers
 from cfebm.data.images import ImageSet, LazyImages, TensorImages, _match_channels
 from cfebm.data.readers import DataError, resize_uint8
 

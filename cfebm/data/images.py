@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from cfebm.data import readers
 from cfebm.config import DataConfig
+from cfebm.data import readers
 from cfebm.data.readers import DataError
 from cfebm.sampling import Slice, draw
 
