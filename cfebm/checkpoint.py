@@ -85,6 +85,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "n_images": state.n_images,
         "recoveries": state.recoveries,
         "lr_scale": state.lr_scale,
+        "rolled_back_to": state.rolled_back_to,
         "loss_watch": state.watch.state(),
         "train_seconds": state.train_seconds,
         "model": state.net.state_dict(),
@@ -167,6 +168,7 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     state.n_images = int(ckpt["n_images"])
     state.recoveries = int(ckpt["recoveries"])
     state.lr_scale = float(ckpt["lr_scale"])
+    state.rolled_back_to = ckpt.get("rolled_back_to")
     state.watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor,
                             [float(v) for v in ckpt.get("loss_watch", [])])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))

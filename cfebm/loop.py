@@ -196,16 +196,20 @@ def save_latest(state: TrainState, run_dir: Path) -> None:
     save_state(state, latest)
 
 
-def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict, reason: str,
-             last_rollback: int | None) -> TrainState:
+def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
+             reason: str) -> TrainState:
     """Roll back to the last checkpoint with half the learning rate and fresh sampler noise
     (``reason``: why the loss says the run diverged, ``divergence.divergence``).
 
-    When the run diverges again from the checkpoint the last recovery loaded (``last_rollback``
-    images, no checkpoint written since), that checkpoint was most likely written after the
-    divergence had begun (an energy blow-up grows over hundreds of iterations before |loss|
-    passes ``train.max_abs_loss``), so this rollback goes one checkpoint further back, to
-    ``previous.pt``, which then also becomes ``latest.pt``.
+    When the run diverges again from the checkpoint the last recovery loaded
+    (``state.rolled_back_to`` images, no checkpoint written since), that checkpoint was most
+    likely written after the divergence had begun (an energy blow-up grows over hundreds of
+    iterations before |loss| passes ``train.max_abs_loss``), so this rollback goes one
+    checkpoint further back, to ``previous.pt``.
+
+    The rolled-back state (its lr scale, recovery count, reseeded chains and where it came
+    from) is written over ``latest.pt`` at once, so a run killed before its next checkpoint
+    resumes as if it had never stopped.
     """
     cfg, shard = state.cfg, state.shard
     if state.recoveries >= cfg.train.max_recoveries:
@@ -215,15 +219,15 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict, re
     failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
     latest = source = run_dir / "checkpoints" / "latest.pt"
     device, state = state.device, load_state(latest, state.device, shard)
-    if state.n_images == last_rollback and latest.with_name("previous.pt").exists():
+    if state.n_images == state.rolled_back_to and latest.with_name("previous.pt").exists():
         source = latest.with_name("previous.pt")
         state = load_state(source, device, shard)
-    shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
-    if source != latest and shard.is_main:
-        keep_as(source, latest)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
-    state.train_seconds = seconds
+    state.train_seconds, state.rolled_back_to = seconds, state.n_images
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
+    shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
+    if shard.is_main:
+        save_state(state, latest)
     runlog.write({"event": "recovery", "n_images": failed_at, "rolled_back_to": state.n_images,
                   "checkpoint": source.name, "loss": metrics["loss"], "reason": reason,
                   "lr_scale": lr_scale, "recoveries": recoveries})
@@ -268,7 +272,6 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     if state.n_images == 0 and main:
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
     budget, stop = math.inf if time_budget is None else time_budget, False
-    last_rollback: int | None = None  # images of the checkpoint the last recovery loaded
     with _stop_on_signals() as signals:
         while state.n_images < end and state.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
@@ -279,8 +282,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
             state.train_seconds += seconds
             if (reason := divergence(metrics["loss"], t.max_abs_loss, state.watch)) is not None:
-                state = _recover(state, run_dir, runlog, metrics, reason, last_rollback)
-                bar.n = last_rollback = state.n_images
+                state = _recover(state, run_dir, runlog, metrics, reason)
+                bar.n = state.n_images
                 averager = _Averager()  # its iterations belong to the discarded trajectory
                 continue
             averager.add(metrics)

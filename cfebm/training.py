@@ -131,6 +131,7 @@ class TrainState:
     n_images: int = 0
     recoveries: int = 0      # divergences rolled back so far
     lr_scale: float = 1.0    # halved at each recovery
+    rolled_back_to: int | None = None  # images of the checkpoint the last recovery loaded
     # The recent losses that tell a spike (divergence.py); new_state sets the config's.
     watch: LossWatch = field(default_factory=lambda: LossWatch(0.0, 0.0))
     train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)

@@ -80,6 +80,8 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
 
     def train_step(state, x_data):
         seen["calls"] = seen.get("calls", 0) + 1
+        if seen["calls"] == 10:  # the iteration that diverges
+            seen["checkpoint"] = read(tmp_path / "checkpoints" / "latest.pt")
         if seen["calls"] == 11:  # the first iteration after the rollback
             seen["entry"] = {
                 "n_images": state.n_images, "lr_scale": state.lr_scale,
@@ -99,16 +101,20 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
     monkeypatch.setattr(loop, "train_step", train_step)
     final = loop.run_training(cfg, tmp_path, progress=False)
 
-    entry = seen["entry"]
-    latest = entry["latest"]
-    assert latest["n_images"] == 128 and entry["n_images"] == 128
+    entry, checkpoint = seen["entry"], seen["checkpoint"]
+    assert checkpoint["n_images"] == 128 and entry["n_images"] == 128
     assert (entry["recoveries"], entry["lr_scale"]) == (1, 0.5)
-    assert_same_tensors(entry["model"], latest["model"], "model")
-    assert_same_tensors(entry["ema"], latest["ema"], "ema")
-    assert_same_tensors(entry["adam"], latest["optimizer"]["state"], "adam")
+    assert_same_tensors(entry["model"], checkpoint["model"], "model")
+    assert_same_tensors(entry["ema"], checkpoint["ema"], "ema")
+    assert_same_tensors(entry["adam"], checkpoint["optimizer"]["state"], "adam")
     assert all(torch.isfinite(v).all() for v in entry["model"].values())
     # Replaying the checkpoint's chain noise would repeat the draw that diverged.
-    assert not torch.equal(entry["generator"], latest["generator"])
+    assert not torch.equal(entry["generator"], checkpoint["generator"])
+    # latest.pt now holds the rolled-back state itself, so a crash here loses nothing.
+    latest = entry["latest"]
+    assert (latest["n_images"], latest["recoveries"], latest["lr_scale"]) == (128, 1, 0.5)
+    assert torch.equal(entry["generator"], latest["generator"])
+    assert_same_tensors(entry["model"], latest["model"], "model")
     assert seen["lrs"] == [cfg.growth.lr[entry["growth"].stage] * 0.5] * len(seen["lrs"])
     # The run then finishes at the schedule's end with the halved rate.
     assert final.n_images == 384 and (final.recoveries, final.lr_scale) == (1, 0.5)
@@ -150,6 +156,50 @@ def test_a_second_divergence_from_the_same_checkpoint_rolls_back_one_further(tmp
     ckpts = tmp_path / "checkpoints"
     assert (read(ckpts / "latest.pt")["n_images"], read(ckpts / "previous.pt")["n_images"]) == (
         384, 320)
+
+
+class Crash(Exception):
+    """A process dying between two checkpoints (a kill -9 or a power cut): nothing is saved."""
+
+
+@pytest.mark.slow
+def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tmp_path,
+                                                                               monkeypatch):
+    """The previous test's two divergences, but the process dies in the first iteration after
+    the first rollback, before any new checkpoint. Resumed, the second divergence must still
+    be recognised as one from the checkpoint just rolled back to (so: previous.pt, lr × ¼),
+    and the run must end bitwise where the uninterrupted one does."""
+    cfg = tiny("train.checkpoint_every=64", "train.ema_decay=0.9")
+    real_data_batch = loop.data_batch
+
+    def poisoned(nan_calls, crash_call=None):
+        calls = [0]
+
+        def data_batch(state, stream):
+            calls[0] += 1
+            if calls[0] == crash_call:
+                raise Crash
+            x = real_data_batch(state, stream)
+            return x * float("nan") if calls[0] in nan_calls else x
+        return data_batch
+
+    monkeypatch.setattr(loop, "data_batch", poisoned({10, 12}))
+    straight = loop.run_training(cfg, tmp_path / "a", progress=False)
+
+    monkeypatch.setattr(loop, "data_batch", poisoned({10}, crash_call=11))
+    with pytest.raises(Crash):
+        loop.run_training(cfg, tmp_path / "b", progress=False)
+    # resumed at 128 images: its 2nd iteration is 144 -> 160 again, and diverges again
+    monkeypatch.setattr(loop, "data_batch", poisoned({2}))
+    resumed = loop.run_training(cfg, tmp_path / "b", resume=True, progress=False)
+
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text()
+            .splitlines()]
+    events = [(r["n_images"], r["rolled_back_to"], r["checkpoint"], r["lr_scale"]) for r in rows
+              if r.get("event") == "recovery"]
+    assert events == [(160, 128, "latest.pt", 0.5), (160, 64, "previous.pt", 0.25)]
+    assert (straight.recoveries, straight.lr_scale) == (2, 0.25)
+    assert_same_run(straight, resumed)
 
 
 @pytest.mark.slow
