@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--coarse-steps", choices=("scaled", "full"), default=None,
                         help="the smooth start's coarse chain (sampler.coarse_steps); "
                              "default: the checkpoint's")
+    parser.add_argument("--fine-energy-scale", type=float, default=1.0,
+                        help="multiply the stand-in fine energy E_r(avgpool(x)) by this")
     args = parser.parse_args()
 
     model = load(args.checkpoint, ema=False)
@@ -61,7 +63,7 @@ def main() -> None:
     coarse = energy_of(model.net, 1.0, model.autocast)
 
     def fine(x: torch.Tensor) -> torch.Tensor:  # the grown net at β = 0
-        return coarse(F.avg_pool2d(x, 2))
+        return args.fine_energy_scale * coarse(F.avg_pool2d(x, 2))
 
     def fine_chain_pooled(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The fade's chain at 2r from ``x``, pooled back to r."""

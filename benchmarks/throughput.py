@@ -38,8 +38,10 @@ from cfebm.training import new_state, sampling_schedule, train_step
 
 MODES = {  # mode: config overrides
     "fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],
+    "fp32-cl": ["train.precision=fp32", "train.channels_last=true", "train.compile=false"],
     "bf16": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
     "compile": ["train.precision=fp32", "train.channels_last=false", "train.compile=true"],
+    "compile-cl": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
     "bf16-compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
 }
 
