@@ -40,6 +40,7 @@ from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import Generator, LangevinStep, Streams, langevin_cfg
 from cfebm.training import resolve_device, sample_negatives, sampling_schedule
+from cfebm.translation import translation_chain
 
 EXPORT_FORMAT = "cfebm-export-v1"
 PRETRAINED = {"fmnist32": "fmnist32.safetensors"}   # name -> file in cfebm/weights/
@@ -146,8 +147,8 @@ class TrainedModel:
         self, n: int | None = None, *, start: Tensor | None = None, steps: int | None = None,
         noise: float | None = None, mask: Tensor | None = None, seed: int = 0,
         generator: torch.Generator | None = None, cascade: bool = False,
-        callback: Callable[[LangevinStep], None] | None = None, batch_size: int = 250,
-        progress: bool = False,
+        translation: bool = False, callback: Callable[[LangevinStep], None] | None = None,
+        batch_size: int = 250, progress: bool = False,
     ) -> Iterator[Tensor]:
         """Langevin chains of the model, batch by batch: (B, C, R, R) in [−1, 1] each.
 
@@ -164,7 +165,12 @@ class TrainedModel:
                 ``batch_size`` (up to the float round-off of convolutions of another size).
                 ``generator`` instead runs everything as one batch from it.
             cascade: from noise, through every coarse stage in turn (A.8).
-            callback: sees every Langevin step of every batch.
+            translation: with ``start``, the chain of a translation run (Sec. 3.3) as trained:
+                for a model stopped mid-fade, first the coarse chain from the pooled start,
+                upsampled and blended with the start by β (``translation.translation_chain``);
+                for a fully grown model the same as without. Takes no ``mask``.
+            callback: sees every Langevin step of every batch (with ``translation`` mid-fade,
+                the coarse chain's steps at R/2 first).
             batch_size: chains per batch (rounded up to a multiple of 50).
             progress: show a progress bar.
         """
@@ -176,6 +182,8 @@ class TrainedModel:
             self.check_images(start, "start")
             if mask is not None:
                 _check_mask(mask, start)
+                if translation:
+                    raise ValueError("translation chains take no mask")
             total = len(start)
         else:
             if mask is not None:
@@ -190,7 +198,8 @@ class TrainedModel:
             for begin, size, gen in chunks:
                 if start is not None:
                     rows = mask if mask is None or len(mask) == 1 else mask[begin:begin + size]
-                    x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback)
+                    x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback,
+                                    translation)
                 else:
                     x = self._from_noise(size, steps, noise, gen, cascade, callback)
                 bar.update(size)
@@ -205,12 +214,17 @@ class TrainedModel:
             yield begin, size, Streams.for_chains(seed, begin, size, self.device)
 
     def _chain(self, start: Tensor, steps: int | None, noise: float | None, mask: Tensor | None,
-               generator: Generator, callback) -> Tensor:
-        steps = self.growth.n_steps if steps is None else steps
-        mask = None if mask is None else mask.to(self.device)
+               generator: Generator, callback, translation: bool = False) -> Tensor:
+        start = start.to(self.device)
         with frozen(self.net):  # the spectral-norm weights are computed once for the chain
-            return langevin_cfg(self.energy, start.to(self.device), steps, self.cfg.sampler,
-                                eta0=noise, generator=generator, mask=mask,
+            if translation:
+                return translation_chain(self.net, self.growth, start, self.cfg.sampler,
+                                         generator=generator, autocast=self.autocast,
+                                         steps=steps, eta0=noise, callback=callback)
+            return langevin_cfg(self.energy, start,
+                                self.growth.n_steps if steps is None else steps,
+                                self.cfg.sampler, eta0=noise, generator=generator,
+                                mask=None if mask is None else mask.to(self.device),
                                 callback=callback)
 
     def _from_noise(self, n: int, steps: int | None, noise: float | None,

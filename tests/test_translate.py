@@ -88,6 +88,29 @@ def test_training_chain_coarse_steps_follow_the_sampler_option(coarse_steps, exp
     assert sizes == expected   # ⌊4·(1−0.25)⌋ = 3 coarse steps, or all 4
 
 
+def test_a_mid_fade_model_translates_with_its_training_chain():
+    """A model stopped at β = ¼ translates as it trained: with no coarse steps and no fine ones
+    the output is the closed-form blend; with steps, the training chain from the same seeds,
+    and the saliency and the recorded states stay at the model's resolution."""
+    blend = tiny_model(textures("growth.n_steps=[0,0]"), n_images=128 + 16)
+    x = sources()
+    expected = 0.75 * upsample(downsample(x, 8)) + 0.25 * x
+    torch.testing.assert_close(translate.translate(blend, x, steps=0).output, expected,
+                               rtol=0, atol=1e-6)
+
+    model = tiny_model(textures("growth.n_steps=[3,2]"), n_images=128 + 16)
+    out = model.sample(start=x, translation=True, generator=torch.Generator().manual_seed(5))
+    with frozen(model.net):
+        chain = translation_chain(model.net, model.growth, x, model.cfg.sampler,
+                                  generator=torch.Generator().manual_seed(5))
+    assert torch.equal(out, chain)
+    result = translate.translate(model, x, every=1)
+    assert result.saliency.shape == (6, 1, 16, 16) and result.saliency.amax() > 0
+    assert {tuple(s.shape[-2:]) for s in result.trajectory.states} == {(16, 16)}
+    with pytest.raises(ValueError, match="mask"):
+        model.sample(start=x, translation=True, mask=torch.ones(1, 1, 16, 16))
+
+
 # ------------------------------------------------------------------------------------------------
 # Saliency maps
 

@@ -105,6 +105,11 @@ def translate(model: TrainedModel, source: Tensor, *, steps: int | None = None,
               progress: bool = False) -> Translation:
     """Translate ``source`` (N, C, R, R) in [−1, 1] with the model's chain and measure saliency.
 
+    The chain is the one the model trained with (``translation.translation_chain``): for a model
+    stopped mid-fade, a coarse chain from the pooled source blended with it by β comes first,
+    and the saliency and trajectory cover the steps at full resolution that follow. With a
+    ``mask`` the chain starts at the source itself.
+
     Args:
         steps, noise, seed, batch_size, progress: as ``TrainedModel.sample_batches``.
         saliency: "gradient" (Σ_t ∇E(y_t), the paper's) or "change" (Σ_t |y_{t+1} − y_t|).
@@ -120,6 +125,8 @@ def translate(model: TrainedModel, source: Tensor, *, steps: int | None = None,
     begin, outputs, totals = 0, [], []
 
     def callback(step: LangevinStep) -> None:
+        if step.x.shape[-1] != model.resolution:  # a mid-fade model's coarse start
+            return
         if step.i == 0:  # a new batch of chains starts
             size = len(step.x)
             rows = None if mask is None or len(mask) == 1 else mask[begin:begin + size]
@@ -129,7 +136,8 @@ def translate(model: TrainedModel, source: Tensor, *, steps: int | None = None,
         trajectory(step)
 
     for x in model.sample_batches(start=source, steps=steps, noise=noise, mask=mask, seed=seed,
-                                  batch_size=batch_size, callback=callback, progress=progress):
+                                  translation=mask is None, batch_size=batch_size,
+                                  callback=callback, progress=progress):
         if trajectory.recording:
             trajectory.finish(x)
         totals.append(torch.zeros_like(x) if meter.total is None else meter.total)  # 0 steps
