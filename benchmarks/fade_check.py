@@ -11,10 +11,16 @@ as it is (the grown net's new block untrained, so E(x) = E_r(avgpool(x)) stands 
 ⌊T(1−β)⌋ coarse steps from U(−1, 1) (T with ``--coarse-steps full``), upsampling, mixing with
 β·U, then ``--fine-steps`` steps, pooled back to r. What this loses against β = 0 is the
 sampler's share of a fade's dip; the rest of the dip in training is the new block's.
+``--start-noise`` chooses the noise (``sampler.start_noise``), and ``--fine-energy-scale`` k
+multiplies the stand-in energy (k times the step size at 2r: through the pooling each fine
+pixel sees a quarter of the coarse gradient, so k = 4 moves the pooled image as the coarse
+chain would).
 
     python benchmarks/fade_check.py runs/t9d/cf-ebm/checkpoints/stage1-16x16.pt --fine-steps 20
     python benchmarks/fade_check.py runs/f32-T20/checkpoints/stage1-16x16.pt --fine-steps 20 \
         --betas 0.25 0.5 0.75 0.9
+    python benchmarks/fade_check.py runs/f32/checkpoints/stage0-8x8.pt --fine-steps 25 \
+        --betas 1 --start-noise nested --fine-energy-scale 4
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from cfebm.loop import TrainingEval
 from cfebm.sampling import (
     coarse_step_count,
     energy_of,
-    init_uniform,
+    init_noise,
     langevin_cfg,
     smooth_init,
     upsample,
@@ -51,14 +57,20 @@ def main() -> None:
     parser.add_argument("--coarse-steps", choices=("scaled", "full"), default=None,
                         help="the smooth start's coarse chain (sampler.coarse_steps); "
                              "default: the checkpoint's")
+    parser.add_argument("--start-noise", choices=("uniform", "nested"), default=None,
+                        help="the chains' start noise (sampler.start_noise); default: the "
+                             "checkpoint's")
     parser.add_argument("--fine-energy-scale", type=float, default=1.0,
-                        help="multiply the stand-in fine energy E_r(avgpool(x)) by this")
+                        help="multiply the stand-in fine energy E_r(avgpool(x)) by this (a step "
+                             "size that many times larger at 2r)")
     args = parser.parse_args()
 
     model = load(args.checkpoint, ema=False)
     cfg = model.cfg
     sampler = dataclasses.replace(cfg.sampler, coarse_steps=args.coarse_steps or
-                                  cfg.sampler.coarse_steps)
+                                  cfg.sampler.coarse_steps,
+                                  start_noise=args.start_noise or cfg.sampler.start_noise)
+    first = model.growth.cascade[0][0]
     r, steps, channels = model.resolution, model.growth.n_steps, model.channels
     coarse = energy_of(model.net, 1.0, model.autocast)
 
@@ -67,15 +79,15 @@ def main() -> None:
 
     def fine_chain_pooled(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The fade's chain at 2r from ``x``, pooled back to r."""
-        y = langevin_cfg(fine, x, args.fine_steps, cfg.sampler, generator=generator)
+        y = langevin_cfg(fine, x, args.fine_steps, sampler, generator=generator)
         return F.avg_pool2d(y.detach(), 2)
 
     sizes = [min(args.batch, args.n - start) for start in range(0, args.n, args.batch)]
     generator = torch.Generator().manual_seed(args.seed)
     before, after = [], []
     for n in sizes:
-        x = init_uniform(n, channels, r, generator=generator)
-        x = langevin_cfg(coarse, x, steps, cfg.sampler, generator=generator).detach()
+        x = init_noise(n, channels, r, sampler.start_noise, first=first, generator=generator)
+        x = langevin_cfg(coarse, x, steps, sampler, generator=generator).detach()
         before.append(x)
         after.append(fine_chain_pooled(upsample(x), generator))
     score = TrainingEval(cfg, torch.device("cpu")).score
@@ -86,7 +98,8 @@ def main() -> None:
     for beta in args.betas:
         generator = torch.Generator().manual_seed(args.seed)
         pooled = [fine_chain_pooled(smooth_init(coarse, n, channels, 2 * r, beta, steps,
-                                                sampler, generator=generator), generator)
+                                                sampler, first=first, generator=generator),
+                                    generator)
                   for n in sizes]
         n_coarse = coarse_step_count(steps, beta, sampler.coarse_steps)
         print(f"β = {beta:g}: {n_coarse} coarse steps, mix, {args.fine_steps} at {2 * r}², "

@@ -98,6 +98,11 @@ class SamplerConfig:
     # Steps of the coarse chain in the smooth start. "scaled": ⌊T(s−1)·(1−β)⌋ (Alg. 1, the
     # authors' train_v0); "full": T(s−1) at every β (the authors' train_multi and earlier v0).
     coarse_steps: str = "scaled"
+    # The noise chains start from. "uniform": U(−1, 1) at the chain's resolution (Alg. 1 and 2).
+    # "nested": noise whose 2× average pooling is the noise of the resolution below, down to
+    # U(−1, 1) at the first resolution (sampling.init_noise): a grown net's coarse part then
+    # sees the start it trained from.
+    start_noise: str = "uniform"
     # Where chains start. "noise": U(−1, 1) at the current resolution (Alg. 1 and 2 of the paper).
     # "cascade": U(−1, 1) at the first resolution, then each stage's T(s) steps at every
     # resolution up to the current one, all by the same expanding net (authors' v0
@@ -111,6 +116,8 @@ class SamplerConfig:
         _require(self.noise_schedule in NOISE_SCHEDULES,
                  f"sampler.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}")
         _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
+        _require(self.start_noise in ("uniform", "nested"),
+                 "sampler.start_noise must be 'uniform' or 'nested'")
         _require(self.coarse_steps in ("scaled", "full"),
                  "sampler.coarse_steps must be 'scaled' or 'full'")
         _require(self.init in ("noise", "cascade", "frozen"),

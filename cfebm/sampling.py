@@ -141,6 +141,40 @@ def init_uniform(
     return draw(torch.rand, shape, generator, device) * 2.0 - 1.0
 
 
+def init_noise(
+    n: int, channels: int, resolution: int, kind: str = "uniform", *, first: int | None = None,
+    generator: Generator = None, device: torch.device | str = "cpu",
+) -> Tensor:
+    """Initial chain states from noise, (n, channels, r, r) in [−1, 1] (``sampler.start_noise``).
+
+    "uniform" (Algorithms 1 and 2): U(−1, 1) at r. "nested": noise whose 2× average pooling is
+    exactly the nested noise of the resolution below, down to U(−1, 1) at ``first`` (the first
+    stage's resolution). With c = up(x_{r/2}) and u ~ U(−1, 1) at r,
+
+        x_r = c + (1 − |c|) · (u − up(pool(u))) / 1.5.
+
+    The detail u − up(pool(u)) averages to 0 over every 2×2 block and lies in [−1.5, 1.5], and
+    its weight is constant over each block, so pool(x_r) = x_{r/2} and x_r stays in [−1, 1].
+    Why: the coarse part of a grown net sees its input through 2× pooling, and U(−1, 1) at r
+    pools to noise of half the spread of U(−1, 1) at r/2, a start the coarse stage never trained
+    from; nested noise pools to the very noise it did.
+    """
+    if kind == "uniform":
+        return init_uniform(n, channels, resolution, generator=generator, device=device)
+    if kind != "nested":
+        raise ValueError(f"unknown start noise {kind!r}; choose 'uniform' or 'nested'")
+    if first is None or resolution < first or resolution % first:
+        raise ValueError(f"nested noise at {resolution}x{resolution} needs the first stage's "
+                         f"resolution, got {first}")
+    x, r = init_uniform(n, channels, first, generator=generator, device=device), first
+    while r < resolution:
+        r *= 2
+        u = init_uniform(n, channels, r, generator=generator, device=device)
+        c = upsample(x)
+        x = c + (1.0 - c.abs()) * (u - upsample(F.avg_pool2d(u, 2))) / 1.5
+    return x
+
+
 # ------------------------------------------------------------------------------------------------
 # Langevin dynamics (Eq. 3)
 
@@ -263,20 +297,25 @@ def coarse_step_count(n_steps_coarse: int, beta: float, mode: str = "scaled") ->
 
 def smooth_init(
     coarse_energy: Energy, n: int, channels: int, resolution: int, beta: float,
-    n_steps_coarse: int, cfg: SamplerConfig, *, generator: Generator = None,
-    device: torch.device | str = "cpu", callback: Callable[[LangevinStep], None] | None = None,
+    n_steps_coarse: int, cfg: SamplerConfig, *, first: int | None = None,
+    generator: Generator = None, device: torch.device | str = "cpu",
+    callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
     """Initial states for the grown energy at ``resolution`` during a fade (Algorithm 1).
 
     Runs ``coarse_step_count`` Langevin steps (⌊T(s−1)·(1−β)⌋ by default) of the coarse energy
-    from U(−1, 1) at resolution/2, upsamples 2×, and mixes with fresh uniform noise by β.
-    Returns (n, channels, r, r).
+    from noise at resolution/2, upsamples 2×, and mixes with fresh noise by β; both noises are
+    ``cfg.start_noise`` (``init_noise``; ``first``: the first stage's resolution, which
+    "nested" needs). Returns (n, channels, r, r).
     """
-    x = init_uniform(n, channels, resolution // 2, generator=generator, device=device)
-    x = langevin_cfg(coarse_energy, x, coarse_step_count(n_steps_coarse, beta, cfg.coarse_steps),
-                     cfg, generator=generator, callback=callback)
-    noise = init_uniform(n, channels, resolution, generator=generator, device=device)
-    x = mix_with_noise(upsample(x), noise, beta, cfg.mix)
+    def noise(r: int) -> Tensor:
+        return init_noise(n, channels, r, cfg.start_noise, first=first, generator=generator,
+                          device=device)
+
+    x = langevin_cfg(coarse_energy, noise(resolution // 2),
+                     coarse_step_count(n_steps_coarse, beta, cfg.coarse_steps), cfg,
+                     generator=generator, callback=callback)
+    x = mix_with_noise(upsample(x), noise(resolution), beta, cfg.mix)
     return x.clamp(-1.0, 1.0) if cfg.clamp else x
 
 

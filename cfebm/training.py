@@ -31,6 +31,7 @@ from cfebm.sampling import (
     cascade,
     draw,
     energy_of,
+    init_noise,
     init_uniform,
     langevin_cfg,
     smooth_init,
@@ -84,10 +85,11 @@ def sample_negatives(
                        generator=generator, callback=callback)
     if growth.fading and cfg.smooth:
         x = smooth_init(energy_of(net, 1.0, autocast), n, channels, growth.resolution, beta,
-                        growth.n_steps_coarse, cfg, generator=generator, device=device,
-                        callback=callback)
+                        growth.n_steps_coarse, cfg, first=growth.cascade[0][0],
+                        generator=generator, device=device, callback=callback)
     else:
-        x = init_uniform(n, channels, growth.resolution, generator=generator, device=device)
+        x = init_noise(n, channels, growth.resolution, cfg.start_noise,
+                       first=growth.cascade[0][0], generator=generator, device=device)
     return langevin_cfg(last, x, schedule[0][1], cfg, eta0=eta0, generator=generator,
                         callback=callback)
 

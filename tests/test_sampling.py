@@ -5,7 +5,7 @@ import weakref
 import pytest
 import torch
 
-from cfebm.config import ModelConfig, SamplerConfig
+from cfebm.config import ConfigError, ModelConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
@@ -13,6 +13,7 @@ from cfebm.sampling import (
     cascade,
     coarse_step_count,
     energy_of,
+    init_noise,
     init_uniform,
     langevin,
     langevin_cfg,
@@ -161,13 +162,15 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
         return net(x, beta)
 
     counting_net.cfg = net.cfg
-    fading = Growth(1, 16, 0.25, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8, cascade=())
+    fading = Growth(1, 16, 0.25, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8,
+                    cascade=((8, 8), (16, 4)))
     with frozen(net):
         x = sample_negatives(counting_net, fading, 2, cfg, generator=torch.Generator())
     assert x.shape == (2, 1, 16, 16)
     assert steps == [(8, 1.0)] * 6 + [(16, 0.25)] * 4   # ⌊8·(1−0.25)⌋ = 6 coarse steps
     steps.clear()
-    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8, cascade=())
+    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=4, n_steps_coarse=8,
+                    cascade=((8, 8), (16, 4)))
     with frozen(net):
         sample_negatives(counting_net, grown, 2, cfg, generator=torch.Generator())
     assert steps == [(16, 1.0)] * 4
@@ -176,6 +179,54 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
         sample_negatives(counting_net, fading, 2, dataclasses.replace(cfg, coarse_steps="full"),
                          generator=torch.Generator())
     assert steps == [(8, 1.0)] * 8 + [(16, 0.25)] * 4   # T(s−1) = 8 at every β
+
+
+def test_nested_noise_pools_to_the_uniform_noise_of_the_first_resolution():
+    """Its first draw is U(−1, 1) at the first resolution; every 2×2 block (at 16²) or 4×4
+    block (at 32²) averages exactly to that draw's pixel, and every value lies in [−1, 1]."""
+    for r in (16, 32):
+        x = init_noise(64, 1, r, "nested", first=8, generator=torch.Generator().manual_seed(3))
+        coarse = init_uniform(64, 1, 8, generator=torch.Generator().manual_seed(3))
+        k = r // 8
+        blocks = x.unfold(2, k, k).unfold(3, k, k)          # (N, C, 8, 8, k, k)
+        assert x.abs().max() <= 1 and x.std() > coarse.std()  # the blocks are not flat
+        torch.testing.assert_close(blocks.mean((-2, -1)), coarse, rtol=0, atol=1e-6)
+    assert torch.equal(init_noise(4, 1, 8, "nested", first=8,
+                                  generator=torch.Generator().manual_seed(1)),
+                       init_uniform(4, 1, 8, generator=torch.Generator().manual_seed(1)))
+
+
+def test_nested_noise_keeps_its_coarse_spread_where_uniform_noise_loses_it():
+    """Pooled to 8², U(−1, 1) at 32² has std 0.577/4 (means of 16 draws); nested noise keeps
+    the std of U(−1, 1) at 8², 1/√3."""
+    g = torch.Generator().manual_seed(0)
+    pooled = {kind: torch.nn.functional.avg_pool2d(
+        init_noise(256, 1, 32, kind, first=8, generator=g), 4).std().item()
+        for kind in ("uniform", "nested")}
+    assert abs(pooled["uniform"] - 1 / math.sqrt(3) / 4) < 0.01
+    assert abs(pooled["nested"] - 1 / math.sqrt(3)) < 0.01
+
+
+def test_start_noise_reaches_both_starts_of_the_training_chains():
+    """With no Langevin steps a grown model's negatives are the start noise itself, and a
+    fading model's mixing noise is too (β = 1 at the coarse chain's end keeps none of it)."""
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    cfg = SamplerConfig(start_noise="nested")
+    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=0, n_steps_coarse=0,
+                   cascade=((8, 0), (16, 0)))
+    with frozen(net):
+        x = sample_negatives(net, grown, 3, cfg, generator=torch.Generator().manual_seed(2))
+        start = smooth_init(net, 3, 1, 16, 1.0, 0, cfg, first=8,
+                            generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    assert torch.equal(x, init_noise(3, 1, 16, "nested", first=8, generator=g))
+    g = torch.Generator().manual_seed(2)
+    init_noise(3, 1, 8, "nested", first=8, generator=g)     # the coarse chain's start
+    assert torch.equal(start, init_noise(3, 1, 16, "nested", first=8, generator=g))
+    with pytest.raises(ValueError, match="first stage"):
+        init_noise(1, 1, 16, "nested", first=None)
+    with pytest.raises(ConfigError, match="start_noise"):
+        SamplerConfig(start_noise="gaussian")
 
 
 def test_coarse_step_count():
