@@ -226,7 +226,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     state.train_seconds, state.rolled_back_to = seconds, state.n_images
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
-    if shard.is_main:
+    if shard.is_main:  # not save_latest: previous.pt stays the checkpoint before this one
         save_state(state, latest)
     runlog.write({"event": "recovery", "n_images": failed_at, "rolled_back_to": state.n_images,
                   "checkpoint": source.name, "loss": metrics["loss"], "reason": reason,

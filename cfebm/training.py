@@ -83,13 +83,14 @@ def sample_negatives(
         x = init_uniform(n, channels, schedule[0][0], generator=generator, device=device)
         return cascade(energies, x, [t for _, t in schedule], cfg, eta0=eta0,
                        generator=generator, callback=callback)
+    first = growth.cascade[0][0]  # the first stage's resolution, where nested noise begins
     if growth.fading and cfg.smooth:
         x = smooth_init(energy_of(net, 1.0, autocast), n, channels, growth.resolution, beta,
-                        growth.n_steps_coarse, cfg, first=growth.cascade[0][0],
-                        generator=generator, device=device, callback=callback)
+                        growth.n_steps_coarse, cfg, first=first, generator=generator,
+                        device=device, callback=callback)
     else:
-        x = init_noise(n, channels, growth.resolution, cfg.start_noise,
-                       first=growth.cascade[0][0], generator=generator, device=device)
+        x = init_noise(n, channels, growth.resolution, cfg.start_noise, first=first,
+                       generator=generator, device=device)
     return langevin_cfg(last, x, schedule[0][1], cfg, eta0=eta0, generator=generator,
                         callback=callback)
 
