@@ -6,16 +6,19 @@ budget ran out, often inside a coarse stage, with no model at the resolution the
 (two AVX2 cores without bf16 run a 32² iteration about 5× slower; benchmarks/RESULTS.md).
 
 ``fit_schedule`` predicts the schedule's time from one timed training iteration per stage and
-phase (mid-fade and grown) and, when the prediction exceeds the budget, scales every stage's
-and every fade's images by one factor f < 1: the run then ends on its finished, fully grown last
-stage, with the recipe's proportions and its learning-rate decay to 0 intact. A schedule that
-fits is left as it is, so on the reference machine a preset trains exactly as measured.
+phase (mid-fade and grown). When the prediction exceeds the budget it first keeps the recipe's
+iterations and halves every stage's batch (and so its images), down to ``MIN_BATCH``, timing
+each halving; if even that does not fit, it scales every stage's and every fade's images by one
+factor f < 1. The run then ends on its finished, fully grown last stage, with the recipe's
+proportions and its learning-rate decay to 0 intact. A schedule that fits is left as it is, so
+on the reference machine a preset trains exactly as measured.
 
-One factor for all stages was measured against an equal share of the time for each stage, which
-keeps the cheap coarse stages whole and cuts the last one most. For 30 minutes of ``fmnist32``
-on two AVX2 cores the single factor scored FMNIST-FID 170.4 against 186.2: the last stage's
-iterations are worth more than whole coarse stages (benchmarks/RESULTS.md, "Where a short
-budget's images go").
+Both choices were measured on two AVX2 cores, 30 minutes of ``fmnist32``, one seed each
+(benchmarks/RESULTS.md, "Where a short budget's images go"). Smaller batches with more
+iterations for the same time: FMNIST-FID 130.3 at batch 16 and 137.5 at 32 against 170.4 at
+the recipe's 64. One factor for all stages against an equal share of the time for each stage
+(which keeps the cheap coarse stages whole and cuts the last one most): 170.4 against 186.2,
+so the last stage's iterations are worth more than whole coarse stages.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from cfebm.sampling import init_uniform
 from cfebm.training import new_state, train_step
 
 SLACK = 0.9  # share of the budget a shortened schedule's iterations fill: grids, checkpoints, logs
+MIN_BATCH = 16  # the smallest batch a fitted schedule halves a stage's batch to
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,30 @@ def _iteration_seconds(state, n_images: int, clock: Callable[[], float], repeats
     return min(seconds)
 
 
+def halved(growth: GrowthConfig) -> GrowthConfig | None:
+    """``growth`` with every stage's batch, images and fade halved: the recipe's iterations on
+    half the images. None if a batch would fall below ``MIN_BATCH``."""
+    if min(growth.batch_size) < 2 * MIN_BATCH:
+        return None
+    def half(values: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(v // 2 for v in values)
+    return replace(growth, batch_size=half(growth.batch_size),
+                   stage_images=half(growth.stage_images), fade_images=half(growth.fade_images))
+
+
 def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
                  ) -> tuple[Config, float, list[StageCost]]:
-    """``cfg`` with its schedule fitted to ``minutes`` of training here; also f and the costs."""
+    """``cfg`` with its schedule fitted to ``minutes`` of training here; also f and the costs
+    (per iteration of the fitted schedule's batches).
+
+    A schedule too long for the budget first keeps its iterations and halves its batches, to
+    ``MIN_BATCH`` at the least (timing each halving); only then does ``fit`` shorten every
+    stage by one factor: with a budget this short, updates are worth more than images per
+    update (the module's docstring has the measurement)."""
+    budget = 60.0 * minutes
     costs = measure(cfg, device)
-    growth, f = fit(cfg.growth, costs, 60.0 * minutes)
+    while predicted_seconds(cfg.growth, costs) > budget and (smaller := halved(cfg.growth)):
+        cfg = replace(cfg, growth=smaller)
+        costs = measure(cfg, device)
+    growth, f = fit(cfg.growth, costs, budget)
     return replace(cfg, growth=growth), f, costs

@@ -1,6 +1,7 @@
 """Tests for cfebm.budget: a schedule fitted to a time budget from per-iteration costs."""
 
 import json
+from dataclasses import replace
 from itertools import count
 
 import pytest
@@ -10,7 +11,7 @@ from cfebm import budget
 from cfebm.budget import SLACK, StageCost, fit, predicted_seconds, scaled
 from cfebm.checkpoint import read
 from cfebm.cli import main
-from cfebm.config import GrowthConfig, load_preset
+from cfebm.config import Config, GrowthConfig, load_preset
 from cfebm.growth import growth_at, total_images
 
 GROWTH = GrowthConfig(resolutions=(8, 16, 32), batch_size=(64, 64, 64), lr=(3e-3, 3e-3, 1e-3),
@@ -61,6 +62,49 @@ def test_measure_times_every_stage_grown_and_mid_fade():
     costs = budget.measure(load_preset("tiny"), clock=lambda: float(next(ticks)))
     # one tick between the two reads of each timed iteration; 8² has no fade, 16² both phases
     assert costs == [StageCost(1.0, 1.0), StageCost(1.0, 1.0)]
+
+
+def test_halving_keeps_every_stage_s_iterations_on_half_the_images():
+    authors = replace(GROWTH, batch_size=(256, 128, 64))
+    half = budget.halved(authors)
+    assert half.batch_size == (128, 64, 32)
+    assert half.stage_images == (9_600, 22_400, 41_600) and half.fade_images == (0, 6_400, 6_400)
+    iterations = [n // b for n, b in zip(authors.stage_images, authors.batch_size)]
+    assert [n // b for n, b in zip(half.stage_images, half.batch_size)] == iterations
+    assert min(budget.halved(half).batch_size) == budget.MIN_BATCH
+    assert budget.halved(budget.halved(half)) is None   # (32, 16, 8): below MIN_BATCH
+
+
+def _timed_at_batch(timed):
+    """A machine whose iterations cost 0.1 s + 0.01 s per image, whatever the stage."""
+    def measure(cfg, device=None):
+        timed.append(cfg.growth.batch_size)
+        return [StageCost(0.1 + 0.01 * b, 0.1 + 0.01 * b) for b in cfg.growth.batch_size]
+    return measure
+
+
+@pytest.mark.parametrize("minutes, batches, shortened", [
+    (100.0, [(64, 64, 64)], False),                           # the recipe fits: as it is
+    (20.0, [(64, 64, 64), (32, 32, 32)], False),              # batch 32 runs all its iterations
+    (5.0, [(64, 64, 64), (32, 32, 32), (16, 16, 16)], True),  # batch 16, then one factor
+])
+def test_a_slow_machine_halves_the_batches_before_it_shortens_the_stages(
+        monkeypatch, minutes, batches, shortened):
+    # 2,300 iterations: 1,702 s at batch 64, 966 s at 32 and 598 s at 16
+    timed = []
+    monkeypatch.setattr(budget, "measure", _timed_at_batch(timed))
+    cfg, f, costs = budget.fit_schedule(Config(growth=GROWTH), minutes)
+    assert timed == batches                              # each halving timed anew
+    growth = cfg.growth
+    assert growth.batch_size == batches[-1] and costs == budget.measure(cfg)
+    assert (f < 1) == shortened
+    assert predicted_seconds(growth, costs) <= 60 * minutes
+    iterations = [n // b for n, b in zip(growth.stage_images, growth.batch_size)]
+    recipe = [n // b for n, b in zip(GROWTH.stage_images, GROWTH.batch_size)]
+    if shortened:
+        assert iterations == [pytest.approx(f * i, abs=1) for i in recipe]
+    else:
+        assert iterations == recipe
 
 
 @pytest.fixture

@@ -91,10 +91,13 @@ def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
     fitted, f, costs = fit_schedule(cfg, minutes, resolve_device(cfg.train.device))
     per_stage = ", ".join(f"{r}² {c.grown:.2f} s" for r, c in zip(cfg.growth.resolutions, costs))
     per_stage += f" per iteration, timed in {time.perf_counter() - begin:.0f} s"
-    if f < 1.0:
-        log.warning("the schedule does not fit %g minutes here (%s): every stage "
-                    "and fade scaled by %.3f to %s images (--no-fit keeps it as it is and "
-                    "stops wherever the time runs out)", minutes, per_stage, f,
+    batches = fitted.growth.batch_size
+    if f < 1.0 or batches != cfg.growth.batch_size:
+        log.warning("the schedule does not fit %g minutes here (%s at batch %s): batches %s "
+                    "-> %s (the recipe's iterations on fewer images), then every stage and fade "
+                    "scaled by %.3f to %s images (--no-fit keeps it as it is and stops wherever "
+                    "the time runs out)", minutes, per_stage, list(batches),
+                    list(cfg.growth.batch_size), list(batches), f,
                     list(fitted.growth.stage_images))
     else:
         log.info("the schedule fits %g minutes here (%s)", minutes, per_stage)
@@ -170,7 +173,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float,
                    help="stop after this many minutes of training iterations (a time budget); "
                         "a new run first times its stages and, if the schedule would not fit, "
-                        "shortens every stage by one factor so that it ends fully grown")
+                        "halves its batches (to 16) and then shortens every stage by one "
+                        "factor, so that it ends fully grown")
     p.add_argument("--no-fit", dest="fit", action="store_false",
                    help="with --minutes: keep the schedule as it is and stop when time runs out")
     p.add_argument("--direction", choices=("ab", "ba", "both"),
