@@ -123,10 +123,7 @@ def halved(growth: GrowthConfig) -> GrowthConfig | None:
     half the images. None if a batch would fall below ``MIN_BATCH``."""
     if min(growth.batch_size) < 2 * MIN_BATCH:
         return None
-    def half(values: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(v // 2 for v in values)
-    return replace(growth, batch_size=half(growth.batch_size),
-                   stage_images=half(growth.stage_images), fade_images=half(growth.fade_images))
+    return scaled(replace(growth, batch_size=tuple(b // 2 for b in growth.batch_size)), 0.5)
 
 
 def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
