@@ -24,6 +24,7 @@ alone writes the files above, and a signal on any rank stops all of them after t
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -169,7 +170,20 @@ def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = Non
     if state.cfg.model != cfg.model:
         raise RunError(f"cannot resume {run_dir} with a different [model] section")
     state.cfg = cfg
+    match_ema(state)
     return state
+
+
+def match_ema(state: TrainState) -> None:
+    """Give a resumed state the EMA its (possibly overridden) config asks for: one started now,
+    at the current weights, when ``train.ema_decay`` was switched on; none when switched off."""
+    if state.cfg.train.ema_decay > 0 and state.ema is None:
+        log.info("train.ema_decay %g: starting the EMA at the current weights",
+                 state.cfg.train.ema_decay)
+        state.ema = copy.deepcopy(state.net).requires_grad_(False)
+    elif state.cfg.train.ema_decay == 0 and state.ema is not None:
+        log.info("train.ema_decay 0: dropping the run's EMA; the trained weights sample")
+        state.ema = None
 
 
 def save_samples(state: TrainState, path: Path, growth: Growth | None = None) -> Path:
@@ -223,6 +237,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
         source = latest.with_name("previous.pt")
         state = load_state(source, device, shard)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
+    match_ema(state)
     state.train_seconds, state.rolled_back_to = seconds, state.n_images
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt

@@ -259,3 +259,25 @@ def test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly(tmp_path,
     assert_same_tensors(resumed.net.state_dict(), straight.net.state_dict(), "model")
     assert_same_tensors(resumed.optimizer.state_dict()["state"],
                         straight.optimizer.state_dict()["state"], "adam")
+
+
+def test_an_ema_switched_on_at_resume_starts_at_the_weights_it_resumes_from(tmp_path):
+    """Resuming with ``train.ema_decay`` newly set starts the EMA at the checkpoint's weights:
+    one iteration later it is decay·w(32) + (1 − decay)·w(48), parameter by parameter; set to
+    0 on a later resume, the EMA is dropped and the trained weights sample."""
+    loop.run_training(tiny("train.ema_decay=0"), tmp_path, stop_at=32, progress=False)
+    before = read(tmp_path / "checkpoints" / "latest.pt")
+    assert before["ema"] is None
+    decay = 0.9
+    state = loop.run_training(tiny(f"train.ema_decay={decay}"), tmp_path, resume=True,
+                              stop_at=48, progress=False)
+    assert state.ema is not None and state.n_images == 48
+    after = dict(state.net.named_parameters())
+    for name, p_ema in state.ema.named_parameters():
+        expected = decay * before["model"][name] + (1 - decay) * after[name].detach()
+        torch.testing.assert_close(p_ema, expected, msg=name)
+    assert read(tmp_path / "checkpoints" / "latest.pt")["ema"] is not None
+
+    state = loop.run_training(tiny("train.ema_decay=0"), tmp_path, resume=True, stop_at=64,
+                              progress=False)
+    assert state.ema is None and state.sampling_net() is state.net
