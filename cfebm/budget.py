@@ -17,10 +17,9 @@ Both choices were measured on two AVX2 cores, 30 minutes of ``fmnist32``
 (benchmarks/RESULTS.md, "Smaller batches for a short budget" and "Where a short budget's
 images go"). Smaller batches with more iterations for the same time: FMNIST-FID 130.3 and
 101.8 at batch 16 (seeds 0 and 1) and 137.5 at 32 against 170.4 and 157.5 at the recipe's 64.
-One factor for all stages against
-an equal share of the time for each stage (which keeps the cheap coarse stages whole and cuts
-the last one most): 170.4 against 186.2, so the last stage's iterations are worth more than
-whole coarse stages.
+One factor for all stages against an equal share of the time for each stage (which keeps the
+cheap coarse stages whole and cuts the last one most): 170.4 against 186.2 (one seed), so the
+last stage's iterations are worth more than whole coarse stages.
 """
 
 from __future__ import annotations
