@@ -24,7 +24,6 @@ alone writes the files above, and a signal on any rank stops all of them after t
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -60,6 +59,7 @@ from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
     data_batch,
+    match_ema,
     new_state,
     sample_negatives,
     train_step,
@@ -172,18 +172,6 @@ def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = Non
     state.cfg = cfg
     match_ema(state)
     return state
-
-
-def match_ema(state: TrainState) -> None:
-    """Give a resumed state the EMA its (possibly overridden) config asks for: one started now,
-    at the current weights, when ``train.ema_decay`` was switched on; none when switched off."""
-    if state.cfg.train.ema_decay > 0 and state.ema is None:
-        log.info("train.ema_decay %g: starting the EMA at the current weights",
-                 state.cfg.train.ema_decay)
-        state.ema = copy.deepcopy(state.net).requires_grad_(False)
-    elif state.cfg.train.ema_decay == 0 and state.ema is not None:
-        log.info("train.ema_decay 0: dropping the run's EMA; the trained weights sample")
-        state.ema = None
 
 
 def save_samples(state: TrainState, path: Path, growth: Growth | None = None) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from cfebm.sampling import (
 )
 from cfebm.speed import CompiledEnergy
 from cfebm.translation import translation_chain
+
+log = logging.getLogger(__name__)
 
 
 def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
@@ -177,13 +180,30 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     net = EnergyNet(cfg.model).to(device)
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(net).requires_grad_(False) if cfg.train.ema_decay > 0 else None
+    ema = ema_of(net) if cfg.train.ema_decay > 0 else None
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.growth.lr[0],
                                  betas=cfg.train.adam_betas)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     compiled = CompiledEnergy(net) if cfg.train.compile else None
     watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor)
     return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled)
+
+
+def ema_of(net: EnergyNet) -> EnergyNet:
+    """An EMA that starts at ``net``'s current weights, without parameter gradients."""
+    return copy.deepcopy(net).requires_grad_(False)
+
+
+def match_ema(state: TrainState) -> None:
+    """Give a resumed state the EMA its (possibly overridden) config asks for: one started now,
+    at the current weights, when ``train.ema_decay`` was switched on; none when switched off."""
+    if state.cfg.train.ema_decay > 0 and state.ema is None:
+        log.info("train.ema_decay %g: starting the EMA at the current weights",
+                 state.cfg.train.ema_decay)
+        state.ema = ema_of(state.net)
+    elif state.cfg.train.ema_decay == 0 and state.ema is not None:
+        log.info("train.ema_decay 0: dropping the run's EMA; the trained weights sample")
+        state.ema = None
 
 
 def freeze_finished_stages(state: TrainState) -> None:
