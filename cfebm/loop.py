@@ -59,7 +59,7 @@ from cfebm.speed import describe as describe_speed
 from cfebm.training import (
     TrainState,
     data_batch,
-    match_ema,
+    match_config,
     new_state,
     sample_negatives,
     train_step,
@@ -170,7 +170,7 @@ def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = Non
     if state.cfg.model != cfg.model:
         raise RunError(f"cannot resume {run_dir} with a different [model] section")
     state.cfg = cfg
-    match_ema(state)
+    match_config(state)
     return state
 
 
@@ -225,7 +225,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
         source = latest.with_name("previous.pt")
         state = load_state(source, device, shard)
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
-    match_ema(state)
+    match_config(state)
     state.train_seconds, state.rolled_back_to = seconds, state.n_images
     state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt

@@ -194,16 +194,24 @@ def ema_of(net: EnergyNet) -> EnergyNet:
     return copy.deepcopy(net).requires_grad_(False)
 
 
-def match_ema(state: TrainState) -> None:
-    """Give a resumed state the EMA its (possibly overridden) config asks for: one started now,
-    at the current weights, when ``train.ema_decay`` was switched on; none when switched off."""
-    if state.cfg.train.ema_decay > 0 and state.ema is None:
-        log.info("train.ema_decay %g: starting the EMA at the current weights",
-                 state.cfg.train.ema_decay)
+def match_config(state: TrainState) -> None:
+    """Give a resumed state what its (possibly overridden) config asks for, where the
+    checkpoint would otherwise silently win: the EMA (started now, at the current weights, when
+    ``train.ema_decay`` was switched on; dropped when switched off), Adam's betas (restored
+    with the optimizer's state) and the compiled Langevin energy (``train.compile``)."""
+    train = state.cfg.train
+    if train.ema_decay > 0 and state.ema is None:
+        log.info("train.ema_decay %g: starting the EMA at the current weights", train.ema_decay)
         state.ema = ema_of(state.net)
-    elif state.cfg.train.ema_decay == 0 and state.ema is not None:
+    elif train.ema_decay == 0 and state.ema is not None:
         log.info("train.ema_decay 0: dropping the run's EMA; the trained weights sample")
         state.ema = None
+    for group in state.optimizer.param_groups:
+        group["betas"] = tuple(train.adam_betas)
+    if train.compile and state.compiled is None:
+        state.compiled = CompiledEnergy(state.net)
+    elif not train.compile:
+        state.compiled = None
 
 
 def freeze_finished_stages(state: TrainState) -> None:

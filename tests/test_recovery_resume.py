@@ -281,3 +281,23 @@ def test_an_ema_switched_on_at_resume_starts_at_the_weights_it_resumes_from(tmp_
     state = loop.run_training(tiny("train.ema_decay=0"), tmp_path, resume=True, stop_at=64,
                               progress=False)
     assert state.ema is None and state.sampling_net() is state.net
+
+
+def test_adam_betas_and_compile_overridden_at_resume_are_the_ones_used(tmp_path):
+    """The optimizer's state in the checkpoint carries Adam's betas; a resume that sets
+    ``train.adam_betas`` must train with the new ones. With β1 = 0 Adam's first moment is the
+    last gradient g, so after one resumed iteration v = β2·v(32) + (1 − β2)·m², parameter by
+    parameter (with the checkpoint's β1 = 0.5, m would be 0.5·m(32) + 0.5·g instead).
+    ``train.compile`` switched off at resume leaves no compiled energy behind."""
+    loop.run_training(tiny("train.compile=true"), tmp_path, stop_at=32, progress=False)
+    before = read(tmp_path / "checkpoints" / "latest.pt")["optimizer"]["state"]
+    beta2 = 0.99
+    state = loop.run_training(tiny(f"train.adam_betas=[0.0,{beta2}]", "train.compile=false"),
+                              tmp_path, resume=True, stop_at=48, progress=False)
+    assert state.compiled is None
+    after = state.optimizer.state_dict()["state"]
+    for key, moments in after.items():
+        expected = beta2 * before[key]["exp_avg_sq"] + (1 - beta2) * moments["exp_avg"] ** 2
+        # second moments are ~g², far below assert_close's default atol: compare relatively
+        torch.testing.assert_close(moments["exp_avg_sq"], expected, rtol=1e-4, atol=0,
+                                   msg=str(key))
