@@ -69,6 +69,11 @@ from cfebm.viz import plot_metrics, save_grid
 
 log = logging.getLogger(__name__)
 
+# Offsets from train.seed for the generators that must not share the chains' stream: the
+# training grids' fixed noise, the in-training evaluation's, and the chains after the k-th
+# recovery (a large stride, so recovery k of seed s does not replay a nearby seed's stream).
+GRID_SEED_OFFSET, EVAL_SEED_OFFSET, RECOVERY_SEED_STRIDE = 1, 2, 7919
+
 
 class RunError(RuntimeError):
     """The run cannot start or continue (existing run dir, changed model, divergence)."""
@@ -178,7 +183,7 @@ def save_samples(state: TrainState, path: Path, growth: Growth | None = None) ->
     """A grid of what the sampler of ``growth`` (default: now) produces, from a fixed seed."""
     cfg, device = state.cfg, state.device
     growth = growth or state.growth
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + GRID_SEED_OFFSET)
     net = state.sampling_net()
     if translating(cfg):  # rows of source test images, each followed by its translations
         x = translation_grid(net, growth, cfg, generator=generator, device=device,
@@ -227,7 +232,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
     match_config(state)
     state.train_seconds, state.rolled_back_to = seconds, state.n_images
-    state.generator.manual_seed(cfg.train.seed + 7919 * recoveries)
+    state.generator.manual_seed(cfg.train.seed + RECOVERY_SEED_STRIDE * recoveries)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
     if shard.is_main:  # not save_latest: previous.pt stays the checkpoint before this one
         save_state(state, latest)
@@ -384,7 +389,8 @@ class TrainingEval:
     def __call__(self, state) -> tuple[dict, bool]:
         """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
         cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
-        generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 2)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
         batch = growth.batch_size
         # After the first stage the samples are also scored pooled to the stage before's
         # resolution (like for like with that stage's last evaluation: does the fade, or the
