@@ -27,6 +27,7 @@ from cfebm.checkpoint import load_state
 from cfebm.config import apply_overrides
 from cfebm.data import downsample, to_float
 from cfebm.loop import TrainingEval
+from cfebm.training import match_config
 
 
 def gradient_rms(state, evaluation: TrainingEval, n: int) -> float:
@@ -48,7 +49,8 @@ def main() -> None:
 
     state = load_state(args.checkpoint, "cpu")
     base = apply_overrides(state.cfg, [f"train.eval_n={args.n}", "train.compile=false"])
-    state.cfg, state.compiled = base, None
+    state.cfg = base
+    match_config(state)  # eager: each variant would otherwise compile its own graphs
     evaluation = TrainingEval(base, torch.device("cpu"))
     growth = state.growth
     print(f"{args.checkpoint}: {state.n_images:,} images, {growth.resolution}², "

@@ -208,10 +208,7 @@ def match_config(state: TrainState) -> None:
         state.ema = None
     for group in state.optimizer.param_groups:
         group["betas"] = tuple(train.adam_betas)
-    if train.compile and state.compiled is None:
-        state.compiled = CompiledEnergy(state.net)
-    elif not train.compile:
-        state.compiled = None
+    state.compiled = CompiledEnergy(state.net) if train.compile else None  # compiles lazily
 
 
 def freeze_finished_stages(state: TrainState) -> None:
