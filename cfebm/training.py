@@ -110,6 +110,15 @@ def cd_loss(e_data: Tensor, e_sample: Tensor, energy_reg: float = 0.0) -> Tensor
     return loss
 
 
+def clip_gradient(params: Sequence[Tensor], max_norm: float) -> float:
+    """The global L2 norm of the gradients of ``params`` (all ranks' average), before clipping
+    them to ``max_norm`` (0 = no clipping; the norm is still returned, for the metrics)."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm.item()
+
+
 @torch.no_grad()
 def update_ema(ema: EnergyNet, net: EnergyNet, decay: float) -> None:
     """ema ← decay·ema + (1−decay)·net for parameters; buffers (spectral-norm u, v) are copied.
@@ -272,8 +281,10 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
     loss = cd_loss(e_data, e_sample, cfg.train.energy_reg)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    metrics = state.shard.average(list(net.parameters()), {
+    params = [p for p in net.parameters() if p.grad is not None]
+    metrics = state.shard.average(params, {
         "loss": loss, "e_data": e_data.mean(), "e_sample": e_sample.mean()})
+    metrics["grad_norm"] = clip_gradient(params, cfg.train.grad_clip)
     state.optimizer.step()
     if state.ema is not None:
         update_ema(state.ema, net, cfg.train.ema_decay)

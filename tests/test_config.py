@@ -39,6 +39,7 @@ def test_overrides_are_typed():
     ("sampler.noise_schedule=cosine", "noise_schedule"),
     ("sampler.init=persistent", "sampler.init"),
     ("train.precision=fp16", "precision"),
+    ("train.grad_clip=-1", "train.grad_clip must be >= 0"),
     ("model.spectral_norm=1", "must be of type bool"),
 ])
 def test_bad_overrides_raise_one_clear_error(override, message):

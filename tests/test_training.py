@@ -41,7 +41,7 @@ def test_train_step_updates_the_model_and_counts_images():
     state = new_state(tiny())
     before = {k: p.clone() for k, p in state.net.named_parameters()}
     metrics = train_step(state, torch.rand(16, 1, 8, 8) * 2 - 1)
-    assert state.n_images == 16 and set(metrics) == {"loss", "e_data", "e_sample"}
+    assert state.n_images == 16 and set(metrics) == {"loss", "e_data", "e_sample", "grad_norm"}
     after = dict(state.net.named_parameters())
     assert not torch.equal(before["from_rgb.8x8.weight"], after["from_rgb.8x8.weight"])
     assert not torch.equal(before["head.weight"], after["head.weight"])

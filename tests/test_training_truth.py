@@ -39,12 +39,12 @@ class LinearEnergy(nn.Module):
         return x.flatten(1) @ self.w + self.b
 
 
-def linear_state(lr_scale: float = 1.0) -> TrainState:
+def linear_state(lr_scale: float = 1.0, grad_clip: float = 0.0) -> TrainState:
     # One Langevin step of size 10⁶ without noise: |10⁶·w_i| ≫ 2 for every pixel, so after
     # the clamp each chain sits at the box corner −sign(w), whatever it started from.
     cfg = apply_overrides(load_preset("tiny"), [
         "growth.n_steps=[1, 1]", "sampler.step_size=1e6", "sampler.eta0=0.0",
-        "growth.lr=[0.01, 0.01]"])
+        "growth.lr=[0.01, 0.01]", f"train.grad_clip={grad_clip}"])
     net = LinearEnergy(cfg.model, 8)
     optimizer = torch.optim.SGD(net.parameters(), lr=123.0)  # train_step must set the lr
     state = TrainState(cfg, net, None, optimizer, torch.Generator().manual_seed(0))
@@ -84,6 +84,22 @@ def test_update_is_a_descent_step_with_the_schedule_lr_times_lr_scale(lr_scale):
     # Going the right way: the data's energy falls relative to the samples'.
     gap = lambda w: (x_data.flatten(1) @ w).mean() - (-w.abs().sum())
     assert gap(state.net.w.detach()) < gap(w0)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5, 1e6])
+def test_grad_clip_rescales_a_larger_gradient_to_that_norm_and_the_norm_is_logged(grad_clip):
+    """The gradient is g = (mean(x_data) + sign(w), 0) in closed form; its norm is logged as
+    ``grad_norm``, and SGD steps along g/‖g‖·min(‖g‖, grad_clip) (no clipping when 0)."""
+    state = linear_state(grad_clip=grad_clip)
+    w0 = state.net.w.detach().clone()
+    x_data = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    g = x_data.flatten(1).mean(0) + torch.sign(w0)
+    metrics = train_step(state, x_data)
+    assert metrics["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-5)
+    scale = min(1.0, grad_clip / g.norm().item()) if grad_clip > 0 else 1.0
+    assert (grad_clip == 0.5) == (scale < 1.0)  # 0.5 < ‖g‖ ≈ 8: the only setting that clips
+    torch.testing.assert_close(state.net.w.detach(), w0 - 0.01 * scale * g)
+    torch.testing.assert_close(state.net.w.grad.norm(), g.norm() * scale)
 
 
 def test_data_batch_is_the_streams_images_at_the_stage_resolution():
