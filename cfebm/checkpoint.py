@@ -26,7 +26,7 @@ from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.distributed import Shard
 from cfebm.divergence import LossWatch
 from cfebm.model import EnergyNet, frozen_copy
-from cfebm.training import TrainState, new_state, resolve_device
+from cfebm.training import TrainState, lookahead_of, new_state, resolve_device
 
 FORMAT = "cfebm-train-state-v1"
 
@@ -92,6 +92,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "ema": None if state.ema is None else state.ema.state_dict(),
         "coarse": [net.state_dict() for net in state.coarse],
         "optimizer": state.optimizer.state_dict(),
+        "lookahead": None if state.lookahead is None else state.lookahead.state_dict(),
         "generator": state.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
@@ -163,6 +164,7 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["ema"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.lookahead = lookahead_of(state.net, cfg, ckpt.get("lookahead"))
     restore_generator(state.generator, ckpt["generator"])
     torch.set_rng_state(ckpt["torch_rng"])
     state.n_images = int(ckpt["n_images"])

@@ -149,6 +149,8 @@ class TrainConfig:
     energy_reg: float = 0.0          # coefficient of mean(E(data)² + E(samples)²), 0 = off
     ema_decay: float = 0.0           # EMA of parameters for sampling, 0 = off
     grad_clip: float = 0.0           # clip the gradient's global norm at this value, 0 = off
+    lookahead: int = 0               # Lookahead's sync period k (lookahead.py), 0 = plain Adam
+    lookahead_alpha: float = 0.5     # ... and the fraction the slow weights move at each sync
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"          # "fp32", "bf16" (autocast; energies and loss stay fp32) or
     #                                  "auto": bf16 where the device runs it natively (speed.py)
@@ -172,6 +174,8 @@ class TrainConfig:
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
         _require(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
+        _require(self.lookahead >= 0, "train.lookahead must be >= 0 (0 = off)")
+        _require(0.0 < self.lookahead_alpha <= 1.0, "train.lookahead_alpha must lie in (0, 1]")
         for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1")
         _require(self.spike_factor >= 0, "train.spike_factor must be >= 0 (0 = off)")

@@ -24,6 +24,7 @@ from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.distributed import Shard
 from cfebm.divergence import LossWatch
 from cfebm.growth import Growth, growth_at
+from cfebm.lookahead import Lookahead
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import (
     Generator,
@@ -158,6 +159,8 @@ class TrainState:
     shard: Shard = field(default_factory=Shard)
     # train.compile: the network as the Langevin chains call it, compiled (speed.py); not saved.
     compiled: CompiledEnergy | None = None
+    # train.lookahead: the slow weights that ``net`` restarts from every k steps.
+    lookahead: Lookahead | None = None
 
     @property
     def device(self) -> torch.device:
@@ -195,7 +198,19 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     compiled = CompiledEnergy(net) if cfg.train.compile else None
     watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor)
-    return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled)
+    return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled,
+                      lookahead=lookahead_of(net, cfg))
+
+
+def lookahead_of(net: EnergyNet, cfg: Config, saved: dict | None = None) -> Lookahead | None:
+    """The run's Lookahead (``train.lookahead``), from a checkpoint's ``saved`` state if given,
+    else with slow weights at ``net``'s current ones; None when off."""
+    train = cfg.train
+    if train.lookahead == 0:
+        return None
+    saved = saved or {}
+    return Lookahead(net.parameters(), train.lookahead, train.lookahead_alpha,
+                     saved.get("slow"), int(saved.get("steps", 0)))
 
 
 def ema_of(net: EnergyNet) -> EnergyNet:
@@ -207,7 +222,8 @@ def match_config(state: TrainState) -> None:
     """Give a resumed state what its (possibly overridden) config asks for, where the
     checkpoint would otherwise silently win: the EMA (started now, at the current weights, when
     ``train.ema_decay`` was switched on; dropped when switched off), Adam's betas (restored
-    with the optimizer's state) and the compiled Langevin energy (``train.compile``)."""
+    with the optimizer's state), the compiled Langevin energy (``train.compile``) and Lookahead
+    (started at the current weights when switched on; its k and α as configured)."""
     train = state.cfg.train
     if train.ema_decay > 0 and state.ema is None:
         log.info("train.ema_decay %g: starting the EMA at the current weights", train.ema_decay)
@@ -218,6 +234,10 @@ def match_config(state: TrainState) -> None:
     for group in state.optimizer.param_groups:
         group["betas"] = tuple(train.adam_betas)
     state.compiled = CompiledEnergy(state.net) if train.compile else None  # compiles lazily
+    if train.lookahead == 0 or state.lookahead is None:
+        state.lookahead = lookahead_of(state.net, state.cfg)
+    else:
+        state.lookahead.k, state.lookahead.alpha = train.lookahead, train.lookahead_alpha
 
 
 def freeze_finished_stages(state: TrainState) -> None:
@@ -286,6 +306,8 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
         "loss": loss, "e_data": e_data.mean(), "e_sample": e_sample.mean()})
     metrics["grad_norm"] = clip_gradient(params, cfg.train.grad_clip)
     state.optimizer.step()
+    if state.lookahead is not None:
+        state.lookahead.step()
     if state.ema is not None:
         update_ema(state.ema, net, cfg.train.ema_decay)
     state.n_images += n * state.shard.world

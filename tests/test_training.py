@@ -51,14 +51,18 @@ def test_train_step_updates_the_model_and_counts_images():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("init", ["noise", "cascade", "frozen"])
-def test_resume_equals_uninterrupted_run(tmp_path, init):
+@pytest.mark.parametrize("init, lookahead", [("noise", 0), ("cascade", 3), ("frozen", 0)])
+def test_resume_equals_uninterrupted_run(tmp_path, init, lookahead):
+    # Lookahead every 3 steps: the interruption falls between two syncs (see below).
     cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
-               f"sampler.init={init}")
+               f"sampler.init={init}", f"train.lookahead={lookahead}")
     straight = run_training(cfg, tmp_path / "a", progress=False)
     # 160 images: 32 into stage 1 (16²), β = 32/64 = 0.5, with a frozen 8² copy for "frozen".
     run_training(cfg, tmp_path / "b", stop_at=160, progress=False)
-    assert read(tmp_path / "b" / "checkpoints" / "latest.pt")["n_images"] == 160
+    interrupted = read(tmp_path / "b" / "checkpoints" / "latest.pt")
+    assert interrupted["n_images"] == 160
+    if lookahead:  # 10 steps of 16 images: one step after the third sync
+        assert interrupted["lookahead"]["steps"] == 10
     resumed = run_training(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.n_images == straight.n_images == 384
     for key, value in straight.net.state_dict().items():
@@ -66,6 +70,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, init):
     for key, value in straight.ema.state_dict().items():
         assert torch.equal(value, resumed.ema.state_dict()[key]), key
     assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    if lookahead:
+        assert straight.lookahead.steps == resumed.lookahead.steps
+        for a, b in zip(straight.lookahead.slow, resumed.lookahead.slow):
+            assert torch.equal(a, b)
     assert len(straight.coarse) == len(resumed.coarse) == (init == "frozen")
     for a, b in zip(straight.coarse, resumed.coarse):
         for key, value in a.state_dict().items():

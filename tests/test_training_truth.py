@@ -20,7 +20,7 @@ from cfebm.data import BatchStream, TensorImages
 from cfebm.loop import run_training
 from cfebm.model import frozen
 from cfebm.sampling import cascade, init_uniform
-from cfebm.training import TrainState, data_batch, new_state, train_step
+from cfebm.training import TrainState, data_batch, match_config, new_state, train_step
 
 
 class LinearEnergy(nn.Module):
@@ -237,3 +237,22 @@ def test_channels_last_option_stores_conv_weights_channels_last():
     conv = [m for m in state.net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     raw = conv[0].parametrizations.weight.original  # spectral norm's stored weight
     assert raw.is_contiguous(memory_format=torch.channels_last) and not raw.is_contiguous()
+
+
+def test_lookahead_moves_the_slow_weights_alpha_of_the_way_every_k_steps():
+    """Lookahead with k = 2, α = 0.25 around SGD on the linear energy, the same batch twice:
+    the gradient g = mean(x_data) + sign(w) stays the same while no weight changes sign, so
+    after step 1 w = w0 − lr·g (no sync) and after step 2 w = w0 − α·2·lr·g (synced)."""
+    state = linear_state()
+    state.cfg = apply_overrides(state.cfg, ["train.lookahead=2", "train.lookahead_alpha=0.25"])
+    match_config(state)
+    w0 = state.net.w.detach().clone()
+    x_data = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    g = x_data.flatten(1).mean(0) + torch.sign(w0)
+    assert (w0.abs() > 2 * 0.01 * g.abs()).all()  # no sign flips in two steps
+    train_step(state, x_data)
+    torch.testing.assert_close(state.net.w.detach(), w0 - 0.01 * g)
+    train_step(state, x_data)
+    torch.testing.assert_close(state.net.w.detach(), w0 - 0.25 * 2 * 0.01 * g)
+    torch.testing.assert_close(state.lookahead.slow[0], state.net.w.detach())
+    assert state.lookahead.steps == 2
