@@ -32,16 +32,15 @@ class Lookahead:
             raise ValueError(f"{len(self.slow)} slow tensors for {len(self.params)} parameters")
 
     @torch.no_grad()
-    def step(self) -> bool:
+    def step(self) -> None:
         """Count one optimiser step; on every k-th, slow ← slow + α·(fast − slow), then
-        fast ← slow. Returns whether it synced."""
+        fast ← slow."""
         self.steps += 1
         if self.steps % self.k:
-            return False
+            return
         for slow, fast in zip(self.slow, self.params):
             slow.lerp_(fast, self.alpha)
             fast.copy_(slow)
-        return True
 
     def state_dict(self) -> dict:
         return {"slow": [s.clone() for s in self.slow], "steps": self.steps}
