@@ -147,6 +147,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.5, 0.999)  # A.2
     data_sigma: float = 0.0          # Gaussian perturbation of the data (0: Sec. 3.4)
     energy_reg: float = 0.0          # coefficient of mean(E(data)² + E(samples)²), 0 = off
+    grad_penalty: float = 0.0        # γ of the R1 penalty γ/2·mean ‖∇ₓE(data)‖², 0 = off
     ema_decay: float = 0.0           # EMA of parameters for sampling, 0 = off
     grad_clip: float = 0.0           # clip the gradient's global norm at this value, 0 = off
     lookahead: int = 0               # Lookahead's sync period k (lookahead.py), 0 = plain Adam
@@ -173,6 +174,7 @@ class TrainConfig:
                  "train.precision must be 'fp32', 'bf16' or 'auto'")
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
+        _require(self.grad_penalty >= 0, "train.grad_penalty must be >= 0 (0 = off)")
         _require(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
         _require(self.lookahead >= 0, "train.lookahead must be >= 0 (0 = off)")
         _require(0.0 < self.lookahead_alpha <= 1.0, "train.lookahead_alpha must lie in (0, 1]")

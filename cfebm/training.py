@@ -111,6 +111,14 @@ def cd_loss(e_data: Tensor, e_sample: Tensor, energy_reg: float = 0.0) -> Tensor
     return loss
 
 
+def data_gradient_penalty(e_data: Tensor, x_data: Tensor) -> Tensor:
+    """R1 (Mescheder et al., 2018): mean over the batch of ‖∇ₓE(x)‖² at the data x_data
+    (n, C, r, r), which must require grad; differentiable in the parameters. It flattens the
+    energy around the data, the well the chains cannot follow when training oscillates."""
+    (grad,) = torch.autograd.grad(e_data.sum(), x_data, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
+
+
 def clip_gradient(params: Sequence[Tensor], max_norm: float) -> float:
     """The global L2 norm of the gradients of ``params`` (all ranks' average), before clipping
     them to ``max_norm`` (0 = no clipping; the norm is still returned, for the metrics)."""
@@ -295,10 +303,14 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
     for group in state.optimizer.param_groups:
         group["lr"] = growth.lr * state.lr_scale
     net.train()
+    gamma = cfg.train.grad_penalty
+    x_data = x_data.detach().requires_grad_(gamma > 0)
     with state.autocast():
         energies = net(torch.cat([x_data, x_sample]), growth.beta)
     e_data, e_sample = energies[:n], energies[n:]
     loss = cd_loss(e_data, e_sample, cfg.train.energy_reg)
+    if gamma > 0:
+        loss = loss + gamma / 2 * data_gradient_penalty(e_data, x_data)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in net.parameters() if p.grad is not None]

@@ -39,12 +39,14 @@ class LinearEnergy(nn.Module):
         return x.flatten(1) @ self.w + self.b
 
 
-def linear_state(lr_scale: float = 1.0, grad_clip: float = 0.0) -> TrainState:
+def linear_state(lr_scale: float = 1.0, grad_clip: float = 0.0,
+                 grad_penalty: float = 0.0) -> TrainState:
     # One Langevin step of size 10⁶ without noise: |10⁶·w_i| ≫ 2 for every pixel, so after
     # the clamp each chain sits at the box corner −sign(w), whatever it started from.
     cfg = apply_overrides(load_preset("tiny"), [
         "growth.n_steps=[1, 1]", "sampler.step_size=1e6", "sampler.eta0=0.0",
-        "growth.lr=[0.01, 0.01]", f"train.grad_clip={grad_clip}"])
+        "growth.lr=[0.01, 0.01]", f"train.grad_clip={grad_clip}",
+        f"train.grad_penalty={grad_penalty}"])
     net = LinearEnergy(cfg.model, 8)
     optimizer = torch.optim.SGD(net.parameters(), lr=123.0)  # train_step must set the lr
     state = TrainState(cfg, net, None, optimizer, torch.Generator().manual_seed(0))
@@ -100,6 +102,53 @@ def test_grad_clip_rescales_a_larger_gradient_to_that_norm_and_the_norm_is_logge
     assert (grad_clip == 0.5) == (scale < 1.0)  # 0.5 < ‖g‖ ≈ 8: the only setting that clips
     torch.testing.assert_close(state.net.w.detach(), w0 - 0.01 * scale * g)
     torch.testing.assert_close(state.net.w.grad.norm(), g.norm() * scale)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 3.0])
+def test_r1_penalty_on_a_linear_energy_is_weight_decay_on_w(gamma):
+    """∇ₓE = w at every image, so R1 = ‖w‖² and γ/2·R1 adds γ·w to w's gradient (and γ/2·‖w‖²
+    to the logged loss); b, which ∇ₓE does not depend on, still gets no gradient."""
+    state = linear_state(grad_penalty=gamma)
+    w0 = state.net.w.detach().clone()
+    x_data = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    metrics = train_step(state, x_data)
+    torch.testing.assert_close(state.net.w.grad,
+                               x_data.flatten(1).mean(0) + torch.sign(w0) + gamma * w0)
+    assert state.net.b.grad.item() == 0.0
+    cd = metrics["e_data"] - metrics["e_sample"]
+    assert metrics["loss"] == pytest.approx(cd + gamma / 2 * w0.square().sum().item(), rel=1e-5)
+    assert not x_data.requires_grad
+
+
+class QuadraticEnergy(nn.Module):
+    """E(x) = a/2·‖x‖²: ∇ₓE = a·x, so R1 = a²·mean‖x‖² and ∂(γ/2·R1)/∂a = γ·a·mean‖x‖², a
+    gradient that exists only through the double backward (∇ₓE depends on a)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.a = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, x, beta=1.0):
+        return self.a / 2 * x.flatten(1).square().sum(1)
+
+
+def _quadratic_grad(gamma: float, x_data) -> float:
+    cfg = apply_overrides(load_preset("tiny"), [f"train.grad_penalty={gamma}"])
+    net = QuadraticEnergy(cfg.model)
+    state = TrainState(cfg, net, None, torch.optim.SGD(net.parameters(), lr=0.0),
+                       torch.Generator().manual_seed(0))
+    train_step(state, x_data)
+    return state.net.a.grad.item()
+
+
+def test_r1_penalty_differentiates_through_the_input_gradient():
+    """Same chains (same seed), with and without the penalty: the gradients differ by exactly
+    γ·a·mean‖x_data‖²."""
+    x_data = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    gamma, sq = 2.0, x_data.flatten(1).square().sum(1).mean().item()
+    diff = _quadratic_grad(gamma, x_data) - _quadratic_grad(0.0, x_data)
+    assert diff == pytest.approx(gamma * 0.7 * sq, rel=1e-5)
 
 
 def test_data_batch_is_the_streams_images_at_the_stage_resolution():
