@@ -87,6 +87,9 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "lr_scale": state.lr_scale,
         "rolled_back_to": state.rolled_back_to,
         "loss_watch": state.watch.state(),
+        "data_skip": state.data_skip,
+        "fid_watch": {"reference": {str(r): fids for r, fids in state.watch_reference.items()},
+                      "retries": state.watch_retries},
         "train_seconds": state.train_seconds,
         "model": state.net.state_dict(),
         "ema": None if state.ema is None else state.ema.state_dict(),
@@ -174,6 +177,11 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     state.watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor,
                             [float(v) for v in ckpt.get("loss_watch", [])])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
+    state.data_skip = int(ckpt.get("data_skip", 0))
+    fid_watch = ckpt.get("fid_watch", {})
+    state.watch_reference = {int(r): [float(fid) for fid in fids]
+                             for r, fids in fid_watch.get("reference", {}).items()}
+    state.watch_retries = int(fid_watch.get("retries", 0))
     state.coarse = coarse_copies(state.sampling_net(), ckpt.get("coarse", []))
     state.shard = shard
     return state

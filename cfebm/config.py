@@ -161,6 +161,11 @@ class TrainConfig:
     spike_factor: float = 30.0       # recent median |loss| above this x the one before; 0 = off
     spike_floor: float = 1.0         # ... if that recent |loss| is also above this (divergence.py)
     max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
+    fid_watch: float = 0.0           # roll back an evaluation whose FID, pooled to the stage
+    #                                  before's resolution, is above this x that stage's last
+    #                                  (fidwatch.py; needs eval_every), 0 = off
+    fid_watch_retries: int = 3       # ... at most this many times in a row, then keep going
+    fid_watch_lr: float = 1.0        # ... each rollback multiplying the lr scale by this
     log_every: int = 2_000           # images between metric lines
     sample_every: int = 20_000       # images between sample grids (and at every stage change)
     checkpoint_every: int = 20_000   # images between checkpoints
@@ -184,6 +189,9 @@ class TrainConfig:
         _require(self.spike_floor >= 0, "train.spike_floor must be >= 0")
         _require(self.eval_every >= 0, "train.eval_every must be >= 0 (0 = off)")
         _require(self.eval_n >= 2, "train.eval_n must be >= 2")
+        _require(self.fid_watch >= 0, "train.fid_watch must be >= 0 (0 = off)")
+        _require(self.fid_watch_retries >= 0, "train.fid_watch_retries must be >= 0")
+        _require(0 < self.fid_watch_lr <= 1, "train.fid_watch_lr must lie in (0, 1]")
         _require(self.eval_features in ("fmnist", "inception"),
                  "train.eval_features must be 'fmnist' or 'inception'")
 
@@ -227,6 +235,9 @@ class Config:
                  (self.data.dataset == "fashion_mnist" and self.model.image_channels == 1),
                  "train.eval_features = 'fmnist' needs grayscale Fashion-MNIST (data.dataset = "
                  "'fashion_mnist', model.image_channels = 1); use 'inception' for other data")
+        _require(t.fid_watch == 0 or t.eval_every > 0,
+                 "train.fid_watch needs train.eval_every > 0: it judges the in-training "
+                 "evaluations")
         if self.task.kind == "translate":  # chains start at source images: no noise cascade
             _require(self.sampler.init == "noise" and t.eval_every == 0,
                      "task.kind = 'translate' needs sampler.init = 'noise' and "

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from cfebm import fidwatch
 from cfebm.checkpoint import (
     atomic_save,
     keep_as,
@@ -279,7 +280,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                disable=not (progress and main), dynamic_ncols=True)
     if state.n_images == 0 and main:
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
-    budget, stop = math.inf if time_budget is None else time_budget, False
+    budget, stop, rewound = math.inf if time_budget is None else time_budget, False, False
     with _stop_on_signals() as signals:
         while state.n_images < end and state.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
@@ -300,11 +301,22 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                                 f"E(data)={metrics['e_data']:.3f} "
                                 f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
             final = state.n_images >= end or state.train_seconds >= budget
+            row = None
             if main:
-                _maintain(state, before, growth, run_dir, runlog, averager, final, evaluator)
+                row = _maintain(state, before, growth, run_dir, runlog, averager, final,
+                                evaluator)
             elif evaluator is not None and _evaluates(before, state.n_images, t, final):
-                evaluator(state)  # its part of rank 0's evaluation
+                row, _ = evaluator(state)  # its part of rank 0's evaluation
+            rewound = False  # by the FID watch, at this iteration
+            if row is not None and t.fid_watch:
+                failed_at = state.n_images
+                state = fidwatch.watch(state, row, run_dir, runlog)
+                rewound = state.n_images != failed_at
+                if rewound:
+                    bar.n, averager = state.n_images, _Averager()
     bar.close()
+    if rewound and main:  # the last grid showed the evaluation that was rolled back
+        save_samples(state, run_dir / "samples" / "final.png")
     if stop and main:  # the last iteration was not a final one: save it
         log.warning("stopped by signal %s at %d images",
                     signals[0] if signals else "on another rank", state.n_images)
@@ -317,9 +329,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
 
 
 def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, runlog: RunLog,
-              averager: _Averager, final: bool, evaluator: TrainingEval | None = None) -> None:
-    """Per-iteration bookkeeping: metrics lines, evaluations, sample grids, checkpoints."""
+              averager: _Averager, final: bool,
+              evaluator: TrainingEval | None = None) -> dict | None:
+    """Per-iteration bookkeeping: metrics lines, evaluations, sample grids, checkpoints.
+    Returns the evaluation's metrics row if this iteration ended with one."""
     t, now, after = state.cfg.train, state.n_images, state.growth
+    evaluation = None
     stage_done = after.stage != growth.stage or final
     if _crossed(before, now, t.log_every) or stage_done:
         row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
@@ -328,10 +343,11 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
     if evaluator is not None and _evaluates(before, now, t, final):
-        row, improved = evaluator(state)
-        runlog.write({**row, "train_seconds": state.train_seconds})
+        evaluation, improved = evaluator(state)
+        runlog.write({**evaluation, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
-            atomic_save({**state_dict(state), "eval": row}, run_dir / "checkpoints" / "best.pt")
+            atomic_save({**state_dict(state), "eval": evaluation},
+                        run_dir / "checkpoints" / "best.pt")
     tag = "final" if final else f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"
     if _crossed(before, now, t.sample_every) or stage_done:
         save_samples(state, run_dir / "samples" / f"{tag}.png", growth)
@@ -341,6 +357,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                    f"stage{growth.stage}-{growth.resolution}x{growth.resolution}.pt")
     if _crossed(before, now, t.checkpoint_every) or stage_done:
         save_latest(state, run_dir)
+    return evaluation
 
 
 # ------------------------------------------------------------------------------------------------

@@ -154,8 +154,14 @@ class TrainState:
     generator: torch.Generator
     n_images: int = 0
     recoveries: int = 0      # divergences rolled back so far
-    lr_scale: float = 1.0    # halved at each recovery
+    lr_scale: float = 1.0    # halved at each recovery, x train.fid_watch_lr at each FID rollback
     rolled_back_to: int | None = None  # images of the checkpoint the last recovery loaded
+    # train.fid_watch (fidwatch.py): images of the data stream skipped by its rollbacks (the
+    # batch at n_images is the stream's at n_images + data_skip), the last kept FIDs at each
+    # resolution that it compares with, and its rollbacks in a row.
+    data_skip: int = 0
+    watch_reference: dict[int, list[float]] = field(default_factory=dict)
+    watch_retries: int = 0
     # The recent losses that tell a spike (divergence.py); new_state sets the config's.
     watch: LossWatch = field(default_factory=lambda: LossWatch(0.0, 0.0))
     train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)
@@ -267,7 +273,7 @@ def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
     rank's slice of the global batch (``cfebm.distributed``)."""
     growth, cfg, shard = state.growth, state.cfg, state.shard
     batch, generator = growth.batch_size, state.chains(growth.batch_size)
-    x = shard.read_batch(stream, state.n_images, batch)
+    x = shard.read_batch(stream, state.n_images + state.data_skip, batch)
     x = downsample(to_float(x.to(state.device)), growth.resolution)
     if cfg.data.hflip:
         x = random_hflip(x, generator)

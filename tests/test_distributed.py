@@ -185,3 +185,24 @@ def test_sigterm_on_one_rank_checkpoints_once_and_resume_on_one_process_continue
                                    progress=False)
     assert resumed.n_images == straight.n_images == target
     assert_close_states(resumed.net.state_dict(), straight.net.state_dict(), "net")
+
+
+@pytest.mark.slow
+@pytest.mark.fmnist
+def test_an_fid_watch_rollback_happens_on_every_rank_alike(tmp_path):
+    """The evaluation at 160 images (β = 1) fails a watch of margin 1e-6: both ranks roll back
+    to the evaluation at 128 and read on past the failed images, as one process does."""
+    extra = ["data.dataset=\"fashion_mnist\"", "data.limit=256", "train.eval_every=32",
+             "train.eval_n=40", "growth.fade_images=[0, 16]", "growth.stage_images=[128, 32]",
+             "train.fid_watch=1e-6", "train.fid_watch_retries=1"]
+    join(start_ranks(2, tmp_path / "two", extra))
+    one = loop.run_training(tiny(*extra), tmp_path / "one", progress=False)
+
+    def rollbacks(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["n_images"], r["rolled_back_to"]) for r in rows if r.get("event") == "fid_watch"]
+
+    assert rollbacks(tmp_path / "two") == rollbacks(tmp_path / "one") == [(160, 128)]
+    two = read(tmp_path / "two" / "checkpoints" / "latest.pt")
+    assert two["n_images"] == one.n_images == 160 and two["data_skip"] == one.data_skip == 32
+    assert_close_states(two["model"], one.net.state_dict(), "net")

@@ -178,8 +178,11 @@ def test_eval_with_a_saved_reference_gives_the_same_fid(fmnist_run, ref_16, tmp_
     assert main(["eval", ckpt, *common, "--save-ref", str(saved), "--json", str(a)]) == 0
     assert main(["eval", ckpt, *common, "--ref", str(ref_16), "--json", str(b)]) == 0
     fid_a, fid_b = (json.loads(p.read_text())["fid"] for p in (a, b))
-    assert fid_a == pytest.approx(fid_b, rel=1e-9)
-    np.testing.assert_allclose(load_reference(saved).stats.mean, load_reference(ref_16).stats.mean)
+    # The two references' features come from different batchings, and float32 kernels may
+    # sum in a batch-dependent order: 1.5e-9 apart on an AVX-512 machine (within 1e-9 on AVX2).
+    assert fid_a == pytest.approx(fid_b, rel=1e-7)
+    np.testing.assert_allclose(load_reference(saved).stats.mean, load_reference(ref_16).stats.mean,
+                               rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
