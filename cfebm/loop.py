@@ -338,7 +338,8 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
     stage_done = after.stage != growth.stage or final
     if _crossed(before, now, t.log_every) or stage_done:
         row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
-               "resolution": growth.resolution, "beta": growth.beta, "lr": growth.lr,
+               "resolution": growth.resolution, "beta": growth.beta,
+               "lr": growth.lr * state.lr_scale,  # as stepped: after rollbacks scaled it
                **averager.pop(), "loss_spike": state.watch.pop_peak(),
                "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)

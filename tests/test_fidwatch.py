@@ -99,6 +99,7 @@ def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monke
     assert final.n_images == 384 and final.data_skip == 32 * len(rollbacks)
     assert final.lr_scale == 0.5 ** len(rollbacks)
     assert {g["lr"] for g in final.optimizer.param_groups} == {cfg.growth.lr[1] * final.lr_scale}
+    assert [e["lr"] for e in events if "lr" in e][-1] == cfg.growth.lr[1] * final.lr_scale
 
     latest, previous, rewinds = {}, None, 0
     for it in seen:
