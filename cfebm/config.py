@@ -165,7 +165,8 @@ class TrainConfig:
     #                                  before's resolution, is above this x that stage's last
     #                                  (fidwatch.py; needs eval_every), 0 = off
     fid_watch_retries: int = 3       # ... at most this many times in a row, then keep going
-    fid_watch_lr: float = 1.0        # ... each rollback multiplying the lr scale by this
+    fid_watch_lr: float = 1.0        # ... each rollback multiplying the lr scale by this,
+    #                                  down to this ** fid_watch_retries
     log_every: int = 2_000           # images between metric lines
     sample_every: int = 20_000       # images between sample grids (and at every stage change)
     checkpoint_every: int = 20_000   # images between checkpoints

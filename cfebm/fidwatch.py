@@ -8,8 +8,10 @@ evaluation; another image order does not), and no optimiser, penalty or learning
 removes them. So the watch treats a jump like a divergence, with fresh images: the run returns
 to the state of its last evaluation that passed and reads on in the data stream from where the
 failed stretch ended, so no batch is read twice. The learning rate stays unless
-``train.fid_watch_lr`` < 1 scales it down at each rollback (for the rest of the run, as a
-divergence's rollback halves it): a lower rate makes the jumps rarer, and slows the stage.
+``train.fid_watch_lr`` = f < 1 scales it down at each rollback (for the rest of the run, as a
+divergence's rollback halves it): a lower rate makes the jumps rarer, and slows the stage. The
+watch's scaling stops at f ** ``train.fid_watch_retries`` (1/8 for ½ and 3 retries): compounded
+without a floor over 25 rollbacks it froze a model in a failed state (RESULTS.md).
 
 Judged: each evaluation at a stage s ≥ 1 with β > 0 (``TrainingEval`` scores its samples at
 r_s and pooled to r_{s−1}), against the median FID of the last ``REFERENCE_EVALS`` kept
@@ -77,14 +79,17 @@ def watch(state: TrainState, row: dict, run_dir: Path, runlog) -> TrainState:
 def _rewind(state: TrainState, snapshot: Path, runlog, row: dict, reason: str) -> TrainState:
     """The state saved at the last kept evaluation, reading the data on from ``state``'s
     position; its time spent and recoveries are ``state``'s, its lr scale ``state``'s ×
-    ``train.fid_watch_lr``. Written over ``latest.pt`` at once, as a divergence's rollback is,
-    so a crash loses nothing."""
+    ``train.fid_watch_lr`` down to the floor (a divergence's rollback may halve it further).
+    Written over ``latest.pt`` at once, as a divergence's rollback is, so a crash loses
+    nothing."""
     cfg, shard, failed_at = state.cfg, state.shard, state.n_images
     back = load_state(snapshot, state.device, shard)
     back.cfg = cfg
     match_config(back)
     back.train_seconds, back.recoveries = state.train_seconds, state.recoveries
-    back.lr_scale = state.lr_scale * cfg.train.fid_watch_lr
+    t = cfg.train
+    floor = t.fid_watch_lr ** t.fid_watch_retries
+    back.lr_scale = state.lr_scale * max(t.fid_watch_lr, min(1.0, floor / state.lr_scale))
     back.rolled_back_to = None
     back.data_skip = state.data_skip + failed_at - back.n_images
     back.watch_retries = state.watch_retries + 1

@@ -7,7 +7,7 @@ What is checked, from outside the watch's own bookkeeping:
   judged;
 - a rollback returns the network, EMA and Adam moments exactly to their values at the kept
   evaluation (the entry of the next iteration from that image count, recorded before), and
-  scales the lr by ``train.fid_watch_lr`` each time;
+  scales the lr by ``train.fid_watch_lr`` each time, down to its floor;
 - the run reads the data stream in order and never twice, through every rollback: the batches
   it trains on, concatenated, are the stream's first images;
 - a watch that never fires changes nothing (bitwise the same run with the watch off), and a run
@@ -85,7 +85,7 @@ def same(a: dict, b: dict) -> bool:
 @pytest.mark.slow
 def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monkeypatch):
     require_fashion_mnist()
-    cfg = tiny_watched("train.fid_watch=1e-6", "train.fid_watch_retries=1",  # all judged fail
+    cfg = tiny_watched("train.fid_watch=1e-6", "train.fid_watch_retries=2",  # all judged fail
                        "train.fid_watch_lr=0.5")
     seen = record_iterations(monkeypatch)
     final = loop.run_training(cfg, tmp_path, progress=False)
@@ -93,11 +93,11 @@ def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monke
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rollbacks = [(e["n_images"], e["rolled_back_to"]) for e in events
                  if e.get("event") == "fid_watch"]
-    # judged: the evaluations at 160, 192, ..., 384 (stage 1, β > 0); each fails once, is
-    # rolled back to the evaluation 32 images before it, and is kept the second time
-    assert rollbacks == [(n, n - 32) for n in range(160, 385, 32)]
+    # judged: the evaluations at 160, 192, ..., 384 (stage 1, β > 0); each fails twice, is
+    # rolled back to the evaluation 32 images before it, and is kept the third time
+    assert rollbacks == [(n, n - 32) for n in range(160, 385, 32) for _ in range(2)]
     assert final.n_images == 384 and final.data_skip == 32 * len(rollbacks)
-    assert final.lr_scale == 0.5 ** len(rollbacks)
+    assert final.lr_scale == 0.5 ** 2  # halved at each of 16 rollbacks, down to ½ ** retries
     assert {g["lr"] for g in final.optimizer.param_groups} == {cfg.growth.lr[1] * final.lr_scale}
     assert [e["lr"] for e in events if "lr" in e][-1] == cfg.growth.lr[1] * final.lr_scale
 
