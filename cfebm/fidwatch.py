@@ -2,7 +2,7 @@
 
 Issue 11's replays (benchmarks/RESULTS.md) found that a fade into a new resolution now and then
 jumps: for one or two in-training evaluations (1,600–3,200 images) its samples, pooled to the
-stage before's resolution, score 2–8× the FID that stage ended on, and then recover. The images
+stage before's resolution, score 3–15× the FID that stage ended on, and then recover. The images
 a fade meets time the jumps (the same batches with other chain noise jump at the same
 evaluation; another image order does not), and no optimiser, penalty or learning rate tried
 removes them. So the watch treats a jump like a divergence, with fresh images: the run returns
@@ -58,8 +58,10 @@ def watch(state: TrainState, row: dict, run_dir: Path, runlog) -> TrainState:
     to the last kept one (and return that state)."""
     t, shard = state.cfg.train, state.shard
     snapshot = Path(run_dir) / "checkpoints" / WATCH_FILE
-    reason = shard.broadcast(judge(row, state.watch_reference, t.fid_watch))
-    if reason is not None and not snapshot.exists():
+    # rank 0's verdict and files for all: on several nodes the others may not see its disk
+    reason, saved = shard.broadcast((judge(row, state.watch_reference, t.fid_watch),
+                                     snapshot.exists()) if shard.is_main else None)
+    if reason is not None and not saved:
         log.warning("fid_watch: %s, but no evaluation was kept before it to go back to", reason)
     elif reason is not None and state.watch_retries >= t.fid_watch_retries:
         log.warning("fid_watch: %s after %d rollbacks in a row; keeping it", reason,
