@@ -59,13 +59,17 @@ def stage_changes(rows: list[dict]) -> list[float]:
     return [a["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
 
 
+ROLLBACK_EVENTS = ("recovery", "fid_watch")  # metrics events that discard a trajectory
+
+
 def kept_lines(lines: list[dict]) -> list[dict]:
-    """The metrics lines of the trajectory a run kept, in order. A recovery rolls the run back
-    to a checkpoint, so the lines written since that checkpoint (``n_images`` above the event's
-    ``rolled_back_to``) describe a discarded trajectory and are dropped; the events stay."""
+    """The metrics lines of the trajectory a run kept, in order. A recovery (or an FID-watch
+    rollback) sends the run back to a checkpoint, so the lines written since that checkpoint
+    (``n_images`` above the event's ``rolled_back_to``) describe a discarded trajectory and are
+    dropped; the events stay."""
     kept: list[dict] = []
     for line in lines:
-        if line.get("event") == "recovery":
+        if line.get("event") in ROLLBACK_EVENTS:
             kept = [k for k in kept if "event" in k or k["n_images"] <= line["rolled_back_to"]]
         kept.append(line)
     return kept
@@ -79,7 +83,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file,
     and the in-training FID when the run evaluated (``train.eval_every``): the trajectory the
-    run kept (``kept_lines``), with a red line where a recovery rolled it back."""
+    run kept (``kept_lines``), with a red line where a recovery or the FID watch rolled it
+    back."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +110,7 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     if evals:
         _plot_eval(axes[2], evals)
     axes[-1].set_xlabel("training images seen (thousands)")
-    rollbacks = [r["rolled_back_to"] / 1000 for r in lines if r.get("event") == "recovery"]
+    rollbacks = [r["rolled_back_to"] / 1000 for r in lines if r.get("event") in ROLLBACK_EVENTS]
     for ax in axes:
         for s in stage_changes(rows):
             ax.axvline(s, color="gray", linestyle=":", linewidth=1)

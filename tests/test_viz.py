@@ -58,3 +58,7 @@ def test_kept_lines_drop_what_a_rollback_discarded():
     kept = kept_lines(lines)
     assert kept == [lines[0], lines[5], lines[7], lines[8]]
     assert kept_lines(lines[:7]) == lines[:3] + lines[5:7]
+    # an FID-watch rollback discards the same way: the failed evaluation at 96 and what led to it
+    watched = lines[:5] + [{"event": "fid_watch", "n_images": 96, "rolled_back_to": 64},
+                           train(96, "d")]
+    assert kept_lines(watched) == lines[:3] + watched[5:]
