@@ -173,6 +173,7 @@ class TrainConfig:
     n_grid: int = 64                 # images in a sample grid
     eval_every: int = 0              # images between in-training evaluations, 0 = off
     eval_n: int = 1_000              # samples per in-training evaluation (FID, KID)
+    eval_fades_only: bool = False    # ... only during fades and the 3 evaluations before each
     eval_features: str = "fmnist"    # "fmnist" (Fashion-MNIST classifier) or "inception"
 
     def __post_init__(self):

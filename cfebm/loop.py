@@ -51,7 +51,7 @@ from cfebm.data import BatchStream, downsample, load_images, to_float
 from cfebm.distributed import Shard
 from cfebm.divergence import divergence
 from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
-from cfebm.growth import Growth, total_images
+from cfebm.growth import Growth, stage_starts, total_images
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
 from cfebm.sampling import Slice
@@ -151,9 +151,22 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return before // every != after // every
 
 
-def _evaluates(before: int, after: int, t: TrainConfig, final: bool) -> bool:
-    """Whether the iteration from ``before`` to ``after`` images ends with an evaluation."""
-    return _crossed(before, after, t.eval_every) or final
+def _evaluates(before: int, after: int, cfg: Config, final: bool) -> bool:
+    """Whether the iteration from ``before`` to ``after`` images ends with an evaluation: every
+    ``train.eval_every`` images, or with ``train.eval_fades_only`` only while a stage fades in
+    and over the ``fidwatch.REFERENCE_EVALS`` evaluations before it (what the FID watch reads),
+    and always at the end."""
+    t = cfg.train
+    if final:
+        return True
+    if not _crossed(before, after, t.eval_every):
+        return False
+    if not t.eval_fades_only:
+        return True
+    starts, fades = stage_starts(cfg.growth), cfg.growth.fade_images
+    lead = fidwatch.REFERENCE_EVALS * t.eval_every
+    return any(starts[s] - lead <= after <= starts[s] + fades[s]
+               for s in range(1, len(fades)) if fades[s] > 0)
 
 
 def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = None) -> TrainState:
@@ -305,7 +318,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             if main:
                 row = _maintain(state, before, growth, run_dir, runlog, averager, final,
                                 evaluator)
-            elif evaluator is not None and _evaluates(before, state.n_images, t, final):
+            elif evaluator is not None and _evaluates(before, state.n_images, cfg, final):
                 row, _ = evaluator(state)  # its part of rank 0's evaluation
             rewound = False  # by the FID watch, at this iteration
             if row is not None and t.fid_watch:
@@ -343,7 +356,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                **averager.pop(), "loss_spike": state.watch.pop_peak(),
                "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
-    if evaluator is not None and _evaluates(before, now, t, final):
+    if evaluator is not None and _evaluates(before, now, state.cfg, final):
         evaluation, improved = evaluator(state)
         runlog.write({**evaluation, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it

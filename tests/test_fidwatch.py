@@ -167,3 +167,14 @@ def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tm
     assert same(straight.net.state_dict(), resumed.net.state_dict())
     assert same(straight.ema.state_dict(), resumed.ema.state_dict())
     assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+
+
+@pytest.mark.slow
+def test_evaluations_only_around_fades(tmp_path):
+    """``train.eval_fades_only``: the fade into 16² spans 128-192 images, so evaluations (every
+    32) come from three before it (32, 64, 96) to its end, then only the final one."""
+    require_fashion_mnist()
+    loop.run_training(tiny_watched("train.eval_fades_only=true", "train.fid_watch=1e6"), tmp_path,
+                      progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["n_images"] for r in rows if "eval_fid" in r] == [32, 64, 96, 128, 160, 192, 384]
