@@ -31,7 +31,6 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from cfebm.loop import TrainingEval
 from cfebm.sampling import (
     coarse_step_count,
     energy_of,
@@ -41,6 +40,7 @@ from cfebm.sampling import (
     upsample,
 )
 from cfebm.trained import load
+from cfebm.training_eval import TrainingEval
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ import torch
 from cfebm.checkpoint import load_state
 from cfebm.config import apply_overrides
 from cfebm.data import downsample, to_float
-from cfebm.loop import TrainingEval
 from cfebm.training import match_config
+from cfebm.training_eval import TrainingEval
 
 
 def gradient_rms(state, evaluation: TrainingEval, n: int) -> float:

@@ -8,8 +8,9 @@ Layout of a run directory::
     checkpoints/previous.pt     the one before it (a recovery's second line: ``_recover``)
     checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
     checkpoints/best.pt         the state with the lowest in-training FID (``train.eval_every``;
-                                ``TrainingEval`` below writes its ``"eval"`` entry, ``best_fid``
-                                reads it)
+                                ``training_eval.TrainingEval`` writes its ``"eval"`` entry,
+                                ``best_fid`` reads it)
+    checkpoints/watch.pt        the last evaluation the FID watch kept (``fidwatch``)
     samples/<kimg>-<r>x<r>.png  sample grids, at every stage change and periodically
     training.png                loss and energies against images seen
     tb/                         TensorBoard events, when tensorboard is installed
@@ -30,11 +31,10 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm import fidwatch
@@ -42,19 +42,15 @@ from cfebm.checkpoint import (
     atomic_save,
     keep_as,
     load_state,
-    read,
     save_state,
     state_dict,
 )
-from cfebm.config import Config, TrainConfig, to_dict
-from cfebm.data import BatchStream, downsample, load_images, to_float
+from cfebm.config import Config, to_dict
+from cfebm.data import BatchStream
 from cfebm.distributed import Shard
 from cfebm.divergence import divergence
-from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import Growth, stage_starts, total_images
-from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
-from cfebm.sampling import Slice
 from cfebm.speed import busy_cpu_warning, precision_warning
 from cfebm.speed import describe as describe_speed
 from cfebm.training import (
@@ -65,15 +61,17 @@ from cfebm.training import (
     sample_negatives,
     train_step,
 )
+from cfebm.training_eval import TrainingEval, best_fid
 from cfebm.translation import source_batch, training_data, translating, translation_grid
 from cfebm.viz import plot_metrics, save_grid
 
 log = logging.getLogger(__name__)
 
 # Offsets from train.seed for the generators that must not share the chains' stream: the
-# training grids' fixed noise, the in-training evaluation's, and the chains after the k-th
-# recovery (a large stride, so recovery k of seed s does not replay a nearby seed's stream).
-GRID_SEED_OFFSET, EVAL_SEED_OFFSET, RECOVERY_SEED_STRIDE = 1, 2, 7919
+# training grids' fixed noise, the in-training evaluation's (training_eval.EVAL_SEED_OFFSET, 2),
+# and the chains after the k-th recovery (a large stride, so recovery k of seed s does not
+# replay a nearby seed's stream).
+GRID_SEED_OFFSET, RECOVERY_SEED_STRIDE = 1, 7919
 
 
 class RunError(RuntimeError):
@@ -372,108 +370,3 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
     if _crossed(before, now, t.checkpoint_every) or stage_done:
         save_latest(state, run_dir)
     return evaluation
-
-
-# ------------------------------------------------------------------------------------------------
-# In-training evaluation (train.eval_every) and the best checkpoint
-
-TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
-TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
-
-
-class TrainingEval:
-    """FID and KID of ``train.eval_n`` samples of the sampling network during training.
-
-    Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
-    a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
-    only by the network. In a data-parallel run each rank samples its rows of every batch
-    (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is
-    the run's test split (the first 10,000 images) at the same resolution, pooled from the top
-    resolution as the training data is; its features are computed once per resolution. Only
-    evaluations at the last stage, fully faded in, compete for the best checkpoint. After the
-    first stage the same samples are also scored pooled to the stage before's resolution.
-
-    Args:
-        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
-        device: where sampling and features run.
-        best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
-    """
-
-    def __init__(self, cfg: Config, device: torch.device, best: float = math.inf):
-        m = cfg.model
-        self.cfg, self.device, self.best = cfg, device, best
-        self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
-                                        channels=m.image_channels, device=device)
-        test = load_images(cfg.data, split="test", resolution=m.max_resolution,
-                           image_channels=m.image_channels)
-        self.test = test.get_batch(torch.arange(min(len(test), TRAINING_REFERENCE_MAX)))
-        self.references: dict[int, Reference] = {}
-
-    def reference(self, resolution: int) -> Reference:
-        if resolution not in self.references:
-            extractor = at_resolution(self.extractor, resolution)
-            batches = (downsample(to_float(x.to(self.device)), resolution)
-                       for x in self.test.split(FEATURE_BATCH))
-            self.references[resolution] = reference_of(batches, extractor, split="test")
-        return self.references[resolution]
-
-    def __call__(self, state) -> tuple[dict, bool]:
-        """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
-        cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
-        batch = growth.batch_size
-        # After the first stage the samples are also scored pooled to the stage before's
-        # resolution (like for like with that stage's last evaluation: does the fade, or the
-        # stage after it, lose what the coarse model knew?); only the pooled copies are kept,
-        # the full-size batches stream through.
-        coarse = cfg.growth.resolutions[growth.stage - 1] if growth.stage else 0
-        pooled: list[Tensor] = []
-
-        def batches() -> Iterator[Tensor]:
-            for start in range(0, cfg.train.eval_n, batch):
-                n = min(batch, cfg.train.eval_n - start)
-                first, rows = shard.rows(n)
-                chains = generator if shard.world == 1 else Slice(generator, first, rows, n)
-                with frozen(net):
-                    x = sample_negatives(net, growth, rows, cfg.sampler, coarse=state.coarse,
-                                         generator=chains, device=self.device,
-                                         autocast=state.autocast)
-                x = shard.gather(x.detach(), n)
-                if coarse:
-                    pooled.append(downsample(x, coarse))
-                yield x
-
-        result = self.score(batches(), growth.resolution)
-        candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
-        improved = candidate and result.fid < self.best
-        if improved:
-            self.best = result.fid
-        row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
-               "eval_beta": growth.beta, "eval_n": cfg.train.eval_n, "eval_fid": result.fid,
-               "eval_kid": result.kid, "eval_kid_std": result.kid_std, "eval_best": improved}
-        if coarse:
-            row.update(eval_coarse_resolution=coarse,
-                       eval_fid_coarse=self.score(pooled, coarse).fid)
-        return row, improved
-
-    def score(self, samples: Iterable[Tensor], resolution: int) -> EvalResult:
-        """FID and KID of sample batches (B, C, R, R) in [-1, 1] at ``resolution`` R."""
-        result, _ = evaluate_samples(samples, self.reference(resolution),
-                                     at_resolution(self.extractor, resolution),
-                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
-        return result
-
-
-def best_fid(path: str | Path, train: TrainConfig) -> float:
-    """The FID stored in a best checkpoint written during training (its ``eval`` entry), or inf
-    if there is none or it was measured otherwise (other ``eval_n`` or features): FID is biased
-    by the sample count, so only like with like competes."""
-    path = Path(path)
-    if not path.is_file():
-        return math.inf
-    ckpt = read(path)
-    row, saved = ckpt.get("eval") or {}, ckpt["config"]["train"]
-    same = (row.get("eval_n") == train.eval_n
-            and saved.get("eval_features") == train.eval_features)
-    return float(row["eval_fid"]) if same and "eval_fid" in row else math.inf

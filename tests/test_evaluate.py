@@ -25,9 +25,10 @@ from cfebm.evaluate import (
     make_extractor,
     nearest_neighbours,
 )
-from cfebm.loop import best_fid, run_training
+from cfebm.loop import run_training
 from cfebm.metrics import FeatureStats, FMNISTFeatures, kid
 from cfebm.metrics.reference import image_batches, load_reference
+from cfebm.training_eval import best_fid
 
 # The tiny preset (8 -> 16 px, 384 images) on the first 256 Fashion-MNIST images of each split.
 TINY_FMNIST = ['data.dataset="fashion_mnist"', "data.limit=256"]

@@ -1,0 +1,128 @@
+"""In-training evaluation (``train.eval_every``) and the best checkpoint it keeps.
+
+``TrainingEval`` scores samples drawn as trained with a small sample count (``train.eval_n``)
+during a run; ``loop.run_training`` writes its rows to ``metrics.jsonl`` and the best state to
+``checkpoints/best.pt``, whose stored FID ``best_fid`` reads back on resume. The FID watch
+(``fidwatch``) judges the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cfebm.checkpoint import read
+from cfebm.config import Config, TrainConfig
+from cfebm.data import downsample, load_images, to_float
+from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
+from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
+from cfebm.model import frozen
+from cfebm.sampling import Slice
+from cfebm.training import sample_negatives
+
+EVAL_SEED_OFFSET = 2  # from train.seed: the evaluation's chains share no stream with training's
+
+TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
+TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
+
+
+class TrainingEval:
+    """FID and KID of ``train.eval_n`` samples of the sampling network during training.
+
+    Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
+    a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
+    only by the network. In a data-parallel run each rank samples its rows of every batch
+    (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is
+    the run's test split (the first 10,000 images) at the same resolution, pooled from the top
+    resolution as the training data is; its features are computed once per resolution. Only
+    evaluations at the last stage, fully faded in, compete for the best checkpoint. After the
+    first stage the same samples are also scored pooled to the stage before's resolution.
+
+    Args:
+        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
+        device: where sampling and features run.
+        best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, best: float = math.inf):
+        m = cfg.model
+        self.cfg, self.device, self.best = cfg, device, best
+        self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
+                                        channels=m.image_channels, device=device)
+        test = load_images(cfg.data, split="test", resolution=m.max_resolution,
+                           image_channels=m.image_channels)
+        self.test = test.get_batch(torch.arange(min(len(test), TRAINING_REFERENCE_MAX)))
+        self.references: dict[int, Reference] = {}
+
+    def reference(self, resolution: int) -> Reference:
+        if resolution not in self.references:
+            extractor = at_resolution(self.extractor, resolution)
+            batches = (downsample(to_float(x.to(self.device)), resolution)
+                       for x in self.test.split(FEATURE_BATCH))
+            self.references[resolution] = reference_of(batches, extractor, split="test")
+        return self.references[resolution]
+
+    def __call__(self, state) -> tuple[dict, bool]:
+        """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
+        cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
+        batch = growth.batch_size
+        # After the first stage the samples are also scored pooled to the stage before's
+        # resolution (like for like with that stage's last evaluation: does the fade, or the
+        # stage after it, lose what the coarse model knew?); only the pooled copies are kept,
+        # the full-size batches stream through.
+        coarse = cfg.growth.resolutions[growth.stage - 1] if growth.stage else 0
+        pooled: list[Tensor] = []
+
+        def batches() -> Iterator[Tensor]:
+            for start in range(0, cfg.train.eval_n, batch):
+                n = min(batch, cfg.train.eval_n - start)
+                first, rows = shard.rows(n)
+                chains = generator if shard.world == 1 else Slice(generator, first, rows, n)
+                with frozen(net):
+                    x = sample_negatives(net, growth, rows, cfg.sampler, coarse=state.coarse,
+                                         generator=chains, device=self.device,
+                                         autocast=state.autocast)
+                x = shard.gather(x.detach(), n)
+                if coarse:
+                    pooled.append(downsample(x, coarse))
+                yield x
+
+        result = self.score(batches(), growth.resolution)
+        candidate = growth.stage == len(cfg.growth.resolutions) - 1 and not growth.fading
+        improved = candidate and result.fid < self.best
+        if improved:
+            self.best = result.fid
+        row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
+               "eval_beta": growth.beta, "eval_n": cfg.train.eval_n, "eval_fid": result.fid,
+               "eval_kid": result.kid, "eval_kid_std": result.kid_std, "eval_best": improved}
+        if coarse:
+            row.update(eval_coarse_resolution=coarse,
+                       eval_fid_coarse=self.score(pooled, coarse).fid)
+        return row, improved
+
+    def score(self, samples: Iterable[Tensor], resolution: int) -> EvalResult:
+        """FID and KID of sample batches (B, C, R, R) in [-1, 1] at ``resolution`` R."""
+        result, _ = evaluate_samples(samples, self.reference(resolution),
+                                     at_resolution(self.extractor, resolution),
+                                     kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
+        return result
+
+
+def best_fid(path: str | Path, train: TrainConfig) -> float:
+    """The FID stored in a best checkpoint written during training (its ``eval`` entry), or inf
+    if there is none or it was measured otherwise (other ``eval_n`` or features): FID is biased
+    by the sample count, so only like with like competes."""
+    path = Path(path)
+    if not path.is_file():
+        return math.inf
+    ckpt = read(path)
+    row, saved = ckpt.get("eval") or {}, ckpt["config"]["train"]
+    same = (row.get("eval_n") == train.eval_n
+            and saved.get("eval_features") == train.eval_features)
+    return float(row["eval_fid"]) if same and "eval_fid" in row else math.inf
