@@ -26,7 +26,7 @@ from cfebm.config import Config, ConfigError, from_dict, to_dict
 from cfebm.distributed import Shard
 from cfebm.divergence import LossWatch
 from cfebm.model import EnergyNet, frozen_copy
-from cfebm.training import TrainState, lookahead_of, new_state, resolve_device
+from cfebm.training import TrainState, lookahead_of, match_config, new_state, resolve_device
 
 FORMAT = "cfebm-train-state-v1"
 
@@ -185,6 +185,16 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     state.coarse = coarse_copies(state.sampling_net(), ckpt.get("coarse", []))
     state.shard = shard
     return state
+
+
+def rolled_back(path: str | Path, current: TrainState) -> TrainState:
+    """The state saved at ``path``, as a rollback of ``current`` continues from it: with
+    ``current``'s config (``match_config``), time spent and recoveries (they only grow)."""
+    back = load_state(path, current.device, current.shard)
+    back.cfg = current.cfg
+    match_config(back)
+    back.train_seconds, back.recoveries = current.train_seconds, current.recoveries
+    return back
 
 
 def restore_generator(generator: torch.Generator, saved: torch.Tensor) -> None:

@@ -30,8 +30,8 @@ import logging
 import statistics
 from pathlib import Path
 
-from cfebm.checkpoint import load_state, save_state
-from cfebm.training import TrainState, match_config
+from cfebm.checkpoint import rolled_back, save_state
+from cfebm.training import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,8 @@ def _rewind(state: TrainState, snapshot: Path, runlog, row: dict, reason: str) -
     ``train.fid_watch_lr`` down to the floor (a divergence's rollback may halve it further).
     Written over ``latest.pt`` at once, as a divergence's rollback is, so a crash loses
     nothing."""
-    cfg, shard, failed_at = state.cfg, state.shard, state.n_images
-    back = load_state(snapshot, state.device, shard)
-    back.cfg = cfg
-    match_config(back)
-    back.train_seconds, back.recoveries = state.train_seconds, state.recoveries
-    t = cfg.train
+    t, shard, failed_at = state.cfg.train, state.shard, state.n_images
+    back = rolled_back(snapshot, state)
     floor = t.fid_watch_lr ** t.fid_watch_retries
     back.lr_scale = state.lr_scale * max(t.fid_watch_lr, min(1.0, floor / state.lr_scale))
     back.rolled_back_to = None

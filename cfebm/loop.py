@@ -42,6 +42,7 @@ from cfebm.checkpoint import (
     atomic_save,
     keep_as,
     load_state,
+    rolled_back,
     save_state,
     state_dict,
 )
@@ -235,15 +236,13 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
         raise RunError(f"training diverged at {state.n_images} images ({reason})"
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
-    failed_at, seconds = state.n_images, state.train_seconds  # time spent stays spent
+    failed_at, current = state.n_images, state  # its time spent stays spent
     latest = source = run_dir / "checkpoints" / "latest.pt"
-    device, state = state.device, load_state(latest, state.device, shard)
+    state = rolled_back(latest, current)
     if state.n_images == state.rolled_back_to and latest.with_name("previous.pt").exists():
         source = latest.with_name("previous.pt")
-        state = load_state(source, device, shard)
-    state.cfg, state.recoveries, state.lr_scale = cfg, recoveries, lr_scale
-    match_config(state)
-    state.train_seconds, state.rolled_back_to = seconds, state.n_images
+        state = rolled_back(source, current)
+    state.recoveries, state.lr_scale, state.rolled_back_to = recoveries, lr_scale, state.n_images
     state.generator.manual_seed(cfg.train.seed + RECOVERY_SEED_STRIDE * recoveries)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
     if shard.is_main:  # not save_latest: previous.pt stays the checkpoint before this one
