@@ -81,6 +81,12 @@ class SamplerConfig:
     """Short-run Langevin dynamics, Eq. (3): x <- x - step_size·∇E(x) + noise_std_t·ε."""
 
     step_size: float = 1.0          # A.2: "the Langevin step size as 1.0"
+    # r₀ > 0: the step at resolution r is step_size·(r/r₀)², proportional to the pixel count.
+    # Through a grown net's 2× average pooling each fine pixel gets a quarter of the coarse
+    # energy's gradient, so with this scaling the coarse energy moves the pooled image at a new
+    # resolution exactly as far per step as it did at the one before. 0: step_size at every
+    # resolution (the paper and the authors' code).
+    step_base_resolution: int = 0
     # η0, the start of the noise schedule: a noise *std* for "std_linear" and "constant", a noise
     # *variance* for "variance_linear" and "a2" (A.2 writes η_t as a variance). 0.015 is the
     # std of the authors' final scripts (Fig. 18); A.2 uses the variance 0.02.
@@ -112,6 +118,7 @@ class SamplerConfig:
 
     def __post_init__(self):
         _require(self.step_size > 0, "sampler.step_size must be > 0")
+        _require(self.step_base_resolution >= 0, "sampler.step_base_resolution must be >= 0")
         _require(self.eta0 >= 0, "sampler.eta0 must be >= 0")
         _require(self.noise_schedule in NOISE_SCHEDULES,
                  f"sampler.noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}")

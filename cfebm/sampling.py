@@ -243,6 +243,14 @@ def _per_step(value: float | Tensor, n_steps: int, name: str) -> list[float]:
     return [float(value)] * n_steps
 
 
+def step_size_at(resolution: int, cfg: SamplerConfig) -> float:
+    """The Langevin step size at ``resolution``: ``cfg.step_size``, times (r/r₀)² when
+    ``cfg.step_base_resolution`` r₀ is set (a step proportional to the pixel count)."""
+    if cfg.step_base_resolution == 0:
+        return cfg.step_size
+    return cfg.step_size * (resolution / cfg.step_base_resolution) ** 2
+
+
 def langevin_cfg(
     energy: Energy, x: Tensor, n_steps: int, cfg: SamplerConfig, *,
     eta0: float | None = None, generator: Generator = None, **kwargs,
@@ -256,7 +264,8 @@ def langevin_cfg(
     eta0 = cfg.eta0 if eta0 is None else eta0
     every_step = cfg.clamp and cfg.clamp_every_step
     x = langevin(
-        energy, x, n_steps, cfg.step_size, noise_schedule(cfg.noise_schedule, n_steps, eta0),
+        energy, x, n_steps, step_size_at(x.shape[-1], cfg),
+        noise_schedule(cfg.noise_schedule, n_steps, eta0),
         clamp=(-1.0, 1.0) if every_step else None, generator=generator, **kwargs,
     )
     # The authors clamp once, at the end of each scale's chain (upsampling keeps the range).

@@ -20,6 +20,7 @@ from cfebm.sampling import (
     mix_with_noise,
     noise_schedule,
     smooth_init,
+    step_size_at,
     upsample,
 )
 from cfebm.training import sample_negatives, sampling_schedule
@@ -377,3 +378,31 @@ def test_streams_give_each_chain_its_own_numbers_whatever_the_batch():
     assert not torch.equal(whole[:50], whole[50:100])
     with pytest.raises(ValueError, match="multiple of 50"):
         Streams.for_chains(7, 10, 50)
+
+
+@pytest.mark.parametrize("base, drift_matches", [(8, True), (0, False)])
+def test_a_step_proportional_to_the_pixel_count_moves_the_pooled_image_as_the_coarse_chain(
+        base, drift_matches):
+    """E16(x) = E8(avgpool x) gives each 16² pixel a quarter of the coarse gradient; with the
+    step scaled by (16/8)² the pooled noiseless chain is the 8² chain itself, step for step.
+    With one step size for every resolution (the paper) it moves a quarter as far."""
+    cfg = SamplerConfig(step_size=0.05, eta0=0.0, clamp=False, step_base_resolution=base)
+
+    def fine(x):
+        return gaussian_energy(torch.nn.functional.avg_pool2d(x, 2))
+
+    x8 = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    coarse = langevin_cfg(gaussian_energy, x8, 7, cfg)
+    pooled = torch.nn.functional.avg_pool2d(langevin_cfg(fine, upsample(x8), 7, cfg), 2)
+    assert torch.allclose(pooled, coarse, atol=1e-6) == drift_matches
+    one_step = torch.nn.functional.avg_pool2d(langevin_cfg(fine, upsample(x8), 1, cfg), 2)
+    quarter = 0.25 if base == 0 else 1.0
+    torch.testing.assert_close(one_step, x8 - quarter * 0.05 * (x8 - MU) / S**2)
+
+
+def test_step_size_at_each_resolution():
+    cfg = SamplerConfig(step_size=0.5, step_base_resolution=16)
+    assert [step_size_at(r, cfg) for r in (8, 16, 32)] == [0.125, 0.5, 2.0]
+    assert step_size_at(32, SamplerConfig(step_size=0.5)) == 0.5
+    with pytest.raises(ConfigError, match="step_base_resolution"):
+        SamplerConfig(step_base_resolution=-1)
