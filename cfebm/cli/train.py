@@ -17,7 +17,7 @@ from cfebm import __version__, distributed
 from cfebm.budget import fit_schedule
 from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
-from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
+from cfebm.config import Config, SamplerConfig, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.growth import total_images
 from cfebm.loop import run_training
 from cfebm.model import count_parameters
@@ -117,6 +117,13 @@ def translation_runs(cfg: Config, run_dir: Path, direction: str | None) -> list[
     return [(run_dir / d, replace(cfg, task=replace(cfg.task, direction=d))) for d in ("ab", "ba")]
 
 
+def _step(sampler: SamplerConfig) -> str:
+    """The Langevin step as ``cfebm info`` states it: one size, or one per resolution."""
+    if sampler.step_base_resolution == 0:
+        return f"{sampler.step_size:g}"
+    return f"{sampler.step_size:g}·(r/{sampler.step_base_resolution})²"
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     model = load(args.model, device="cpu")
     cfg, m, g = model.cfg, model.cfg.model, model.growth
@@ -142,7 +149,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         (f"weights         {model.weights} (train.ema_decay {cfg.train.ema_decay:g}), "
         f"{cfg.train.precision}"),
         (f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
-        f"model(s), step {cfg.sampler.step_size:g}, η0 {cfg.sampler.eta0:g} "
+        f"model(s), step {_step(cfg.sampler)}, start noise {cfg.sampler.start_noise}, "
+        f"η0 {cfg.sampler.eta0:g} "
         f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth} (mix {cfg.sampler.mix}, "
         f"coarse steps {cfg.sampler.coarse_steps})"),
         f"data            {cfg.data.dataset}" if cfg.task.kind == "generate" else
