@@ -42,9 +42,12 @@ def test_a_preset_with_a_base_is_its_base_plus_its_own_keys():
     assert long["growth"]["stage_images"] == [19_200, 44_800, 240_000]
     assert long["growth"]["n_steps"] == [15, 25, 30] != base["growth"]["n_steps"]
     assert long["train"]["compile"] is False and base["train"]["compile"] is True
+    assert (long["sampler"]["start_noise"], long["sampler"]["step_base_resolution"]) == ("uniform", 0)
+    assert (base["sampler"]["start_noise"], base["sampler"]["step_base_resolution"]) == ("nested", 8)
     for key in ("stage_images", "n_steps"):
         long["growth"][key] = base["growth"][key]
     long["train"]["compile"] = True
+    long["sampler"] = base["sampler"]
     assert long == base
 
 
