@@ -17,10 +17,11 @@ from cfebm import __version__, distributed
 from cfebm.budget import fit_schedule
 from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
-from cfebm.config import Config, SamplerConfig, apply_overrides, load_preset, preset_names, to_dict
+from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.growth import total_images
 from cfebm.loop import run_training
 from cfebm.model import count_parameters
+from cfebm.sampling import step_size_at
 from cfebm.trained import load
 from cfebm.training import resolve_device
 
@@ -117,11 +118,10 @@ def translation_runs(cfg: Config, run_dir: Path, direction: str | None) -> list[
     return [(run_dir / d, replace(cfg, task=replace(cfg.task, direction=d))) for d in ("ab", "ba")]
 
 
-def _step(sampler: SamplerConfig) -> str:
-    """The Langevin step as ``cfebm info`` states it: one size, or one per resolution."""
-    if sampler.step_base_resolution == 0:
-        return f"{sampler.step_size:g}"
-    return f"{sampler.step_size:g}·(r/{sampler.step_base_resolution})²"
+def _steps(cfg: Config) -> str:
+    """The Langevin step at each of the schedule's resolutions (``sampling.step_size_at``)."""
+    return "/".join(f"{step_size_at(r, cfg.sampler):g}" for r in cfg.growth.resolutions) + \
+        " at " + "/".join(f"{r}²" for r in cfg.growth.resolutions)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -149,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         (f"weights         {model.weights} (train.ema_decay {cfg.train.ema_decay:g}), "
         f"{cfg.train.precision}"),
         (f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
-        f"model(s), step {_step(cfg.sampler)}, start noise {cfg.sampler.start_noise}, "
+        f"model(s), step {_steps(cfg)}, start noise {cfg.sampler.start_noise}, "
         f"η0 {cfg.sampler.eta0:g} "
         f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth} (mix {cfg.sampler.mix}, "
         f"coarse steps {cfg.sampler.coarse_steps})"),
