@@ -271,7 +271,8 @@ def _check_mask(mask: Tensor, start: Tensor) -> None:
 
 def load(path_or_name: str | Path, *, ema: bool | None = None,
          device: str | torch.device = "auto") -> TrainedModel:
-    """A ``TrainedModel`` from a checkpoint (.pt), an export (.safetensors) or a packaged name.
+    """A ``TrainedModel`` from a checkpoint (.pt), an export (.safetensors), a run folder (its
+    ``checkpoints/latest.pt``, what ``cfebm train --run-dir`` leaves) or a packaged name.
 
     ``ema``: None takes the EMA weights when the run kept them (every preset's best); False the
     trained weights; True insists on the EMA. Loading never executes code from the file.
@@ -282,6 +283,8 @@ def load(path_or_name: str | Path, *, ema: bool | None = None,
             raise CheckpointError(f"the pretrained model {path_or_name!r} is not installed")
     else:
         path = Path(path_or_name)
+        if path.is_dir():
+            path = path / "checkpoints" / "latest.pt"
     device = resolve_device(str(device))
     model = _load_export(path, ema) if path.suffix == ".safetensors" else _load_checkpoint(path, ema)
     return model.to(device)

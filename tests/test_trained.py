@@ -71,6 +71,13 @@ def test_an_export_is_readable_by_others_as_the_umask_allows(tiny_run, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+def test_a_run_folder_loads_its_latest_checkpoint(tiny_run):
+    by_folder, by_file = load(tiny_run), load(tiny_run / "checkpoints" / "latest.pt")
+    assert by_folder.source == str(tiny_run / "checkpoints" / "latest.pt")
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(by_folder.energy(x), by_file.energy(x))
+
+
 def test_default_weights_are_the_ema_when_kept(tiny_run):
     ckpt = tiny_run / "checkpoints" / "latest.pt"
     assert load(ckpt).weights == "ema" and load(ckpt, ema=False).weights == "trained"

@@ -193,7 +193,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="describe a checkpoint or export", formatter_class=FORMATTER)
-    p.add_argument("model", help="a checkpoint (.pt), an export (.safetensors) or a name")
+    p.add_argument("model", help="a checkpoint (.pt), an export (.safetensors), a run "
+                   "folder or a name")
     p.add_argument("--config", action="store_true", help="also print the full config")
     p.set_defaults(func=cmd_info)
 
