@@ -5,7 +5,8 @@ matrix-multiply peaks are measured in the same run, so the fraction of peak is c
 machines. Not a test: run it on a quiet machine and copy the table into RESULTS.md.
 
 Modes: ``fp32``; ``bf16`` (bf16 autocast and channels-last); ``compile`` (fp32, the Langevin
-energy compiled, ``train.compile``); ``bf16-compile`` (both). Each row's peak is its precision's.
+energy compiled, ``train.compile``); ``bf16-compile`` (both); ``graphs`` and ``bf16-graphs``
+(compiled with "reduce-overhead": CUDA graphs on a GPU). Each row's peak is its precision's.
 On CUDA the fp32 peak is true fp32 while cuDNN runs fp32 convolutions in TF32 by default
 (``torch.backends.cudnn.allow_tf32``), so fp32 rows may exceed 100% of it.
 
@@ -33,7 +34,7 @@ from cfebm.data import downsample
 from cfebm.growth import Growth, growth_at, stage_starts
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import energy_of, langevin
-from cfebm.speed import native_bf16
+from cfebm.speed import CompiledEnergy, native_bf16
 from cfebm.training import new_state, sampling_schedule, train_step
 
 MODES = {  # mode: config overrides
@@ -43,7 +44,13 @@ MODES = {  # mode: config overrides
     "compile": ["train.precision=fp32", "train.channels_last=false", "train.compile=true"],
     "compile-cl": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
     "bf16-compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+    "graphs": ["train.precision=fp32", "train.channels_last=false", "train.compile=true"],
+    "bf16-graphs": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
 }
+
+
+# Modes whose compiled energy also replays CUDA graphs (torch.compile's "reduce-overhead").
+GRAPH_MODES = ("graphs", "bf16-graphs")
 
 
 def sync(device: torch.device) -> None:
@@ -134,8 +141,13 @@ def iteration_flops(state, growth: Growth, x: torch.Tensor) -> int:
     return total + count_flops(loss)
 
 
-def bench_stage(cfg, growth: Growth, batch: int, repeats: int, device: torch.device) -> dict:
+def bench_stage(cfg, growth: Growth, batch: int, repeats: int, device: torch.device,
+                graphs: bool = False) -> dict:
     state = new_state(cfg, device)
+    if graphs:
+        state.compiled = CompiledEnergy(state.net, mode="reduce-overhead")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     state.n_images = stage_starts(cfg.growth)[growth.stage] + growth.images_in_stage
     x = torch.rand(batch, cfg.model.image_channels, growth.resolution, growth.resolution,
                    device=device) * 2 - 1
@@ -148,11 +160,13 @@ def bench_stage(cfg, growth: Growth, batch: int, repeats: int, device: torch.dev
         state.n_images -= batch  # stay at the same point of the schedule
 
     iter_s = timed(iteration, max(1, repeats // 5), device)
+    # The most the device held at once, chains and the loss's backward included (CUDA only).
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     iter_flops = iteration_flops(state, growth, x)
     return {"step_s": step_s, "step_gflops": step_flops / step_s / 1e9,
             "chain_img_steps_per_s": batch / step_s,
             "iter_s": iter_s, "iter_gflops": iter_flops / iter_s / 1e9,
-            "img_per_s": batch / iter_s}
+            "img_per_s": batch / iter_s, "peak_gib": peak_gib}
 
 
 def main() -> None:
@@ -181,8 +195,8 @@ def main() -> None:
     print(f"# {date.today()} · {where} · torch {torch.__version__}")
     print(f"# matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     print("| preset | mode | stage | β | Langevin step (ms) | images×steps/s | GFLOP/s (% of peak) "
-          "| train iteration (s) | train it/s | GFLOP/s (% of peak) | images/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| train iteration (s) | train it/s | GFLOP/s (% of peak) | images/s | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     base = apply_overrides(load_preset(args.preset), args.set)
     n_stages = len(base.growth.resolutions)
     stages = (range(n_stages) if args.stages == "all"
@@ -195,7 +209,7 @@ def main() -> None:
             offset = cfg.growth.fade_images[stage] // 2 if stage else 0
             growth = growth_at(starts[stage] + offset, cfg.growth)
             batch = args.batch or growth.batch_size
-            r = bench_stage(cfg, growth, batch, args.repeats, device)
+            r = bench_stage(cfg, growth, batch, args.repeats, device, mode in GRAPH_MODES)
             hours += cfg.growth.stage_images[stage] / batch * r["iter_s"] / 3600
             peak = peaks[cfg.train.precision]
             print(f"| {args.preset} | {mode} | {growth.resolution}² | {growth.beta:.2f} | "
@@ -203,7 +217,8 @@ def main() -> None:
                   f"{r['step_gflops']:.1f} ({100 * r['step_gflops'] / peak:.0f}%) | "
                   f"{r['iter_s']:.2f} | {1 / r['iter_s']:.2f} | "
                   f"{r['iter_gflops']:.1f} ({100 * r['iter_gflops'] / peak:.0f}%) | "
-                  f"{r['img_per_s']:.0f} |", flush=True)
+                  f"{r['img_per_s']:.0f} | "
+                  f"{'–' if r['peak_gib'] is None else format(r['peak_gib'], '.2f')} |", flush=True)
         if args.batch == 0 and len(stages) == n_stages:
             print(f"# {args.preset} {mode}: the whole schedule takes about {hours:.1f} h on one "
                   "device at these per-iteration times (mid-fade of each stage)", flush=True)

@@ -15,10 +15,14 @@ values a fade takes (tests/test_speed.py counts them).
 
 fp16 is not offered: the Langevin input gradient of a spectrally normalised net in fp16 needs
 loss scaling that no one has shown safe here; bf16 autocast (``train.precision``) is the
-reduced-precision choice. ``"auto"`` takes it only where the device computes bf16 natively
-(CUDA with bf16 support; a CPU whose oneDNN build runs bf16 kernels, AVX-512 and newer): on an
-AVX2-only CPU, bf16 is emulated and a training iteration ran 10–15× slower than in fp32
-(benchmarks/RESULTS.md, "A CPU without AVX-512").
+reduced-precision choice. ``"auto"`` takes it only on a CPU whose oneDNN build runs bf16
+kernels (AVX-512 and newer), where it is 1.7–2.9× faster per Langevin step. On an AVX2-only CPU
+bf16 is emulated and a training iteration ran 10–15× slower than in fp32 (benchmarks/RESULTS.md,
+"A CPU without AVX-512"). On CUDA ``"auto"`` is fp32, with cuDNN's TF32 convolutions: on an H200
+at the presets' batches bf16 autocast was slower, since these small networks leave the GPU
+waiting on kernel launches and autocast adds casts (a `cifar10` training iteration at 32² took
+0.29 s in bf16 against 0.22 s; the `celebahq256` schedule 17.5 h against 14.0 h; RESULTS.md,
+"Scale on one H200").
 """
 
 from __future__ import annotations
@@ -46,14 +50,15 @@ class CompiledEnergy:
     ``net.cfg``, so it stands in for the network wherever a sampler takes one.
     """
 
-    def __init__(self, net: EnergyNet, backend: str = "inductor"):
+    def __init__(self, net: EnergyNet, backend: str = "inductor", mode: str | None = None):
         self.net, self.cfg = net, net.cfg
         # Up to four graphs per resolution (module docstring). Dynamo's default limit of 8 per
         # function would send the third resolution of a run back to eager mode with a warning.
         limit = 4 * len(net.resolutions) + 4
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
-        self.compiled = torch.compile(net, backend=backend, dynamic=False)
+        # mode: torch.compile's ("reduce-overhead" adds CUDA graphs; measured in benchmarks/)
+        self.compiled = torch.compile(net, backend=backend, dynamic=False, mode=mode)
         self._beta: tuple[float, torch.device, Tensor] | None = None
 
     def __call__(self, x: Tensor, beta: float = 1.0) -> Tensor:
@@ -94,9 +99,10 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolved_precision(precision: str, device: torch.device) -> str:
-    """``train.precision`` on ``device``: "fp32" or "bf16"; "auto" is bf16 where it is native."""
+    """``train.precision`` on ``device``: "fp32" or "bf16"; "auto" is bf16 on a CPU that runs it
+    natively and fp32 elsewhere, CUDA included (measured faster there; module docstring)."""
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
     return precision
 
 

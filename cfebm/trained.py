@@ -112,8 +112,9 @@ class TrainedModel:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision the model was trained in (bf16 autocast or none). A model trained in
-        bf16 runs in fp32 on a device that could only emulate bf16 (``speed.native_bf16``):
-        many times faster there, and the energies differ only by bf16's rounding."""
+        bf16 runs in fp32 where ``train.precision = "auto"`` is fp32 (a CPU that could only
+        emulate bf16, and CUDA; ``speed.resolved_precision``): faster there, and the energies
+        differ only by bf16's rounding."""
         trained = self.cfg.train.precision
         return speed.autocast("fp32" if trained == "fp32" else "auto", self.device)
 

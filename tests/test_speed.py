@@ -133,3 +133,17 @@ def test_a_busy_cpu_is_reported_only_when_threads_would_contend(monkeypatch):
 
 def test_the_runnable_task_count_includes_this_process():
     assert speed._runnable_tasks() >= 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, native):
+    """"auto": bf16 on a CPU with native bf16, fp32 on one that would emulate it, and fp32 on
+    CUDA whatever it supports (bf16 measured slower there); a precision asked for by name stays."""
+    monkeypatch.setattr(speed, "native_bf16", lambda device: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert speed.resolved_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert speed.resolved_precision("auto", cuda) == "fp32"
+    for device in (cpu, cuda):
+        assert speed.resolved_precision("bf16", device) == "bf16"
+        assert speed.resolved_precision("fp32", device) == "fp32"
+    assert (speed.precision_warning("bf16", cpu) is None) == native
