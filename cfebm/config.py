@@ -161,9 +161,12 @@ class TrainConfig:
     lookahead_alpha: float = 0.5     # ... and the fraction the slow weights move at each sync
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"          # "fp32", "bf16" (autocast; energies and loss stay fp32) or
-    #                                  "auto": bf16 where the device runs it natively (speed.py)
+    #                                  "auto": bf16 on a CPU that runs it natively, else fp32
+    #                                  (CUDA too: measured faster there; speed.py)
     channels_last: bool = False      # memory format for convolutions
     compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
+    cuda_graphs: bool = False        # ... and replay it as CUDA graphs on a GPU (needs compile;
+    #                                  no effect on a CPU)
     max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
     spike_factor: float = 30.0       # recent median |loss| above this x the one before; 0 = off
     spike_floor: float = 1.0         # ... if that recent |loss| is also above this (divergence.py)
@@ -186,6 +189,8 @@ class TrainConfig:
     def __post_init__(self):
         _require(self.precision in ("fp32", "bf16", "auto"),
                  "train.precision must be 'fp32', 'bf16' or 'auto'")
+        _require(self.compile or not self.cuda_graphs,
+                 "train.cuda_graphs replays the compiled energy: it needs train.compile = true")
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
         _require(self.grad_penalty >= 0, "train.grad_penalty must be >= 0 (0 = off)")

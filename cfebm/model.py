@@ -245,7 +245,10 @@ def frozen(net: nn.Module) -> Iterator[nn.Module]:
     """Evaluate ``net`` for sampling: eval mode, no parameter gradients, cached weights.
 
     Eval mode freezes the spectral-norm power iteration (as the authors' sampler does), and the
-    normalised weights are computed once for the whole chain instead of once per step.
+    normalised weights are computed once for the whole chain instead of once per step: on entry,
+    eagerly, so that a compiled energy always finds them cached and takes them as inputs (one
+    graph per resolution and fade state; under CUDA graphs a weight first computed inside the
+    graph would be an output that the next replay overwrites).
     Restores the training mode and ``requires_grad`` flags on exit.
     """
     was_training = net.training
@@ -255,6 +258,10 @@ def frozen(net: nn.Module) -> Iterator[nn.Module]:
         p.requires_grad_(False)
     try:
         with parametrize.cached():
+            for module in net.modules():
+                if parametrize.is_parametrized(module):
+                    for name in module.parametrizations:
+                        getattr(module, name)  # fills the cache
             yield net
     finally:
         for p, flag in flags:

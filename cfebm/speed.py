@@ -8,10 +8,10 @@ gradient ∇ₓE is compiled with it: AOTAutograd traces the backward graph of t
 β changes at every iteration of a fade. As a Python float it is a graph constant (or, with
 dynamo's automatic dynamic floats, one more compilation after the first change); passed as a
 0-dim tensor it is a graph input, so one graph serves every β of every fade at a resolution.
-β = 1 (a grown stage) keeps the float and its own graph without the fading branch. Each of the
-two is traced twice, since ``model.frozen`` starts every chain with an empty spectral-norm
-weight cache that its first call fills: at most four graphs per resolution, however many β
-values a fade takes (tests/test_speed.py counts them).
+β = 1 (a grown stage) keeps the float and its own graph without the fading branch.
+``model.frozen`` fills the spectral-norm weight cache before a chain's first call, so the
+normalised weights are always graph inputs: two graphs per resolution, however many β values a
+fade takes (tests/test_speed.py counts them).
 
 fp16 is not offered: the Langevin input gradient of a spectrally normalised net in fp16 needs
 loss scaling that no one has shown safe here; bf16 autocast (``train.precision``) is the
@@ -51,9 +51,10 @@ class CompiledEnergy:
     """
 
     def __init__(self, net: EnergyNet, backend: str = "inductor", mode: str | None = None):
-        self.net, self.cfg = net, net.cfg
-        # Up to four graphs per resolution (module docstring). Dynamo's default limit of 8 per
-        # function would send the third resolution of a run back to eager mode with a warning.
+        self.net, self.cfg, self.mode = net, net.cfg, mode
+        # Two graphs per resolution (module docstring), four with room to spare. Dynamo's
+        # default limit of 8 per function would send the fifth resolution of a run back to
+        # eager mode with a warning.
         limit = 4 * len(net.resolutions) + 4
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
@@ -85,6 +86,17 @@ class CompiledEnergy:
                         type(error).__name__, reason)
             self.compiled = self.net
             return self.net(x, beta)
+
+
+def compiled_energy(net: EnergyNet, cfg: Config, device: torch.device) -> CompiledEnergy | None:
+    """The Langevin energy of a run as ``train.compile`` and ``train.cuda_graphs`` ask: None
+    (eager), compiled, or compiled and replayed as CUDA graphs (on a GPU only; a CPU has none).
+    Graphs cure a GPU that waits on kernel launches: a `cifar10` training iteration on an H200
+    took 0.10 s against 0.18 s eager at 32² (benchmarks/RESULTS.md, "Scale on one H200")."""
+    if not cfg.train.compile:
+        return None
+    graphs = cfg.train.cuda_graphs and device.type == "cuda"
+    return CompiledEnergy(net, mode="reduce-overhead" if graphs else None)
 
 
 @functools.cache
@@ -161,5 +173,11 @@ def describe(cfg: Config, device: torch.device) -> str:
     return (f"speed: device {device}, precision {precision}{asked} "
             f"({'bf16 autocast, fp32 energies' if precision == 'bf16' else 'no autocast'}), "
             f"channels_last {t.channels_last}, compile {t.compile} "
-            f"({'Langevin energy and its input gradient' if t.compile else 'eager'}), "
+            f"({compile_note(t.compile, t.cuda_graphs and device.type == 'cuda')}), "
             f"{torch.get_num_threads()} CPU threads")
+
+
+def compile_note(compiled: bool, graphs: bool) -> str:
+    if not compiled:
+        return "eager"
+    return "Langevin energy and its input gradient" + (", CUDA graphs" if graphs else "")

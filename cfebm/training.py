@@ -210,7 +210,7 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.growth.lr[0],
                                  betas=cfg.train.adam_betas)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    compiled = CompiledEnergy(net) if cfg.train.compile else None
+    compiled = speed.compiled_energy(net, cfg, device)
     watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor)
     return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled,
                       lookahead=lookahead_of(net, cfg))
@@ -247,7 +247,7 @@ def match_config(state: TrainState) -> None:
         state.ema = None
     for group in state.optimizer.param_groups:
         group["betas"] = tuple(train.adam_betas)
-    state.compiled = CompiledEnergy(state.net) if train.compile else None  # compiles lazily
+    state.compiled = speed.compiled_energy(state.net, state.cfg, state.device)  # compiles lazily
     if train.lookahead == 0 or state.lookahead is None:
         state.lookahead = lookahead_of(state.net, state.cfg)
     else:
