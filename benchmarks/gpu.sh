@@ -12,13 +12,7 @@
 # run of this script's plumbing; its timings mean nothing).
 #   bash benchmarks/gpu.sh                          # on the GPU machine, from the repository root
 #   DEVICE=cpu OUT=/tmp/gpu-dry bash benchmarks/gpu.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"
-DEVICE="${DEVICE:-cuda}"
-PY="${PYTHON:-python3}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_env.sh"
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   SMALL=cifar10 BIG=celebahq256 REPEATS=20 BATCH=64

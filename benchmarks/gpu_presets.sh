@@ -4,13 +4,7 @@
 # schedule's hours from them (benchmarks/throughput.py --batch 0). About 5 minutes on an H200.
 #   bash benchmarks/gpu_presets.sh                   # on the GPU machine, from the repository root
 #   DEVICE=cpu OUT=/tmp/gpu-dry bash benchmarks/gpu_presets.sh   # plumbing only: tiny batches
-set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"
-DEVICE="${DEVICE:-cuda}"
-PY="${PYTHON:-python3}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_env.sh"
 PRESETS="cifar10 imagenet32 celeba64 celebahq128 celebahq256 celebahq512 translate-photo"
 if [ "$DEVICE" = cuda ]; then
   ARGS=(--batch 0 --repeats 10)
