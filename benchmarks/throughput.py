@@ -6,7 +6,7 @@ machines. Not a test: run it on a quiet machine and copy the table into RESULTS.
 
 Modes: ``fp32``; ``bf16`` (bf16 autocast and channels-last); ``compile`` (fp32, the Langevin
 energy compiled, ``train.compile``); ``bf16-compile`` (both); ``graphs`` and ``bf16-graphs``
-(compiled with "reduce-overhead": CUDA graphs on a GPU). Each row's peak is its precision's.
+(``train.cuda_graphs``: CUDA graphs on a GPU, plain compile on a CPU). Each row's peak is its precision's.
 On CUDA the fp32 peak is true fp32 while cuDNN runs fp32 convolutions in TF32 by default
 (``torch.backends.cudnn.allow_tf32``), so fp32 rows may exceed 100% of it.
 
@@ -34,7 +34,7 @@ from cfebm.data import downsample
 from cfebm.growth import Growth, growth_at, stage_starts
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import energy_of, langevin
-from cfebm.speed import CompiledEnergy, native_bf16
+from cfebm.speed import native_bf16
 from cfebm.training import new_state, sampling_schedule, train_step
 
 MODES = {  # mode: config overrides
@@ -44,13 +44,14 @@ MODES = {  # mode: config overrides
     "compile": ["train.precision=fp32", "train.channels_last=false", "train.compile=true"],
     "compile-cl": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
     "bf16-compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
-    "graphs": ["train.precision=fp32", "train.channels_last=false", "train.compile=true"],
-    "bf16-graphs": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+    "graphs": ["train.precision=fp32", "train.channels_last=false", "train.compile=true",
+               "train.cuda_graphs=true"],
+    "bf16-graphs": ["train.precision=bf16", "train.channels_last=true", "train.compile=true",
+                    "train.cuda_graphs=true"],
 }
-
-
-# Modes whose compiled energy also replays CUDA graphs (torch.compile's "reduce-overhead").
-GRAPH_MODES = ("graphs", "bf16-graphs")
+COLUMNS = ("preset", "mode", "stage", "β", "Langevin step (ms)", "images×steps/s",
+           "GFLOP/s (% of peak)", "train iteration (s)", "train it/s", "GFLOP/s (% of peak)",
+           "images/s", "peak memory (GiB)")
 
 
 def sync(device: torch.device) -> None:
@@ -141,11 +142,8 @@ def iteration_flops(state, growth: Growth, x: torch.Tensor) -> int:
     return total + count_flops(loss)
 
 
-def bench_stage(cfg, growth: Growth, batch: int, repeats: int, device: torch.device,
-                graphs: bool = False) -> dict:
+def bench_stage(cfg, growth: Growth, batch: int, repeats: int, device: torch.device) -> dict:
     state = new_state(cfg, device)
-    if graphs:
-        state.compiled = CompiledEnergy(state.net, mode="reduce-overhead")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     state.n_images = stage_starts(cfg.growth)[growth.stage] + growth.images_in_stage
@@ -194,9 +192,8 @@ def main() -> None:
              else f"{platform.processor() or platform.machine()} · {args.threads} threads")
     print(f"# {date.today()} · {where} · torch {torch.__version__}")
     print(f"# matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    print("| preset | mode | stage | β | Langevin step (ms) | images×steps/s | GFLOP/s (% of peak) "
-          "| train iteration (s) | train it/s | GFLOP/s (% of peak) | images/s | peak memory (GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
     base = apply_overrides(load_preset(args.preset), args.set)
     n_stages = len(base.growth.resolutions)
     stages = (range(n_stages) if args.stages == "all"
@@ -209,7 +206,7 @@ def main() -> None:
             offset = cfg.growth.fade_images[stage] // 2 if stage else 0
             growth = growth_at(starts[stage] + offset, cfg.growth)
             batch = args.batch or growth.batch_size
-            r = bench_stage(cfg, growth, batch, args.repeats, device, mode in GRAPH_MODES)
+            r = bench_stage(cfg, growth, batch, args.repeats, device)
             hours += cfg.growth.stage_images[stage] / batch * r["iter_s"] / 3600
             peak = peaks[cfg.train.precision]
             print(f"| {args.preset} | {mode} | {growth.resolution}² | {growth.beta:.2f} | "

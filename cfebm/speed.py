@@ -95,8 +95,12 @@ def compiled_energy(net: EnergyNet, cfg: Config, device: torch.device) -> Compil
     took 0.10 s against 0.18 s eager at 32² (benchmarks/RESULTS.md, "Scale on one H200")."""
     if not cfg.train.compile:
         return None
-    graphs = cfg.train.cuda_graphs and device.type == "cuda"
-    return CompiledEnergy(net, mode="reduce-overhead" if graphs else None)
+    return CompiledEnergy(net, mode="reduce-overhead" if cuda_graphs(cfg, device) else None)
+
+
+def cuda_graphs(cfg: Config, device: torch.device) -> bool:
+    """Whether the run's compiled energy replays CUDA graphs: asked for, and on a GPU."""
+    return cfg.train.compile and cfg.train.cuda_graphs and device.type == "cuda"
 
 
 @functools.cache
@@ -169,15 +173,11 @@ def describe(cfg: Config, device: torch.device) -> str:
     """One line of the speed choices a run makes, printed at its start."""
     t = cfg.train
     precision = resolved_precision(t.precision, device)
+    graphs = ", CUDA graphs" if cuda_graphs(cfg, device) else ""
+    compiled_what = f"Langevin energy and its input gradient{graphs}" if t.compile else "eager"
     asked = f" from {t.precision}" if t.precision != precision else ""
     return (f"speed: device {device}, precision {precision}{asked} "
             f"({'bf16 autocast, fp32 energies' if precision == 'bf16' else 'no autocast'}), "
             f"channels_last {t.channels_last}, compile {t.compile} "
-            f"({compile_note(t.compile, t.cuda_graphs and device.type == 'cuda')}), "
+            f"({compiled_what}), "
             f"{torch.get_num_threads()} CPU threads")
-
-
-def compile_note(compiled: bool, graphs: bool) -> str:
-    if not compiled:
-        return "eager"
-    return "Langevin energy and its input gradient" + (", CUDA graphs" if graphs else "")
