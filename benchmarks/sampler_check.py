@@ -15,6 +15,8 @@ learned energy is where the data lie (a Langevin step moves a pixel by about tha
         "T50=growth.n_steps=[15,50,20]" "full=sampler.coarse_steps=full" \
         "cascade=sampler.init=cascade" "nested=sampler.start_noise=nested" \
         "noise=sampler.smooth=false" "T10=growth.n_steps=[15,10,20]"
+    python benchmarks/sampler_check.py runs/s19e-8-s0/checkpoints/latest.pt --n 2000 \
+        --at 19199 "s1=train.seed=1"     # a finished 8² stage, 2,000 samples, two chain seeds
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ def main() -> None:
     parser.add_argument("checkpoint", help="a training checkpoint (not an export)")
     parser.add_argument("variants", nargs="*", help="NAME=KEY=VALUE[;KEY=VALUE...]")
     parser.add_argument("--n", type=int, default=500, help="samples per evaluation")
-    args = parser.parse_args()
+    parser.add_argument("--at", type=int, help="evaluate as of this many images (one before a "
+                        "stage boundary: the finished stage at its own resolution)")
+    args = parser.parse_intermixed_args()
 
     state = load_state(args.checkpoint, "cpu")
+    if args.at is not None:
+        state.n_images = args.at
     base = apply_overrides(state.cfg, [f"train.eval_n={args.n}", "train.compile=false"])
     state.cfg = base
     match_config(state)  # eager: each variant would otherwise compile its own graphs
