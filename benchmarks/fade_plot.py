@@ -42,6 +42,7 @@ class Fade:
     end: int
     reference: float
     evals: list[dict]
+    rollbacks: int  # the FID watch's, over the whole replay
 
     def pooled(self, during: bool) -> list[float]:
         """Pooled FIDs of the evaluations during the fade (start < n ≤ end) or after it."""
@@ -51,8 +52,8 @@ class Fade:
 
 def fade_of(run: Path) -> Fade:
     """The fade ``run`` replays (see the module docstring)."""
-    evals = [r for r in read_metrics(run / "metrics.jsonl")
-             if "eval_fid" in r and "eval_fid_coarse" in r]
+    lines = read_metrics(run / "metrics.jsonl")
+    evals = [r for r in lines if "eval_fid" in r and "eval_fid_coarse" in r]
     if not evals:
         raise SystemExit(f"{run}: no in-training evaluation after the first stage")
     growth = from_dict(json.loads((run / "config.json").read_text())).growth
@@ -61,7 +62,8 @@ def fade_of(run: Path) -> Fade:
     coarse = growth.resolutions[stage - 1]
     saved = read(run / "checkpoints" / "watch.pt")["fid_watch"]["reference"][str(coarse)]
     return Fade(coarse, growth.resolutions[stage], start, start + growth.fade_images[stage],
-                statistics.median(saved), [r for r in evals if r["n_images"] > start])
+                statistics.median(saved), [r for r in evals if r["n_images"] > start],
+                sum(r.get("event") == "fid_watch" for r in lines))
 
 
 def table_row(label: str, run: Path) -> str:
@@ -70,13 +72,11 @@ def table_row(label: str, run: Path) -> str:
     fade = fade_of(run)
     during, after, ref = fade.pooled(True), fade.pooled(False), fade.reference
     worst, median = max(during), statistics.median(during)
-    everything = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                  if "eval_fid" in r]
     last = fade.evals[-1]
     return (f"| {label} | {ref:.1f} | {' '.join(f'{v:.1f}' for v in during)} "
             f"| {worst:.1f} ({worst / ref:.2f}×) | {median:.1f} ({median / ref:.2f}×) "
             f"| {' '.join(f'{v:.1f}' for v in after)} | {last['eval_fid']:.1f} "
-            f"({last['n_images']:,}) | {len(everything) - len(fade.evals)} |")
+            f"({last['n_images']:,}) | {fade.rollbacks} |")
 
 
 def plot(out: str, panels: list[tuple[str, list[Path]]], labels: list[str], margin: float) -> None:
