@@ -6,7 +6,9 @@ budget ran out, often inside a coarse stage, with no model at the resolution the
 (two AVX2 cores without bf16 run a 32² iteration about 5× slower; benchmarks/RESULTS.md).
 
 ``fit_schedule`` predicts the schedule's time from one timed training iteration per stage and
-phase (mid-fade and grown). When the prediction exceeds the budget it first keeps the recipe's
+phase (mid-fade and grown), with the in-training evaluations the run will make
+(``train.eval_every``, which the FID watch reads) costed from the same timings: a budget is
+wall-clock time, so the evaluations' share of it shortens the schedule like any other cost. When the prediction exceeds the budget it first keeps the recipe's
 iterations and halves every stage's batch (and so its images), down to ``MIN_BATCH``, timing
 each halving; if even that does not fit, it scales every stage's and every fade's images by one
 factor f < 1. The run then ends on its finished, fully grown last stage, with the recipe's
@@ -24,16 +26,19 @@ last stage's iterations are worth more than whole coarse stages.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
-from cfebm.config import Config, GrowthConfig
+from cfebm.config import Config, GrowthConfig, TrainConfig
 from cfebm.growth import stage_starts
+from cfebm.model import frozen
 from cfebm.sampling import init_uniform
-from cfebm.training import new_state, train_step
+from cfebm.training import new_state, sample_negatives, train_step
+from cfebm.training_eval import evaluates
 
 SLACK = 0.9  # share of the budget a shortened schedule's iterations fill: grids, checkpoints, logs
 MIN_BATCH = 16  # the smallest batch a fitted schedule halves a stage's batch to
@@ -41,18 +46,40 @@ MIN_BATCH = 16  # the smallest batch a fitted schedule halves a stage's batch to
 
 @dataclass(frozen=True)
 class StageCost:
-    """Seconds of one training iteration of a stage while its block fades in and once grown."""
+    """Seconds of one training iteration of a stage while its block fades in and once grown,
+    and of one batch of its chains drawn as an in-training evaluation draws them (no parameter
+    gradients), in each phase."""
 
     fading: float
     grown: float
+    sampling_fading: float
+    sampling_grown: float
 
 
-def predicted_seconds(growth: GrowthConfig, costs: list[StageCost]) -> float:
-    """Seconds the iterations of ``growth``'s whole schedule take at ``costs`` per iteration."""
+def predicted_seconds(growth: GrowthConfig, costs: list[StageCost],
+                      train: TrainConfig | None = None) -> float:
+    """Seconds the iterations of ``growth``'s whole schedule take at ``costs`` per iteration,
+    plus, with ``train``, its in-training evaluations (``evaluation_seconds``)."""
     total = 0.0
     for batch, fade, images, cost in zip(growth.batch_size, growth.fade_images,
                                          growth.stage_images, costs):
         total += fade / batch * cost.fading + (images - fade) / batch * cost.grown
+    return total + (evaluation_seconds(growth, costs, train) if train is not None else 0.0)
+
+
+def evaluation_seconds(growth: GrowthConfig, costs: list[StageCost], train: TrainConfig) -> float:
+    """Seconds of the schedule's in-training evaluations (``train.eval_every``; the FID watch
+    reads them): each draws ``train.eval_n`` samples with the stage's sampler, costed as
+    eval_n / batch batches of its stage's and phase's chains, rounded up (the features and FID
+    of a small feature net cost a few percent of that: see ``measure``)."""
+    total, starts = 0.0, stage_starts(growth)
+    for s, (batch, fade, cost) in enumerate(zip(growth.batch_size, growth.fade_images, costs)):
+        for before in range(starts[s], starts[s + 1], batch):
+            after = min(before + batch, starts[s + 1])
+            if evaluates(before, after, growth, train, final=after == starts[-1]):
+                fading = s and after - starts[s] < fade
+                chains = cost.sampling_fading if fading else cost.sampling_grown
+                total += math.ceil(train.eval_n / batch) * chains
     return total
 
 
@@ -67,34 +94,38 @@ def scaled(growth: GrowthConfig, f: float) -> GrowthConfig:
     return replace(growth, stage_images=tuple(stages), fade_images=tuple(fades))
 
 
-def fit(growth: GrowthConfig, costs: list[StageCost], budget: float) -> tuple[GrowthConfig, float]:
+def fit(growth: GrowthConfig, costs: list[StageCost], budget: float,
+        train: TrainConfig | None = None) -> tuple[GrowthConfig, float]:
     """The schedule to train in ``budget`` seconds, and its factor f ≤ 1: ``growth`` itself if
-    its predicted time is within the budget, else the largest f (to 0.1%) whose schedule fits
-    ``SLACK × budget`` (the rest for grids, checkpoints and logs)."""
-    if predicted_seconds(growth, costs) <= budget:
+    its predicted time (with ``train``'s evaluations) is within the budget, else the largest f
+    (to 0.1%) whose schedule fits ``SLACK × budget`` (the rest for grids, checkpoints and
+    logs)."""
+    if predicted_seconds(growth, costs, train) <= budget:
         return growth, 1.0
     low, high = 0.0, 1.0
     while high - low > 1e-3:
         mid = (low + high) / 2
-        fits = predicted_seconds(scaled(growth, mid), costs) <= SLACK * budget
+        fits = predicted_seconds(scaled(growth, mid), costs, train) <= SLACK * budget
         low, high = (mid, high) if fits else (low, mid)
     return scaled(growth, low), low
 
 
 def measure(cfg: Config, device: torch.device | None = None,
             clock: Callable[[], float] = time.perf_counter) -> list[StageCost]:
-    """Time one training iteration of every stage, mid-fade and grown, on a throwaway copy of
-    the run, with its precision and compile settings: the fastest of two, after one untimed
-    iteration (which allocates, and compiles: inductor's on-disk cache then serves the run's
-    own compile)."""
+    """Time one training iteration and one evaluation batch of chains for every stage, mid-fade
+    and grown, on a throwaway copy of the run, with its precision and compile settings: the
+    fastest of two, after one untimed iteration (which allocates, and compiles: inductor's
+    on-disk cache then serves the run's own compile). Only schedules with
+    ``train.eval_every`` time the chains (0 s otherwise: no evaluation to cost)."""
     state = new_state(cfg, device)
     starts, costs = stage_starts(cfg.growth), []
+    evaluating = cfg.train.eval_every > 0
     try:
         for s, fade in enumerate(cfg.growth.fade_images):
-            grown = _iteration_seconds(state, min(starts[s] + fade, starts[s + 1] - 1), clock)
-            fading = (_iteration_seconds(state, starts[s] + fade // 2, clock) if s and fade
+            grown = _seconds(state, min(starts[s] + fade, starts[s + 1] - 1), evaluating, clock)
+            fading = (_seconds(state, starts[s] + fade // 2, evaluating, clock) if s and fade
                       else grown)
-            costs.append(StageCost(fading, grown))
+            costs.append(StageCost(fading[0], grown[0], fading[1], grown[1]))
     finally:
         if cfg.train.compile:
             # dynamo's recompile limit counts graphs per code object, the throwaway net's too:
@@ -103,19 +134,34 @@ def measure(cfg: Config, device: torch.device | None = None,
     return costs
 
 
-def _iteration_seconds(state, n_images: int, clock: Callable[[], float], repeats: int = 2) -> float:
-    """The fastest of ``repeats`` timed iterations at ``n_images`` (the fastest: another
-    process's burst only ever slows one down)."""
+def _seconds(state, n_images: int, evaluating: bool, clock: Callable[[], float],
+             repeats: int = 2) -> tuple[float, float]:
+    """Seconds of a training iteration and (if ``evaluating``, else 0) of one batch of an
+    evaluation's chains at ``n_images``: the fastest of ``repeats`` timed calls each (the
+    fastest: another process's burst only ever slows one down)."""
     state.n_images = n_images
     g, channels = state.growth, state.cfg.model.image_channels
     x = init_uniform(g.batch_size, channels, g.resolution, device=state.device)
     train_step(state, x)
-    seconds = []
-    for _ in range(repeats):
-        state.n_images, begin = n_images, clock()
+
+    def iteration() -> None:
+        state.n_images = n_images
         train_step(state, x)
-        seconds.append(clock() - begin)
-    return min(seconds)
+
+    def chains() -> None:
+        with frozen(state.sampling_net()):
+            sample_negatives(state.sampling_energy(), g, g.batch_size, state.cfg.sampler,
+                             coarse=state.coarse, device=state.device, autocast=state.autocast)
+
+    def fastest(call: Callable[[], None]) -> float:
+        seconds = []
+        for _ in range(repeats):
+            begin = clock()
+            call()
+            seconds.append(clock() - begin)
+        return min(seconds)
+
+    return fastest(iteration), fastest(chains) if evaluating else 0.0
 
 
 def halved(growth: GrowthConfig) -> GrowthConfig | None:
@@ -137,8 +183,9 @@ def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
     update (the module's docstring has the measurement)."""
     budget = 60.0 * minutes
     costs = measure(cfg, device)
-    while predicted_seconds(cfg.growth, costs) > budget and (smaller := halved(cfg.growth)):
+    while (predicted_seconds(cfg.growth, costs, cfg.train) > budget
+           and (smaller := halved(cfg.growth))):
         cfg = replace(cfg, growth=smaller)
         costs = measure(cfg, device)
-    growth, f = fit(cfg.growth, costs, budget)
+    growth, f = fit(cfg.growth, costs, budget, cfg.train)
     return replace(cfg, growth=growth), f, costs

@@ -45,6 +45,11 @@ def total_images(cfg: GrowthConfig) -> int:
     return stage_starts(cfg)[-1]
 
 
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether an iteration from ``before`` to ``after`` images passes a multiple of ``every``."""
+    return before // every != after // every
+
+
 def growth_at(n_images: int, cfg: GrowthConfig) -> Growth:
     """The training state after ``n_images`` images. Past the end, the last stage at β = 1."""
     if n_images < 0:

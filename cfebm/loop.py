@@ -50,7 +50,7 @@ from cfebm.config import Config, to_dict
 from cfebm.data import BatchStream
 from cfebm.distributed import Shard
 from cfebm.divergence import divergence
-from cfebm.growth import Growth, stage_starts, total_images
+from cfebm.growth import Growth, crossed, total_images
 from cfebm.model import frozen
 from cfebm.speed import busy_cpu_warning, precision_warning
 from cfebm.speed import describe as describe_speed
@@ -62,7 +62,7 @@ from cfebm.training import (
     sample_negatives,
     train_step,
 )
-from cfebm.training_eval import TrainingEval, best_fid
+from cfebm.training_eval import TrainingEval, best_fid, evaluates
 from cfebm.translation import source_batch, training_data, translating, translation_grid
 from cfebm.viz import plot_metrics, save_grid
 
@@ -144,28 +144,6 @@ def _stop_on_signals() -> Iterator[list[int]]:
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    return before // every != after // every
-
-
-def _evaluates(before: int, after: int, cfg: Config, final: bool) -> bool:
-    """Whether the iteration from ``before`` to ``after`` images ends with an evaluation: every
-    ``train.eval_every`` images, or with ``train.eval_fades_only`` only while a stage fades in
-    and over the ``fidwatch.REFERENCE_EVALS`` evaluations before it (what the FID watch reads),
-    and always at the end."""
-    t = cfg.train
-    if final:
-        return True
-    if not _crossed(before, after, t.eval_every):
-        return False
-    if not t.eval_fades_only:
-        return True
-    starts, fades = stage_starts(cfg.growth), cfg.growth.fade_images
-    lead = fidwatch.REFERENCE_EVALS * t.eval_every
-    return any(starts[s] - lead <= after <= starts[s] + fades[s]
-               for s in range(1, len(fades)) if fades[s] > 0)
 
 
 def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = None) -> TrainState:
@@ -315,7 +293,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             if main:
                 row = _maintain(state, before, growth, run_dir, runlog, averager, final,
                                 evaluator)
-            elif evaluator is not None and _evaluates(before, state.n_images, cfg, final):
+            elif evaluator is not None and evaluates(before, state.n_images, cfg.growth, t, final):
                 row, _ = evaluator(state)  # its part of rank 0's evaluation
             rewound = False  # by the FID watch, at this iteration
             if row is not None and t.fid_watch:
@@ -346,26 +324,26 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
     t, now, after = state.cfg.train, state.n_images, state.growth
     evaluation = None
     stage_done = after.stage != growth.stage or final
-    if _crossed(before, now, t.log_every) or stage_done:
+    if crossed(before, now, t.log_every) or stage_done:
         row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
                "resolution": growth.resolution, "beta": growth.beta,
                "lr": growth.lr * state.lr_scale,  # as stepped: after rollbacks scaled it
                **averager.pop(), "loss_spike": state.watch.pop_peak(),
                "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
-    if evaluator is not None and _evaluates(before, now, state.cfg, final):
+    if evaluator is not None and evaluates(before, now, state.cfg.growth, t, final):
         evaluation, improved = evaluator(state)
         runlog.write({**evaluation, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
             atomic_save({**state_dict(state), "eval": evaluation},
                         run_dir / "checkpoints" / "best.pt")
     tag = "final" if final else f"{now / 1000:06.1f}k-{growth.resolution}x{growth.resolution}"
-    if _crossed(before, now, t.sample_every) or stage_done:
+    if crossed(before, now, t.sample_every) or stage_done:
         save_samples(state, run_dir / "samples" / f"{tag}.png", growth)
         plot_metrics(runlog.path, run_dir / "training.png")
     if stage_done and after.stage != growth.stage:
         save_state(state, run_dir / "checkpoints" /
                    f"stage{growth.stage}-{growth.resolution}x{growth.resolution}.pt")
-    if _crossed(before, now, t.checkpoint_every) or stage_done:
+    if crossed(before, now, t.checkpoint_every) or stage_done:
         save_latest(state, run_dir)
     return evaluation

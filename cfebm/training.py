@@ -188,6 +188,14 @@ class TrainState:
         """The EMA network if the run keeps one, else the trained network."""
         return self.ema if self.ema is not None else self.net
 
+    def sampling_energy(self) -> EnergyNet | CompiledEnergy:
+        """What chains of the sampling network call: the compiled Langevin energy when that
+        network is the trained one (``train.compile``, no EMA), else the sampling network.
+        Call inside ``frozen(self.sampling_net())``."""
+        if self.ema is None and self.compiled is not None:
+            return self.compiled
+        return self.sampling_net()
+
     def chains(self, batch: int) -> Generator:
         """The generator of this rank's rows of a global batch of ``batch`` (all of it alone)."""
         if self.shard.world == 1:

@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cfebm import fidwatch
 from cfebm.checkpoint import read
-from cfebm.config import Config, TrainConfig
+from cfebm.config import Config, GrowthConfig, TrainConfig
 from cfebm.data import downsample, load_images, to_float
 from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
+from cfebm.growth import crossed, stage_starts
 from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
 from cfebm.model import frozen
 from cfebm.sampling import Slice
@@ -28,6 +30,26 @@ EVAL_SEED_OFFSET = 2  # from train.seed: the evaluation's chains share no stream
 
 TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
 TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
+
+
+def evaluates(before: int, after: int, growth: GrowthConfig, train: TrainConfig,
+              final: bool) -> bool:
+    """Whether the iteration from ``before`` to ``after`` images ends with an evaluation: every
+    ``train.eval_every`` images, or with ``train.eval_fades_only`` only while a stage fades in
+    and over the ``fidwatch.REFERENCE_EVALS`` evaluations before it (what the FID watch reads),
+    and always at the end (``final``). Never without ``eval_every``."""
+    if not train.eval_every:
+        return False
+    if final:
+        return True
+    if not crossed(before, after, train.eval_every):
+        return False
+    if not train.eval_fades_only:
+        return True
+    starts, fades = stage_starts(growth), growth.fade_images
+    lead = fidwatch.REFERENCE_EVALS * train.eval_every
+    return any(starts[s] - lead <= after <= starts[s] + fades[s]
+               for s in range(1, len(fades)) if fades[s] > 0)
 
 
 class TrainingEval:
@@ -69,6 +91,7 @@ class TrainingEval:
     def __call__(self, state) -> tuple[dict, bool]:
         """Evaluate ``state`` (a ``TrainState``): (metrics row, whether it is the best yet)."""
         cfg, growth, net, shard = self.cfg, state.growth, state.sampling_net(), state.shard
+        energy = state.sampling_energy()
         generator = torch.Generator(device=self.device)
         generator.manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
         batch = growth.batch_size
@@ -80,15 +103,16 @@ class TrainingEval:
         pooled: list[Tensor] = []
 
         def batches() -> Iterator[Tensor]:
+            # whole training batches, the last one cut to eval_n: a compiled energy then
+            # meets no new shape (a recompile costs more than the spare chains)
+            first, rows = shard.rows(batch)
+            chains = generator if shard.world == 1 else Slice(generator, first, rows, batch)
             for start in range(0, cfg.train.eval_n, batch):
-                n = min(batch, cfg.train.eval_n - start)
-                first, rows = shard.rows(n)
-                chains = generator if shard.world == 1 else Slice(generator, first, rows, n)
                 with frozen(net):
-                    x = sample_negatives(net, growth, rows, cfg.sampler, coarse=state.coarse,
+                    x = sample_negatives(energy, growth, rows, cfg.sampler, coarse=state.coarse,
                                          generator=chains, device=self.device,
                                          autocast=state.autocast)
-                x = shard.gather(x.detach(), n)
+                x = shard.gather(x.detach(), batch)[:cfg.train.eval_n - start]
                 if coarse:
                     pooled.append(downsample(x, coarse))
                 yield x

@@ -11,13 +11,15 @@ from cfebm import budget
 from cfebm.budget import SLACK, StageCost, fit, predicted_seconds, scaled
 from cfebm.checkpoint import read
 from cfebm.cli import main
-from cfebm.config import Config, GrowthConfig, load_preset
+from cfebm.config import Config, GrowthConfig, TrainConfig, load_preset
 from cfebm.growth import growth_at, total_images
 
 GROWTH = GrowthConfig(resolutions=(8, 16, 32), batch_size=(64, 64, 64), lr=(3e-3, 3e-3, 1e-3),
                       n_steps=(15, 25, 20), fade_images=(0, 12_800, 12_800),
                       stage_images=(19_200, 44_800, 83_200), lr_decay="linear")
-COSTS = [StageCost(0.1, 0.1), StageCost(2.6, 2.3), StageCost(7.5, 6.7)]  # seconds per iteration
+# seconds per training iteration (fading, grown) and per batch of an evaluation's chains
+COSTS = [StageCost(0.1, 0.1, 0.05, 0.05), StageCost(2.6, 2.3, 1.8, 1.5),
+         StageCost(7.5, 6.7, 5.5, 4.5)]
 
 
 def test_predicted_seconds_counts_each_phase_at_its_cost():
@@ -61,7 +63,31 @@ def test_measure_times_every_stage_grown_and_mid_fade():
     ticks = count()
     costs = budget.measure(load_preset("tiny"), clock=lambda: float(next(ticks)))
     # one tick between the two reads of each timed iteration; 8² has no fade, 16² both phases
-    assert costs == [StageCost(1.0, 1.0), StageCost(1.0, 1.0)]
+    assert costs == [StageCost(1.0, 1.0, 0.0, 0.0), StageCost(1.0, 1.0, 0.0, 0.0)]
+    # with in-training evaluations their chains are timed too, in each phase
+    tiny = load_preset("tiny")
+    evaluating = replace(tiny, train=replace(tiny.train, eval_every=16, eval_features="inception"))
+    costs = budget.measure(evaluating, clock=lambda: float(next(ticks)))
+    assert costs == [StageCost(1.0, 1.0, 1.0, 1.0), StageCost(1.0, 1.0, 1.0, 1.0)]
+
+
+def test_evaluations_are_costed_at_their_stage_and_phase():
+    """Around the fades only (3 evaluations' lead, every 1,600 images, counted by hand): 8²
+    at 14,400-19,200; 16² fading at 20,800-30,400, grown at 32,000 and 59,200-64,000; 32²
+    fading at 65,600-75,200, grown at 76,800 and at the end. 2,000 samples are 32 batches."""
+    train = TrainConfig(eval_every=1_600, eval_n=2_000, eval_fades_only=True)
+    expected = 32 * (4 * 0.05 + 7 * 1.8 + 5 * 1.5 + 7 * 5.5 + 2 * 4.5)
+    assert budget.evaluation_seconds(GROWTH, COSTS, train) == pytest.approx(expected)
+    assert predicted_seconds(GROWTH, COSTS, train) == pytest.approx(
+        predicted_seconds(GROWTH, COSTS) + expected)
+    assert budget.evaluation_seconds(GROWTH, COSTS, TrainConfig(eval_every=0)) == 0.0
+
+
+def test_a_budget_leaves_room_for_the_evaluations():
+    train = TrainConfig(eval_every=1_600, eval_n=2_000, eval_fades_only=True)
+    seconds = predicted_seconds(GROWTH, COSTS) + 1   # the iterations alone would fit
+    fitted, f = fit(GROWTH, COSTS, seconds, train)
+    assert f < 1 and predicted_seconds(fitted, COSTS, train) <= SLACK * seconds
 
 
 def test_halving_keeps_every_stage_s_iterations_on_half_the_images():
@@ -79,7 +105,7 @@ def _timed_at_batch(timed):
     """A machine whose iterations cost 0.1 s + 0.01 s per image, whatever the stage."""
     def measure(cfg, device=None):
         timed.append(cfg.growth.batch_size)
-        return [StageCost(0.1 + 0.01 * b, 0.1 + 0.01 * b) for b in cfg.growth.batch_size]
+        return [StageCost(0.1 + 0.01 * b, 0.1 + 0.01 * b, 0.0, 0.0) for b in cfg.growth.batch_size]
     return measure
 
 
@@ -110,7 +136,7 @@ def test_a_slow_machine_halves_the_batches_before_it_shortens_the_stages(
 @pytest.fixture
 def slow_machine(monkeypatch):
     """Per-iteration costs of a machine on which the tiny preset takes 240 s."""
-    monkeypatch.setattr(budget, "measure", lambda cfg, device=None: [StageCost(10.0, 10.0)] * 2)
+    monkeypatch.setattr(budget, "measure", lambda cfg, device=None: [StageCost(10.0, 10.0, 0.0, 0.0)] * 2)
 
 
 def test_train_minutes_fits_the_schedule_and_the_run_ends_fully_grown(slow_machine, tmp_path):

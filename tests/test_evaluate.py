@@ -28,7 +28,9 @@ from cfebm.evaluate import (
 from cfebm.loop import run_training
 from cfebm.metrics import FeatureStats, FMNISTFeatures, kid
 from cfebm.metrics.reference import image_batches, load_reference
-from cfebm.training_eval import best_fid
+from cfebm.model import frozen
+from cfebm.training import new_state, sample_negatives
+from cfebm.training_eval import EVAL_SEED_OFFSET, TrainingEval, best_fid
 
 # The tiny preset (8 -> 16 px, 384 images) on the first 256 Fashion-MNIST images of each split.
 TINY_FMNIST = ['data.dataset="fashion_mnist"', "data.limit=256"]
@@ -225,6 +227,26 @@ def test_evaluating_does_not_change_the_training_run(fmnist_run, tmp_path):
     for key in ("model", "ema"):
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
+
+
+def test_an_evaluation_scores_eval_n_samples_of_the_training_sampler():
+    """eval_n = 20 at batch 16: the first 20 chains of two whole batches from the evaluation's
+    seed, drawn exactly as training draws its negatives (a compiled run's evaluation goes
+    through the compiled energy, whose whole batches meet no new shape)."""
+    _skip_without_fashion_mnist()
+    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + ["train.eval_every=128",
+                                                              "train.eval_n=20"])
+    state = new_state(cfg)
+    state.n_images = 160  # mid-fade: Algorithm 1's smooth initialisation and β = 0.5
+    evaluator = TrainingEval(cfg, state.device)
+    row, _ = evaluator(state)
+    generator = torch.Generator().manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
+    with frozen(state.net):
+        batches = [sample_negatives(state.net, state.growth, 16, cfg.sampler,
+                                    generator=generator) for _ in range(2)]
+    samples = torch.cat(batches)[:20]
+    assert row["eval_n"] == 20 and row["eval_beta"] == 0.5
+    assert row["eval_fid"] == pytest.approx(evaluator.score([samples], 16).fid, rel=1e-6)
 
 
 def test_resumed_run_keeps_comparing_with_the_stored_best(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cfebm import __version__, distributed
-from cfebm.budget import fit_schedule
+from cfebm.budget import evaluation_seconds, fit_schedule
 from cfebm.checkpoint import config_of, read
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
 from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
@@ -92,6 +92,9 @@ def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
     fitted, f, costs = fit_schedule(cfg, minutes, resolve_device(cfg.train.device))
     per_stage = ", ".join(f"{r}² {c.grown:.2f} s" for r, c in zip(cfg.growth.resolutions, costs))
     per_stage += f" per iteration, timed in {time.perf_counter() - begin:.0f} s"
+    if cfg.train.eval_every:
+        per_stage += (f"; in-training evaluations about "
+                      f"{evaluation_seconds(fitted.growth, costs, cfg.train) / 60:.1f} min")
     batches = fitted.growth.batch_size
     if f < 1.0 or batches != cfg.growth.batch_size:
         log.warning("the schedule does not fit %g minutes here (%s at batch %s): batches %s "
