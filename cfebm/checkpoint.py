@@ -189,7 +189,16 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
 
 def rolled_back(path: str | Path, current: TrainState) -> TrainState:
     """The state saved at ``path``, as a rollback of ``current`` continues from it: with
-    ``current``'s config (``match_config``), time spent and recoveries (they only grow)."""
+    ``current``'s config (``match_config``), time spent and recoveries (they only grow).
+
+    A compiled run drops its compiled graphs first: the discarded network's would stay in
+    dynamo's cache, which counts graphs per code object (every network's ``forward``), so a
+    few rollbacks reached its limit and the Langevin energy ran eagerly from then on, 1.4×
+    slower at 32² (benchmarks/RESULTS.md, "The FID watch in the `fmnist32` preset"). The
+    rolled-back network compiles its graphs again as it meets them, from inductor's on-disk
+    cache."""
+    if current.compiled is not None:
+        torch._dynamo.reset()
     back = load_state(path, current.device, current.shard)
     back.cfg = current.cfg
     match_config(back)

@@ -303,6 +303,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                 if rewound:
                     bar.n, averager = state.n_images, _Averager()
     bar.close()
+    if main and state.n_images < end and state.train_seconds >= budget:
+        log.warning("the time budget ran out at %d of %d images (%.0f s of training): the "
+                    "schedule and its lr decay are unfinished", state.n_images, end,
+                    state.train_seconds)
     if rewound and main:  # the last grid showed the evaluation that was rolled back
         save_samples(state, run_dir / "samples" / "final.png")
     if stop and main:  # the last iteration was not a final one: save it

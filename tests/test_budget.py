@@ -111,12 +111,15 @@ def _timed_at_batch(timed):
 
 @pytest.mark.parametrize("minutes, batches, shortened", [
     (100.0, [(64, 64, 64)], False),                           # the recipe fits: as it is
-    (20.0, [(64, 64, 64), (32, 32, 32)], False),              # batch 32 runs all its iterations
+    (25.0, [(64, 64, 64)], True),                             # f = 0.79 at batch 64: scaled
+    (15.0, [(64, 64, 64), (32, 32, 32)], True),               # f = 0.48 at 64: batch 32, f = 0.84
     (5.0, [(64, 64, 64), (32, 32, 32), (16, 16, 16)], True),  # batch 16, then one factor
 ])
-def test_a_slow_machine_halves_the_batches_before_it_shortens_the_stages(
+def test_a_slow_machine_halves_the_batches_before_it_loses_half_the_schedule(
         monkeypatch, minutes, batches, shortened):
-    # 2,300 iterations: 1,702 s at batch 64, 966 s at 32 and 598 s at 16
+    """2,300 iterations: 1,702 s at batch 64, 966 s at 32 and 598 s at 16. A batch is halved
+    only while the factor at it would be below ½ (halving then keeps more updates on as many
+    images); a smaller overshoot shortens the stages at the recipe's batch."""
     timed = []
     monkeypatch.setattr(budget, "measure", _timed_at_batch(timed))
     cfg, f, costs = budget.fit_schedule(Config(growth=GROWTH), minutes)

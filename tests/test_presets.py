@@ -44,9 +44,13 @@ def test_a_preset_with_a_base_is_its_base_plus_its_own_keys():
     assert long["train"]["compile"] is False and base["train"]["compile"] is True
     assert (long["sampler"]["start_noise"], long["sampler"]["step_base_resolution"]) == ("uniform", 0)
     assert (base["sampler"]["start_noise"], base["sampler"]["step_base_resolution"]) == ("nested", 8)
-    for key in ("stage_images", "n_steps"):
+    assert (long["train"]["fid_watch"], long["train"]["eval_every"]) == (0.0, 0)
+    assert (base["train"]["fid_watch"], base["train"]["eval_every"]) == (1.25, 1_600)
+    assert long["growth"]["fade_images"][2] == 12_800 != base["growth"]["fade_images"][2]
+    for key in ("stage_images", "n_steps", "fade_images"):
         long["growth"][key] = base["growth"][key]
-    long["train"]["compile"] = True
+    for key in ("compile", "fid_watch", "eval_every"):
+        long["train"][key] = base["train"][key]
     long["sampler"] = base["sampler"]
     assert long == base
 

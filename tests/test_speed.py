@@ -8,6 +8,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from cfebm import speed
+from cfebm.checkpoint import rolled_back, save_state
 from cfebm.config import ModelConfig, apply_overrides, load_preset
 from cfebm.model import EnergyNet, frozen
 from cfebm.speed import CompiledEnergy, busy_cpu_warning, describe
@@ -114,6 +115,27 @@ def test_training_step_with_compile_matches_eager(monkeypatch):
     for a, b in zip(states[0].net.parameters(), states[1].net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert "compile True" in describe(states[1].cfg, torch.device("cpu"))
+
+
+def test_rollbacks_leave_the_rolled_back_network_its_compiled_graphs(monkeypatch, tmp_path):
+    """Each rollback builds a new network; the discarded ones' graphs must not fill dynamo's
+    per-function limit (12 graphs for two resolutions), or the energy silently runs eagerly
+    from then on: every rolled-back network still compiles the graphs it meets."""
+    monkeypatch.setattr("cfebm.speed.torch.compile",
+                        lambda net, **kw: torch._dynamo.optimize("aot_eager")(net))
+    torch._dynamo.reset()
+    counters.clear()
+    state = new_state(apply_overrides(load_preset("tiny"), ["train.compile=true"]))
+    state.n_images = 160  # 16², mid-fade: two graphs (β as a tensor, and β = 1 for the coarse
+    save_state(state, tmp_path / "snapshot.pt")  # chain's 8²) per network
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    for _ in range(8):  # 16 graphs in all, beyond the limit
+        state = rolled_back(tmp_path / "snapshot.pt", state)
+        before = counters["stats"]["unique_graphs"]
+        with frozen(state.net):
+            energy_and_grad(state.compiled, x, 0.5)
+            energy_and_grad(state.compiled, x[:, :, ::2, ::2], 1.0)
+        assert counters["stats"]["unique_graphs"] == before + 2, "ran eagerly"
 
 
 def test_a_busy_cpu_is_reported_only_when_threads_would_contend(monkeypatch):

@@ -129,10 +129,11 @@ def test_short_run_on_real_fashion_mnist(tmp_path, fashion_mnist_available):
     assert (tmp_path / "samples" / "final.png").exists()
 
 
-def test_time_budget_stops_the_run_and_is_recorded(tmp_path):
+def test_time_budget_stops_the_run_and_is_recorded(tmp_path, caplog):
     assert run_training(tiny(), tmp_path / "none", time_budget=0.0, progress=False).n_images == 0
     state = run_training(tiny(), tmp_path, time_budget=1e-9, progress=False)
     assert state.n_images == 16  # one iteration, then the budget is spent
+    assert any("ran out at 16 of 384 images" in r.getMessage() for r in caplog.records)
     assert read(tmp_path / "checkpoints" / "latest.pt")["train_seconds"] > 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["n_images"] == 16 and rows[-1]["train_seconds"] > 0
