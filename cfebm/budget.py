@@ -10,10 +10,9 @@ phase (mid-fade and grown), with the in-training evaluations the run will make
 (``train.eval_every``, which the FID watch reads) costed from the same timings: a budget is
 wall-clock time, so the evaluations' share of it shortens the schedule like any other cost.
 When the prediction exceeds the budget so far that the schedule would have to shrink below
-half (f < ½), it first keeps the recipe's iterations and halves every
-stage's batch (and so its images), down to ``MIN_BATCH``, timing each halving; then, or at
-once when the overshoot is smaller, it scales every stage's and every fade's images by one
-factor f < 1. The run then ends on its finished, fully grown last stage, with the recipe's
+half (f < ½), it first keeps the recipe's iterations and halves every stage's batch (and so
+its images), down to ``MIN_BATCH``, timing each halving; then, or at once when the overshoot
+is smaller, it scales every stage's and every fade's images by one factor f < 1. The run then ends on its finished, fully grown last stage, with the recipe's
 proportions and its learning-rate decay to 0 intact. A schedule that fits is left as it is, so
 on the reference machine a preset trains exactly as measured.
 
