@@ -6,10 +6,11 @@ Each RUN is a replay's folder: a run resumed from the end of a coarse stage thro
 stage's fade with in-training evaluations (``train.eval_every``), or ``FOLDER@S``: the fade into
 stage S (0-based) of a whole run. The fade is read from the run's config (stage S, or the
 stage of its last evaluation; that stage's start and ``fade_images``); only
-the evaluations the run kept are used (``read_metrics`` drops what a rollback discarded). The
-reference is the median of the coarse resolution's FIDs in the run's ``checkpoints/watch.pt``
-(the source's last three kept evaluations, or whatever a replay set there to be judged
-against); the band is ``--margin`` × that.
+the evaluations the run kept are used (``read_metrics`` drops what a rollback discarded; the
+figure marks those with x). The reference is the median of the run's last three kept
+evaluations at the coarse resolution before the fade (what its watch judged against), or for a
+replay, which has none, of the ones its ``checkpoints/watch.pt`` holds (set there from its
+source); the band is ``--margin`` × that.
 
     python benchmarks/fade_plot.py --out docs/fid_watch_fades.png \\
         "seed 0=runs/fz19w-base-s0,runs/fz19w-watchlr-s0" \\

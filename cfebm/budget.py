@@ -190,9 +190,9 @@ def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
     minutes on the machine its schedule fills was otherwise halved to batch 32)."""
     budget = 60.0 * minutes
     costs = measure(cfg, device)
-    while (fit(cfg.growth, costs, budget, cfg.train)[1] < HALVE_BELOW
-           and (smaller := halved(cfg.growth))):
+    growth, f = fit(cfg.growth, costs, budget, cfg.train)
+    while f < HALVE_BELOW and (smaller := halved(cfg.growth)):
         cfg = replace(cfg, growth=smaller)
         costs = measure(cfg, device)
-    growth, f = fit(cfg.growth, costs, budget, cfg.train)
+        growth, f = fit(cfg.growth, costs, budget, cfg.train)
     return replace(cfg, growth=growth), f, costs
