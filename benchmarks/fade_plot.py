@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfebm.checkpoint import read
-from cfebm.config import from_dict
+from cfebm.config import saved_config
 from cfebm.fidwatch import REFERENCE_EVALS
 from cfebm.growth import stage_starts
 from cfebm.viz import read_metrics
@@ -73,7 +73,7 @@ def fade_of(run: Path, stage: int | None = None) -> Fade:
     evals = [r for r in lines if "eval_fid" in r]
     if not any("eval_fid_coarse" in r for r in evals):
         raise SystemExit(f"{run}: no in-training evaluation after the first stage")
-    growth = from_dict(json.loads((run / "config.json").read_text())).growth
+    growth = saved_config(json.loads((run / "config.json").read_text())).growth
     if stage is None:
         stage = growth.resolutions.index(evals[-1]["eval_resolution"])
     starts, coarse = stage_starts(growth), growth.resolutions[stage - 1]

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from launch import run_parallel
 
-from cfebm.config import Config, apply_overrides, from_dict, load_preset
+from cfebm.config import Config, apply_overrides, load_preset, saved_config
 from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.growth import growth_at
 from cfebm.loop import RunError, run_training
@@ -171,7 +171,7 @@ def report(out: Path, fids: Sequence[float] = (100.0,)) -> None:
 def time_to_quality(run_dir: Path, fid: float, resolution: int = 32) -> float | None:
     """Minutes of training until the run's in-training FID at ``resolution``, fully grown
     (β = 1), first falls to ``fid`` or below; None if it never does."""
-    growth = from_dict(json.loads((run_dir / "config.json").read_text())).growth
+    growth = saved_config(json.loads((run_dir / "config.json").read_text())).growth
     for r in read_metrics(run_dir / "metrics.jsonl"):
         if "eval_fid" not in r or r["eval_fid"] > fid:
             continue

@@ -10,7 +10,8 @@ scaled once to the first 30-minute trial of issue 11 (123,136 images in 1,800 s)
 This lets the search run on a GPU, many variants at once, and its winners then be checked on the
 CPU itself (``cfebm train --preset fmnist32 --minutes 30``). Every variant logs a 500-sample FID
 every 6,400 images (through the fades too) and ends with FMNIST-FID, KID and class coverage of
-2,000 samples drawn as trained, from the EMA and from the trained weights. ``BASE`` pins the
+2,000 samples drawn as trained, from the EMA and from the trained weights, all against the
+validation split (a search chooses; before issue 35 it scored the test split). ``BASE`` pins the
 search's recipe (constant lr, EMA 0.99, Algorithm 2 chains), so its rows stay reproducible as
 the preset moves on. ``curves`` plots the in-training FID of the sweep's runs, or of any runs
 given as ``--runs LABEL=DIR``.
@@ -177,7 +178,8 @@ def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:
     device = state.device
     extractor = at_resolution(make_extractor("fmnist", dataset="fashion_mnist", channels=1,
                                              device=device), g.resolution)
-    ref = compute_reference(cfg.data, "test", extractor, resolution=g.resolution,
+    # a search chooses: it scores against the validation split, never the test split
+    ref = compute_reference(cfg.data, "validation", extractor, resolution=g.resolution,
                             image_channels=1, device=device)
     models = {"model": TrainedModel.from_state(state, ema=False)}
     if state.ema is not None:

@@ -8,7 +8,7 @@ stage before's) once as trained and once per sampler variant. Each variant is a 
 ``T50=growth.n_steps=[15,50,20]``. If no variant comes near the coarse stage's level, the
 chains' start and length are not what failed: the energy itself has.
 
-Also prints the rms per pixel of ∇ₓE on ``--n`` test images at the checkpoint's β: how steep the
+Also prints the rms per pixel of ∇ₓE on ``--n`` validation images at the checkpoint's β: how steep the
 learned energy is where the data lie (a Langevin step moves a pixel by about that much).
 
     python benchmarks/sampler_check.py runs/fz16-diag/checkpoints/latest.pt \
@@ -33,9 +33,10 @@ from cfebm.training_eval import TrainingEval
 
 
 def gradient_rms(state, evaluation: TrainingEval, n: int) -> float:
-    """rms over pixels of ∇ₓE(x; β) on the first ``n`` test images at the stage's resolution."""
+    """rms over pixels of ∇ₓE(x; β) on the first ``n`` validation images (the in-training
+    evaluation's) at the stage's resolution."""
     growth = state.growth
-    x = downsample(to_float(evaluation.test[:n]), growth.resolution).requires_grad_(True)
+    x = downsample(to_float(evaluation.images[:n]), growth.resolution).requires_grad_(True)
     energy = state.net.eval()(x, growth.beta)
     (grad,) = torch.autograd.grad(energy.sum(), x)
     return grad.pow(2).mean().sqrt().item()
@@ -60,7 +61,7 @@ def main() -> None:
     evaluation = TrainingEval(base, torch.device("cpu"))
     growth = state.growth
     print(f"{args.checkpoint}: {state.n_images:,} images, {growth.resolution}², "
-          f"β = {growth.beta:.3f}; rms ∇ₓE on test images {gradient_rms(state, evaluation, args.n):.4f}")
+          f"β = {growth.beta:.3f}; rms ∇ₓE on validation images {gradient_rms(state, evaluation, args.n):.4f}")
     for spec in ["as trained="] + args.variants:
         name, _, overrides = spec.partition("=")
         state.cfg = evaluation.cfg = apply_overrides(base, [s for s in overrides.split(";") if s])

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import torch
 
 from cfebm import __version__
-from cfebm.config import Config, ConfigError, from_dict, to_dict
+from cfebm.config import Config, ConfigError, saved_config, to_dict
 from cfebm.distributed import Shard
 from cfebm.divergence import LossWatch
 from cfebm.model import EnergyNet, frozen_copy
@@ -146,7 +146,7 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def config_of(ckpt: dict[str, Any]) -> Config:
     try:
-        return from_dict(ckpt["config"])
+        return saved_config(ckpt["config"])
     except ConfigError as e:
         raise CheckpointError(f"the checkpoint's config is invalid: {e}") from e
 

@@ -137,6 +137,11 @@ class DataConfig:
     root: str = ""                  # a folder of images, or where dataset files live
     download: bool = True           # let torchvision download when the files are missing
     limit: int = 0                  # use only the first `limit` images (0 = all)
+    # The validation split: the last `validation` images of the training files (at most a tenth
+    # of them), never trained on. In-training evaluation, the best checkpoint, the FID watch
+    # and tuned defaults read it; the test split only reports. 0: train on every training file
+    # (runs saved before the split existed read as 0).
+    validation: int = 5_000
     center_crop: int = 0            # centre-crop to this many pixels before resizing (0 = off)
     subset: str = ""                # dataset-specific choice, e.g. an LSUN category
     hflip: bool = False             # random horizontal flips
@@ -145,6 +150,7 @@ class DataConfig:
 
     def __post_init__(self):
         _require(self.limit >= 0, "data.limit must be >= 0")
+        _require(self.validation >= 0, "data.validation must be >= 0")
         _require(self.num_workers >= 0, "data.num_workers must be >= 0")
 
 
@@ -249,6 +255,9 @@ class Config:
                  (self.data.dataset == "fashion_mnist" and self.model.image_channels == 1),
                  "train.eval_features = 'fmnist' needs grayscale Fashion-MNIST (data.dataset = "
                  "'fashion_mnist', model.image_channels = 1); use 'inception' for other data")
+        _require(t.eval_every == 0 or self.data.validation > 0,
+                 "train.eval_every scores the validation split: it needs data.validation > 0 "
+                 "(the test split is for reports only)")
         _require(t.fid_watch == 0 or t.eval_every > 0,
                  "train.fid_watch needs train.eval_every > 0: it judges the in-training "
                  "evaluations")
@@ -298,6 +307,16 @@ def from_dict(d: dict[str, Any]) -> Config:
                                   for k, v in values.items()})
     _require(not set(d) - set(sections), f"unknown section(s): {sorted(set(d) - set(sections))}")
     return Config(**sections)
+
+
+def saved_config(d: dict[str, Any]) -> Config:
+    """The config a run saved (``config.json``, a checkpoint, an export): ``from_dict`` of a
+    complete dict. A run saved before the validation split existed trained on every training
+    file, so its missing ``data.validation`` reads as 0, not today's default."""
+    data = d.get("data", {})
+    if "validation" not in data:
+        d = {**d, "data": {**data, "validation": 0}}
+    return from_dict(d)
 
 
 def _migrate(d: dict[str, Any]) -> dict[str, Any]:

@@ -21,14 +21,15 @@ from cfebm.config import Config, GrowthConfig, TrainConfig
 from cfebm.data import downsample, load_images, to_float
 from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import crossed, stage_starts
-from cfebm.metrics.reference import FEATURE_BATCH, Reference, reference_of
+from cfebm.metrics.reference import FEATURE_BATCH, EvalError, Reference, reference_of
 from cfebm.model import frozen
 from cfebm.sampling import Slice
 from cfebm.training import sample_negatives
 
 EVAL_SEED_OFFSET = 2  # from train.seed: the evaluation's chains share no stream with training's
 
-TRAINING_REFERENCE_MAX = 10_000   # test images in the in-training reference (all of FMNIST's)
+TRAINING_REFERENCE_MAX = 10_000   # validation images in the in-training reference at most
+REFERENCE_SPLIT = "validation"    # what in-training evaluation compares with; never "test"
 TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
 
 
@@ -59,13 +60,16 @@ class TrainingEval:
     a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
     only by the network. In a data-parallel run each rank samples its rows of every batch
     (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is
-    the run's test split (the first 10,000 images) at the same resolution, pooled from the top
-    resolution as the training data is; its features are computed once per resolution. Only
+    the run's validation split (``data.validation`` images held out of the training files, at
+    most 10,000), never the test split, since these scores choose (the best checkpoint, the FID
+    watch's rollbacks); at the same resolution, pooled from the top resolution as the training
+    data is; its features are computed once per resolution. Only
     evaluations at the last stage, fully faded in, compete for the best checkpoint. After the
     first stage the same samples are also scored pooled to the stage before's resolution.
 
     Args:
-        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the test split).
+        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the
+            validation split).
         device: where sampling and features run.
         best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
     """
@@ -75,17 +79,21 @@ class TrainingEval:
         self.cfg, self.device, self.best = cfg, device, best
         self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
                                         channels=m.image_channels, device=device)
-        test = load_images(cfg.data, split="test", resolution=m.max_resolution,
-                           image_channels=m.image_channels)
-        self.test = test.get_batch(torch.arange(min(len(test), TRAINING_REFERENCE_MAX)))
+        held_out = load_images(cfg.data, split=REFERENCE_SPLIT, resolution=m.max_resolution,
+                               image_channels=m.image_channels)
+        self.images = held_out.get_batch(torch.arange(min(len(held_out),
+                                                          TRAINING_REFERENCE_MAX)))
         self.references: dict[int, Reference] = {}
 
     def reference(self, resolution: int) -> Reference:
         if resolution not in self.references:
             extractor = at_resolution(self.extractor, resolution)
             batches = (downsample(to_float(x.to(self.device)), resolution)
-                       for x in self.test.split(FEATURE_BATCH))
-            self.references[resolution] = reference_of(batches, extractor, split="test")
+                       for x in self.images.split(FEATURE_BATCH))
+            self.references[resolution] = reference_of(
+                batches, extractor, dataset=self.cfg.data.dataset, split=REFERENCE_SPLIT,
+                validation=self.cfg.data.validation, resolution=resolution)
+        require_validation(self.references[resolution])
         return self.references[resolution]
 
     def __call__(self, state) -> tuple[dict, bool]:
@@ -136,6 +144,15 @@ class TrainingEval:
                                      at_resolution(self.extractor, resolution),
                                      kid_subsets=TRAINING_KID_SUBSETS, precision_recall_k=None)
         return result
+
+
+def require_validation(ref: Reference) -> None:
+    """Raise ``EvalError`` unless ``ref`` was made from a validation split: whatever chooses
+    (a best checkpoint, a rollback, a tuned default) must not read the test split."""
+    split = ref.metadata.get("split")
+    if split != REFERENCE_SPLIT:
+        raise EvalError(f"a choice made during training needs validation-split reference "
+                        f"statistics, got split {split!r} (the test split is for reports only)")
 
 
 def best_fid(path: str | Path, train: TrainConfig) -> float:

@@ -102,7 +102,8 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, monkeypatch):
                                                                          real(self, i))[1])
     calls.clear()
     cache.prepare(cfg, out, resolution=16, channels=1, progress=False)
-    assert calls == list(range(96, 256, 32)) + list(range(0, 256, 32))  # train rest, then test
+    # the rest of train, then validation and test
+    assert calls == list(range(96, 256, 32)) + 2 * list(range(0, 256, 32))
     assert not (out / "progress.json").exists()
     cached = load_images(DataConfig(**{**cfg.__dict__, "cache": str(out)}), split="train",
                          resolution=16, image_channels=1)

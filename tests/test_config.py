@@ -59,3 +59,15 @@ def test_configs_of_version_0_1_read_under_todays_names():
     old["sampler"].update(noise_std=0.02, noise_schedule="linear")
     cfg = from_dict(old)
     assert cfg.sampler.eta0 == 0.02 and cfg.sampler.noise_schedule == "std_linear"
+
+
+def test_a_run_saved_before_the_validation_split_read_as_holding_none_out():
+    """A saved config without data.validation trained on every training file; a preset without
+    it gets today's held-out split."""
+    from cfebm.config import saved_config
+
+    old = to_dict(Config())
+    old["data"].pop("validation")
+    assert saved_config(old).data.validation == 0
+    assert saved_config(to_dict(Config())).data.validation == Config().data.validation == 5000
+    assert load_preset("fmnist32").data.validation == 5000

@@ -57,18 +57,31 @@ def fmnist_train():
     return load_images(_cfg(), split="train", resolution=32, image_channels=1)
 
 
+def _raw_fmnist(prefix: str) -> np.ndarray:
+    """Fashion-MNIST's images (N, 28, 28), read here without the library's parser."""
+    with gzip.open(FMNIST / f"{prefix}-images-idx3-ubyte.gz") as f:
+        data = f.read()
+    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+
+
 @needs_fmnist
 def test_fashion_mnist_sizes_labels_and_pixels(fmnist_train):
     test = load_images(_cfg(), split="test", resolution=32, image_channels=1)
-    assert (len(fmnist_train), len(test)) == (60000, 10000)
-    assert fmnist_train.images.shape == (60000, 1, 32, 32)
+    validation = load_images(_cfg(), split="validation", resolution=32, image_channels=1)
+    assert (len(fmnist_train), len(validation), len(test)) == (55000, 5000, 10000)
+    assert fmnist_train.images.shape == (55000, 1, 32, 32)
     assert fmnist_train.images.dtype == torch.uint8
-    assert fmnist_train.labels.bincount().tolist() == [6000] * 10
+    both = torch.cat([fmnist_train.labels, validation.labels])
+    assert both.bincount().tolist() == [6000] * 10
     assert test.labels.bincount().tolist() == [1000] * 10
-    # The interior is the raw file, byte for byte (read here without the library's parser).
-    with gzip.open(FMNIST / "t10k-images-idx3-ubyte.gz") as f:
-        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(10000, 28, 28)
-    assert np.array_equal(test.images[:, 0, 2:30, 2:30].numpy(), raw)
+    # The interior is the raw file, byte for byte: train its first 55,000 images, validation
+    # the last 5,000, so no validation image is trained on.
+    assert np.array_equal(test.images[:, 0, 2:30, 2:30].numpy(), _raw_fmnist("t10k"))
+    raw = _raw_fmnist("train")
+    assert np.array_equal(fmnist_train.images[:, 0, 2:30, 2:30].numpy(), raw[:55000])
+    assert np.array_equal(validation.images[:, 0, 2:30, 2:30].numpy(), raw[55000:])
+    whole = load_images(_cfg(validation=0), split="train", resolution=32, image_channels=1)
+    assert len(whole) == 60000
 
 
 @needs_fmnist
@@ -189,7 +202,7 @@ def test_folder_center_crop_and_split_subfolders(tmp_path):
 
 
 def test_folder_threads_keep_order_and_bad_file_is_named(image_folder):
-    source = readers.image_files(str(image_folder), "train", None)
+    source = readers.image_files(str(image_folder), "train")
     serial = LazyImages(source, resolution=8, channels=3, name="folder")
     threaded = LazyImages(source, resolution=8, channels=3, name="folder", num_workers=2)
     idx = torch.tensor([3, 0, 2, 0, 1])
@@ -231,7 +244,12 @@ def test_digits_split_values_and_labels():
     bunch = load_digits()
     train = load_images(_cfg(dataset="digits"), split="train", resolution=8, image_channels=1)
     test = load_images(_cfg(dataset="digits"), split="test", resolution=8, image_channels=1)
-    assert (len(train), len(test)) == (1500, 297)
+    validation = load_images(_cfg(dataset="digits"), split="validation", resolution=8,
+                             image_channels=1)
+    # a tenth of the 1,500 training files is held out, from their end
+    assert (len(train), len(validation), len(test)) == (1350, 150, 297)
+    assert np.array_equal(train.images[:, 0].numpy(), np.rint(bunch.images[:1350] * 255 / 16))
+    assert validation.labels.tolist() == bunch.target[1350:1500].tolist()
     assert np.array_equal(test.images[:, 0].numpy(), np.rint(bunch.images[1500:] * 255 / 16))
     assert test.labels.tolist() == bunch.target[1500:].tolist()
     big = load_images(_cfg(dataset="digits", limit=20), split="train", resolution=32,
@@ -292,9 +310,15 @@ def test_cifar_round_trips_pixels(tmp_path, n_classes):
     test = load_images(_cfg(dataset=name, root=str(tmp_path)), split="test", resolution=32,
                        image_channels=3)
     parts = [f"data_batch_{i}" for i in range(1, 6)] if n_classes == 10 else ["train"]
-    data = np.concatenate([written[p][0] for p in parts])
-    assert np.array_equal(train.images.numpy(), data.reshape(-1, 3, 32, 32))
-    assert train.labels.tolist() == [label for p in parts for label in written[p][1]]
+    data = np.concatenate([written[p][0] for p in parts]).reshape(-1, 3, 32, 32)
+    labels = [label for p in parts for label in written[p][1]]
+    validation = load_images(_cfg(dataset=name, root=str(tmp_path)), split="validation",
+                             resolution=32, image_channels=3)
+    cut = len(data) - len(data) // 10  # the last tenth of the training files is held out
+    assert len(validation) == len(data) // 10  # CIFAR-100's 4 files: none held out
+    assert np.array_equal(train.images.numpy(), data[:cut])
+    assert np.array_equal(validation.images.numpy(), data[cut:])
+    assert train.labels.tolist() + validation.labels.tolist() == labels
     assert len(test) == 4 and test.images.shape == (4, 3, 32, 32)
 
 

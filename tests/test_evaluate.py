@@ -289,3 +289,75 @@ def test_stats_without_features_give_fid_but_no_kid(ref_16, tmp_path):
     result, _ = evaluate_samples([to_float(torch.zeros(4, 1, 16, 16, dtype=torch.uint8))],
                                  loaded, extractor)
     assert math.isfinite(result.fid) and result.kid is None and result.precision is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation decides, test reports
+
+
+def test_in_training_evaluation_scores_against_the_validation_split():
+    """The reference of in-training evaluation is the held-out validation images (the last
+    5,000 training files), feature for feature, and not the test split."""
+    _skip_without_fashion_mnist()
+    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + ["train.eval_every=128"])
+    evaluator = TrainingEval(cfg, torch.device("cpu"))
+    ref, extractor = evaluator.reference(16), at_resolution(evaluator.extractor, 16)
+
+    def mean_features(split: str) -> torch.Tensor:
+        images = load_images(cfg.data, split=split, resolution=16, image_channels=1)
+        with torch.no_grad():
+            return torch.cat([extractor(x) for x in image_batches(images, 500)]).double().mean(0)
+
+    assert ref.metadata["split"] == "validation" and ref.stats.count == 5000
+    held_out = mean_features("validation")
+    assert torch.allclose(torch.as_tensor(ref.stats.mean).double(), held_out, atol=1e-4)
+    assert not torch.allclose(held_out, mean_features("test"), atol=1e-3)
+
+
+def test_a_run_that_evaluates_and_rolls_back_never_reads_the_test_split(tmp_path, monkeypatch):
+    """Every file a run with in-training evaluation, the FID watch and a best checkpoint reads
+    is a training file: the test split stays for reports."""
+    _skip_without_fashion_mnist()
+    from cfebm.data import readers
+
+    read, real = [], readers.fashion_mnist
+
+    def recording(root, download, split, *args, **kwargs):
+        read.append(split)
+        return real(root, download, split, *args, **kwargs)
+
+    monkeypatch.setattr(readers, "fashion_mnist", recording)
+    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + [
+        "train.eval_every=64", "train.eval_n=16", "train.fid_watch=1.01"])
+    run_training(cfg, tmp_path, stop_at=320, progress=False)
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert read and set(read) == {"train"}
+
+
+def test_require_validation_refuses_a_test_split_reference():
+    from cfebm.metrics.reference import EvalError, reference_of
+    from cfebm.training_eval import require_validation
+
+    batches = [torch.rand(8, 1, 16, 16) * 2 - 1]
+    extractor = at_resolution(FMNISTFeatures(), 16)
+    require_validation(reference_of(batches, extractor, split="validation"))
+    with pytest.raises(EvalError, match="test split is for reports only"):
+        require_validation(reference_of(batches, extractor, split="test"))
+
+
+def test_evaluating_needs_a_validation_split():
+    with pytest.raises(ConfigError, match="needs data.validation > 0"):
+        apply_overrides(load_preset("tiny"), TINY_FMNIST + ["train.eval_every=64",
+                                                            "data.validation=0"])
+
+
+def test_eval_reports_on_test_and_chooses_on_validation(fmnist_run, tmp_path):
+    ckpt = fmnist_run / "checkpoints" / "latest.pt"
+    for split, count in (("test", 256), ("validation", 5000)):
+        out = tmp_path / f"{split}.json"
+        args = [str(ckpt), "--n", "32", "--features", "fmnist", "--nn-samples", "0",
+                "--json", str(out), "--no-progress"]
+        main(["eval", *args, *(["--split", split] if split != "test" else [])])
+        reference = json.loads(out.read_text())["reference"]
+        assert (reference["split"], reference["count"]) == (split, str(count))
+        assert reference["validation"] == "5000"

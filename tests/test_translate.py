@@ -202,7 +202,7 @@ def test_fashion_mnist_pair_classes_and_direction():
     d = domains(cfg, "test")
     assert (d.source.labels == 9).all() and (d.target.labels == 7).all()
     assert (d.source_name, d.target_name) == ("Ankle boot", "Sneaker")
-    x, y = fashion_mnist("", False, "test", 16, None)
+    x, y = fashion_mnist("", False, "test", 16)
     assert torch.equal(d.target.images, x[y == 7]) and len(d.source) == (y == 9).sum()
 
 

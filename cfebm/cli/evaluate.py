@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cfebm.cli.common import FORMATTER, add_chains, add_model, count, load_model
 from cfebm.config import Config, DataConfig, apply_overrides
-from cfebm.data import load_images
+from cfebm.data import SPLITS, load_images
 from cfebm.evaluate import (
     FEATURES,
     at_resolution,
@@ -94,17 +94,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _reference(args: argparse.Namespace, cfg: Config, extractor, device,
                resolution: int) -> Reference:
-    """--ref, checked against the checkpoint; else the test split, saved with --save-ref."""
+    """--ref, checked against the checkpoint; else ``--split`` of the model's dataset (test by
+    default: the numbers one reports), saved with --save-ref."""
     m = cfg.model
     if args.ref:
-        if args.save_ref:
-            raise EvalError("--save-ref saves a reference computed without --ref; drop one")
+        if args.save_ref or args.split != "test":
+            raise EvalError("--save-ref and --split describe a reference computed without "
+                            "--ref; drop one")
         ref = load_reference(args.ref)
         check_reference(ref, extractor, dataset=cfg.data.dataset, resolution=resolution,
-                        image_channels=m.image_channels)
+                        image_channels=m.image_channels, validation=cfg.data.validation)
         return ref
     out = args.save_ref and reference_path(args.save_ref)
-    ref = compute_reference(cfg.data, "test", extractor, resolution=resolution,
+    ref = compute_reference(cfg.data, args.split, extractor, resolution=resolution,
                             image_channels=m.image_channels, batch_size=args.batch_size,
                             device=device)
     if out:
@@ -170,7 +172,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=32, help="image side, as the model's")
     p.add_argument("--set", **overrides, help="data option, e.g. data.root=/data or "
                    "data.limit=1000 (repeatable)")
-    p.add_argument("--split", choices=("train", "test"), default="test", help="dataset split")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="dataset split: test for reports, validation for choosing")
     p.set_defaults(func=cmd_fid_ref)
 
     p = sub.add_parser("eval", help="FID, KID, precision/recall, class coverage and nearest "
@@ -189,8 +192,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="samples shown with their nearest training images (0: none)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--ref", help="reference statistics from `cfebm fid-ref` (default: computed "
-                   "from the model's dataset, test split)")
+                   "from the model's dataset, --split)")
     p.add_argument("--save-ref", metavar="PATH", help="save the reference computed without --ref")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="the split the reference is computed from: test (the numbers to report) "
+                   "or validation (to choose a checkpoint or a setting)")
     p.add_argument("--set", **overrides, help="override the model's config for the "
                    "reference and neighbours, e.g. data.root=/data (repeatable)")
     p.set_defaults(func=cmd_eval)

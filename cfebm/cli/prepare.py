@@ -10,6 +10,7 @@ import argparse
 
 from cfebm.cli.common import FORMATTER
 from cfebm.config import apply_overrides, load_preset, preset_names
+from cfebm.data import SPLITS
 from cfebm.data.cache import prepare
 
 
@@ -30,7 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. data.root=DIR (repeatable)")
     p.add_argument("--out", required=True, help="cache folder (an interrupted prepare resumes)")
-    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"],
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
                    help="which splits to write")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_prepare)

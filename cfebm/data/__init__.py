@@ -9,6 +9,7 @@
 
 from cfebm.data.images import (
     DATASETS,
+    SPLITS,
     BatchStream,
     DataError,
     ImageSet,
@@ -22,5 +23,5 @@ from cfebm.data.images import (
     to_uint8,
 )
 
-__all__ = ["DATASETS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
+__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
            "downsample", "fake_images", "load_images", "random_hflip", "to_float", "to_uint8"]

@@ -32,13 +32,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm.config import DataConfig
-from cfebm.data.images import ImageSet, downsample, load_images, to_float, to_uint8
+from cfebm.data.images import SPLITS, ImageSet, downsample, load_images, to_float, to_uint8
 from cfebm.data.readers import DataError
 
 FORMAT = "cfebm-image-cache-v1"
 CHUNK = 256  # images decoded and written between progress records
 # The DataConfig fields that decide which images a cache holds (not hflip, workers, download).
-CONTENT_KEYS = ("dataset", "root", "subset", "center_crop", "limit")
+CONTENT_KEYS = ("dataset", "root", "subset", "center_crop", "limit", "validation")
 
 
 def content_key(cfg: DataConfig, resolution: int, channels: int) -> dict:
@@ -75,7 +75,7 @@ def sha256(path: Path) -> str:
 
 
 def prepare(cfg: DataConfig, out: str | Path, *, resolution: int, channels: int,
-            splits: Sequence[str] = ("train", "test"), progress: bool = True) -> Path:
+            splits: Sequence[str] = SPLITS, progress: bool = True) -> Path:
     """Write the cache of ``cfg`` (R = ``resolution``, C = ``channels``) into ``out``.
 
     Continues an interrupted ``prepare`` of the same data in ``out``; refuses a folder that

@@ -104,7 +104,7 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
                                                   [:data.limit or None], channels), name=name)
                      for name in TEXTURE_PAIRS[pair])
     classes = fmnist_classes(pair)
-    x, labels = readers.fashion_mnist(data.root, data.download, split, resolution, None)
+    x, labels = readers.fashion_mnist(data.root, data.download, split, resolution)
     out = []
     for k in classes:
         keep = (labels == k).nonzero().squeeze(1)[:data.limit or None]

@@ -31,7 +31,7 @@ from cfebm.data import readers
 from cfebm.data.readers import DataError
 from cfebm.sampling import Slice, draw
 
-__all__ = ["DATASETS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
+__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
            "downsample", "fake_images", "load_images", "random_hflip", "to_float", "to_uint8"]
 
 DATASETS = ("fashion_mnist", "folder", "digits", "cifar10", "cifar100", "svhn", "celeba", "lsun",
@@ -168,31 +168,52 @@ class LazyImages(ImageSet):
 # Loading by name
 
 
+SPLITS = ("train", "validation", "test")
+VALIDATION_SHARE = 10  # the validation split holds at most 1/10 of the training files
+
+
+def held_out(n_files: int, validation: int) -> int:
+    """How many of ``n_files`` training files the validation split holds: the last
+    ``min(validation, n_files // VALIDATION_SHARE)`` (a small folder keeps most for training)."""
+    return min(validation, n_files // VALIDATION_SHARE)
+
+
 def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels: int) -> ImageSet:
     """Load one split of the dataset ``cfg.dataset`` at the run's top resolution.
 
+    The dataset's training files are cut in two, deterministically: ``"validation"`` is their
+    last ``held_out(n, cfg.validation)`` images, ``"train"`` the rest, so no validation image is
+    ever trained on. In-training evaluation, the best checkpoint, the FID watch and any default
+    tuned by a sweep read ``"validation"``; ``"test"`` (the dataset's own test files) is for the
+    numbers reported. ``fake`` draws each split from its own seed.
+
     Args:
-        cfg: which dataset, where its files are, ``limit``, ``subset`` (LSUN category) and
-            ``center_crop`` (folder, CelebA, LSUN). ``hflip`` is the caller's: ``random_hflip``.
-            ``cache``: read the same images from a folder ``cfebm prepare`` wrote (cache.py).
-        split: "train" or "test" (LSUN: its val set; a folder without train/ and test/
-            subfolders serves all of itself for both).
+        cfg: which dataset, where its files are, ``limit``, ``validation``, ``subset`` (LSUN
+            category) and ``center_crop`` (folder, CelebA, LSUN). ``hflip`` is the caller's:
+            ``random_hflip``. ``cache``: read the same images from a folder ``cfebm prepare``
+            wrote (cache.py).
+        split: "train", "validation" or "test" (LSUN's test is its val set; a folder without
+            train/ and test/ subfolders serves all of itself as the training files and as test).
         resolution: side R of the delivered images, a power of two >= 8.
         image_channels: 1 (gray) or 3 (RGB); gray datasets are replicated to RGB and colour
             ones converted with PIL's luma weights.
 
     Returns:
-        An ImageSet of uint8 (C, R, R) images: the first ``cfg.limit`` of the split (0: all).
+        An ImageSet of uint8 (C, R, R) images: the first ``cfg.limit`` of the split (0: all;
+        the validation split is never cut by ``limit``).
 
     Raises:
-        DataError (a ValueError): unknown dataset or split, bad resolution, files missing or
-            unreadable, folder images smaller than ``resolution``, or an optional package
-            missing; the message says what to do.
+        DataError (a ValueError): unknown dataset or split, a validation split with
+            ``cfg.validation = 0``, bad resolution, files missing or unreadable, folder images
+            smaller than ``resolution``, or an optional package missing; the message says what
+            to do.
     """
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "validation" and cfg.validation == 0:
+        raise DataError("data.validation = 0 holds out no validation images; set it > 0")
     if not isinstance(resolution, int) or resolution < 8 or resolution & (resolution - 1):
         raise DataError(f"resolution must be a power of two >= 8, got {resolution!r}")
     if image_channels not in (1, 3):
@@ -201,31 +222,49 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
         from cfebm.data.cache import open_cache  # cache.py builds on this module
 
         return open_cache(cfg, split=split, resolution=resolution, channels=image_channels)
-    limit = cfg.limit or None  # slicing with None keeps everything
+    if cfg.dataset == "fake":
+        n = cfg.limit or FAKE_IMAGES
+        n = min(n, cfg.validation) if split == "validation" else n
+        return TensorImages(fake_images(split, resolution, image_channels, n), name="fake")
+    files, rows = ("test" if split == "test" else "train"), split_rows(cfg, split)
     name, root, download = cfg.dataset, cfg.root, cfg.download
     if name in ("folder", "celeba", "lsun"):
         if name == "folder":
-            source = readers.image_files(root, split, limit)
+            source = readers.image_files(root, files, rows)
             readers.check_sizes(source, resolution, cfg.center_crop)
         elif name == "celeba":
-            source = readers.celeba(root, download, split, limit)
+            source = readers.celeba(root, download, files, rows)
         else:
-            source = readers.lsun(root, cfg.subset, split, limit)
+            source = readers.lsun(root, cfg.subset, files, rows)
         return LazyImages(source, resolution=resolution, channels=image_channels, name=name,
                           center_crop=cfg.center_crop, num_workers=cfg.num_workers)
-    labels = None
     if name == "fashion_mnist":
-        x, labels = readers.fashion_mnist(root, download, split, resolution, limit)
+        x, labels = readers.fashion_mnist(root, download, files, resolution, rows)
     elif name == "digits":
-        x, labels = readers.digits(split, resolution, limit)
+        x, labels = readers.digits(files, resolution, rows)
     elif name in ("cifar10", "cifar100"):
-        x, labels = readers.cifar(root, download, split, resolution, limit,
-                                   n_classes=10 if name == "cifar10" else 100)
-    elif name == "svhn":
-        x, labels = readers.svhn(root, download, split, resolution, limit)
+        x, labels = readers.cifar(root, download, files, resolution, rows,
+                                  n_classes=10 if name == "cifar10" else 100)
     else:
-        x = fake_images(split, resolution, image_channels, cfg.limit or 512)
+        x, labels = readers.svhn(root, download, files, resolution, rows)
     return TensorImages(_match_channels(x, image_channels), labels, name=name)
+
+
+def split_rows(cfg: DataConfig, split: str) -> readers.Rows:
+    """Which of the n files of the dataset's own train or test split ``split`` holds: test, its
+    first ``cfg.limit`` (0: all); validation, the last ``held_out(n, cfg.validation)`` training
+    files; train, the first ``cfg.limit`` of the training files before those."""
+    def rows(n: int) -> slice:
+        if split == "test":
+            return slice(0, cfg.limit or n)
+        first_validation = n - held_out(n, cfg.validation)
+        if split == "validation":
+            return slice(first_validation, n)
+        return slice(0, min(cfg.limit or first_validation, first_validation))
+    return rows
+
+
+FAKE_IMAGES = 512  # images per split of the fake dataset without data.limit
 
 
 def fake_images(split: str, resolution: int, channels: int, n: int) -> Tensor:
@@ -233,9 +272,9 @@ def fake_images(split: str, resolution: int, channels: int, n: int) -> Tensor:
     background, for smoke tests without data.
 
     Blob parameters live in resolution-free coordinates and image i only uses row i of one
-    random draw, so image i is the same whatever ``n`` is; train and test use different seeds.
+    random draw, so image i is the same whatever ``n`` is; every split has its own seed.
     """
-    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    g = torch.Generator().manual_seed({"train": 0, "test": 1, "validation": 2}[split])
     k = 3
     p = torch.rand(n, channels + k * (3 + channels), generator=g)  # one row per image
     background = p[:, :channels] * 2 - 1                        # (n, C)

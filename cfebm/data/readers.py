@@ -17,7 +17,6 @@ import os
 import pickle
 import struct
 from collections.abc import Callable
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,15 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+# Which rows of a file's n images a reader keeps: n -> slice (a split of the training files
+# depends on how many there are; images.split_rows). Rows are chosen before resizing.
+Rows = Callable[[int], slice]
+
+
+def every_row(n: int) -> slice:
+    """All n rows (the default ``Rows``)."""
+    return slice(0, n)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -153,7 +161,7 @@ def _find_idx(folders: list[Path], prefix: str) -> tuple[Path, Path] | None:
 
 
 def fashion_mnist(root: str, download: bool, split: str, resolution: int,
-                  limit: int | None) -> tuple[Tensor, Tensor]:
+                  rows: Rows = every_row) -> tuple[Tensor, Tensor]:
     """Fashion-MNIST zero-padded 28 -> 32 px, then area-pooled or bilinearly upsampled to R."""
     prefix = "train" if split == "train" else "t10k"
     folders = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root else []
@@ -173,16 +181,17 @@ def fashion_mnist(root: str, download: bool, split: str, resolution: int,
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
         raise DataError(f"{found[0]} and {found[1]} do not hold 28x28 images with one label "
                         f"each (shapes {x.shape}, {y.shape})")
-    x = torch.from_numpy(x[:limit].copy())
+    keep = rows(len(x))
+    x = torch.from_numpy(x[keep].copy())
     x = F.pad(x[:, None], (2, 2, 2, 2))  # (N, 1, 32, 32); the background is 0, so exact
-    return resize_uint8(x, resolution), torch.from_numpy(y[:limit].astype(np.int64))
+    return resize_uint8(x, resolution), torch.from_numpy(y[keep].astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------
 # scikit-learn's 8x8 digits
 
 
-def digits(split: str, resolution: int, limit: int | None) -> tuple[Tensor, Tensor]:
+def digits(split: str, resolution: int, rows: Rows = every_row) -> tuple[Tensor, Tensor]:
     """The 1797 8x8 digits: first 1500 train, the rest test; 0..16 -> 0..255, bilinear to R."""
     try:
         from sklearn.datasets import load_digits
@@ -190,9 +199,11 @@ def digits(split: str, resolution: int, limit: int | None) -> tuple[Tensor, Tens
         raise DataError("the digits dataset needs scikit-learn: pip install scikit-learn") from e
     bunch = load_digits()
     part = slice(0, 1500) if split == "train" else slice(1500, None)
-    x = np.rint(bunch.images[part][:limit] * (255 / 16)).astype(np.uint8)
+    images, labels = bunch.images[part], bunch.target[part]
+    keep = rows(len(images))
+    x = np.rint(images[keep] * (255 / 16)).astype(np.uint8)
     x = resize_uint8(torch.from_numpy(x[:, None]), resolution)
-    return x, torch.from_numpy(bunch.target[part][:limit].astype(np.int64))
+    return x, torch.from_numpy(labels[keep].astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,7 +243,7 @@ def read_cifar_batch(path: Path) -> dict:
     return batch
 
 
-def cifar(root: str, download: bool, split: str, resolution: int, limit: int | None,
+def cifar(root: str, download: bool, split: str, resolution: int, rows: Rows,
           n_classes: int) -> tuple[Tensor, Tensor]:
     """CIFAR-10 or CIFAR-100 at 32 px, Lanczos-resized to R when R != 32."""
     folder = "cifar-10-batches-py" if n_classes == 10 else "cifar-100-python"
@@ -258,12 +269,14 @@ def cifar(root: str, download: bool, split: str, resolution: int, limit: int | N
         batch = read_cifar_batch(where / f)
         images.append(batch[b"data"])
         labels.append(np.asarray(batch[key], dtype=np.int64))
-    x = torch.from_numpy(np.concatenate(images)[:limit].reshape(-1, 3, 32, 32))
-    return resize_lanczos(x, resolution), torch.from_numpy(np.concatenate(labels)[:limit])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    keep = rows(len(images))
+    x = torch.from_numpy(images[keep].reshape(-1, 3, 32, 32))
+    return resize_lanczos(x, resolution), torch.from_numpy(labels[keep])
 
 
 def svhn(root: str, download: bool, split: str, resolution: int,
-         limit: int | None) -> tuple[Tensor, Tensor]:
+         rows: Rows = every_row) -> tuple[Tensor, Tensor]:
     """SVHN cropped digits (``{split}_32x32.mat``), label 10 read as 0, Lanczos-resized to R."""
     try:
         from scipy.io import loadmat
@@ -284,8 +297,9 @@ def svhn(root: str, download: bool, split: str, resolution: int,
         raise DataError(f"cannot read SVHN file {path} ({_one_line(e)}); re-download it") from e
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
         raise DataError(f"{path} does not hold X (32, 32, 3, N) with N labels y")
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)[:limit], dtype=np.uint8))
-    labels = torch.from_numpy(y[:limit].astype(np.int64) % 10)  # SVHN writes digit 0 as 10
+    keep = rows(len(y))
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)[keep], dtype=np.uint8))
+    labels = torch.from_numpy(y[keep].astype(np.int64) % 10)  # SVHN writes digit 0 as 10
     return resize_lanczos(x, resolution), labels
 
 
@@ -311,7 +325,7 @@ class ImageFiles:
             raise DataError(f"cannot read image {self.paths[i]} ({_one_line(e)})") from e
 
 
-def image_files(root: str, split: str, limit: int | None) -> ImageFiles:
+def image_files(root: str, split: str, rows: Rows = every_row) -> ImageFiles:
     """Every image under ``root/<split>`` if that folder exists, else under ``root``; sorted."""
     if not root:
         raise DataError("data.root must name a folder of images for dataset 'folder'")
@@ -324,7 +338,7 @@ def image_files(root: str, split: str, limit: int | None) -> ImageFiles:
                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not paths:
         raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found under {base}")
-    return ImageFiles(paths[:limit])
+    return ImageFiles(paths[rows(len(paths))])
 
 
 def check_sizes(files: ImageFiles, resolution: int, center_crop: int = 0) -> None:
@@ -347,7 +361,7 @@ def check_sizes(files: ImageFiles, resolution: int, center_crop: int = 0) -> Non
                         f"images of at least {resolution} pixels a side or a lower resolution")
 
 
-def celeba(root: str, download: bool, split: str, limit: int | None) -> ImageFiles:
+def celeba(root: str, download: bool, split: str, rows: Rows = every_row) -> ImageFiles:
     """CelebA's aligned images of one split, found and checked through torchvision."""
     base = Path(root) if root else cache_dir()
     folder = base / "celeba" / "img_align_celeba"
@@ -361,16 +375,18 @@ def celeba(root: str, download: bool, split: str, limit: int | None) -> ImageFil
     except Exception as e:  # missing files, checksums, gdown, network
         raise DataError(f"CelebA not available under {base / 'celeba'} ({_one_line(e)}); put "
                         f"img_align_celeba/ and the list_*.txt files there") from e
-    return ImageFiles([folder / name for name in dataset.filename[:limit]])
+    names = dataset.filename
+    return ImageFiles([folder / name for name in names[rows(len(names))]])
 
 
 class LmdbImages:
     """The images of one LSUN LMDB database; the environment is opened lazily per process."""
 
-    def __init__(self, path: Path, limit: int | None):
+    def __init__(self, path: Path, rows: Rows = every_row):
         self.path, self._env = path, None
         with self.env().begin(write=False) as txn:
-            self.keys = list(islice(txn.cursor().iternext(keys=True, values=False), limit))
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+        self.keys = keys[rows(len(keys))]
 
     def env(self):
         if self._env is None:
@@ -397,7 +413,7 @@ class LmdbImages:
             raise DataError(f"cannot decode LSUN image {self.keys[i]!r} in {self.path}") from e
 
 
-def lsun(root: str, subset: str, split: str, limit: int | None) -> LmdbImages:
+def lsun(root: str, subset: str, split: str, rows: Rows = every_row) -> LmdbImages:
     """One LSUN category, ``root/<category>_{train,val}_lmdb``."""
     if not subset:
         raise DataError("dataset 'lsun' needs data.subset, a category such as church_outdoor")
@@ -411,6 +427,6 @@ def lsun(root: str, subset: str, split: str, limit: int | None) -> LmdbImages:
         raise DataError(f"LSUN database {path} not found; download the category with the LSUN "
                         f"tools into data.root (torchvision cannot download LSUN)")
     try:
-        return LmdbImages(path, limit)
+        return LmdbImages(path, rows)
     except lmdb.Error as e:
         raise DataError(f"cannot open LSUN database {path} ({_one_line(e)})") from e

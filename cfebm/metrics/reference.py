@@ -1,7 +1,8 @@
 """Reference statistics of real images: compute, save, load and check them.
 
 A reference is an ``.npz`` with μ, Σ, the count, the features themselves (for KID and
-precision/recall) and string metadata: dataset, split, resolution, channels, the extractor's
+precision/recall) and string metadata: dataset, split (train, validation or test; the size of
+the validation split held out of the training files), resolution, channels, the extractor's
 ``name`` and ``protocol`` (which includes how images reach it). ``check_reference`` refuses
 statistics made another way than the samples they are compared with.
 """
@@ -73,13 +74,15 @@ def compute_reference(data: DataConfig, split: str, extractor: FeatureExtractor,
     """Reference statistics of one split of ``data`` at ``resolution`` (``load_images``).
 
     ``extractor`` must already be ``at_resolution(…, resolution)``. The first ``data.limit``
-    images are used (0: all); dataset, split, resolution, channels, limit and subset go into the
+    images are used (0: all; not for the validation split); dataset, split, the validation
+    split's size ``data.validation``, resolution, channels, limit and subset go into the
     metadata.
     """
     images = load_images(data, split=split, resolution=resolution, image_channels=image_channels)
     return reference_of(image_batches(images, batch_size, device=device, progress=progress),
                         extractor, dataset=data.dataset, split=split, resolution=resolution,
-                        image_channels=image_channels, limit=data.limit, subset=data.subset)
+                        image_channels=image_channels, limit=data.limit, subset=data.subset,
+                        validation=data.validation)
 
 
 def reference_path(path: str | Path) -> Path:
@@ -113,12 +116,16 @@ def load_reference(path: str | Path) -> Reference:
 
 
 def check_reference(ref: Reference, extractor: FeatureExtractor, *, dataset: str,
-                    resolution: int, image_channels: int) -> None:
+                    resolution: int, image_channels: int, validation: int | None = None) -> None:
     """Raise ``EvalError`` unless ``ref`` was made from ``dataset`` at this resolution and
-    channel count, with ``extractor``'s network and protocol (resize step included)."""
+    channel count, with ``extractor``'s network and protocol (resize step included); a
+    validation-split reference also from the same held-out images (``validation``, the
+    run's ``data.validation``), when given."""
     expected = {"dataset": dataset, "resolution": str(resolution),
                 "image_channels": str(image_channels), "name": extractor.name,
                 "protocol": extractor.protocol}
+    if ref.metadata.get("split") == "validation" and validation is not None:
+        expected["validation"] = str(validation)
     for key, want in expected.items():
         got = ref.metadata.get(key)
         if got != want:
