@@ -7,8 +7,9 @@ rate at 95% true positives, all from scikit-learn.
 
 Scores, each oriented so that **higher means more in-distribution**:
 - ``"energy"``: −E(x), the paper's (low energy = likely).
-- ``"grad_norm"``: −‖∇ₓE(x)‖₂, the authors' code's default (REFERENCE §5.6): data sit near
-  modes, where the energy is flat.
+- ``"grad_norm"``: +‖∇ₓE(x)‖₂, the score of the authors' code (REFERENCE §5.6): it ranks by
+  ‖∇ₓf(x)‖₂ with f = −E (the same norm) and labels in-distribution 1, so a larger gradient norm
+  counts as more in-distribution.
 
 Sets: ``uniform`` U(−1, 1); ``constant`` (one random value per image and channel, so colour
 images get a random colour); ``interp`` (the midpoint of two random held-out images, as in the
@@ -41,7 +42,8 @@ SYNTHETIC = ("uniform", "constant", "interp")
 def score(model: TrainedModel, x: Tensor, kind: str = "energy", *, batch_size: int = 500,
           progress: bool = False) -> Tensor:
     """OOD scores of images ``x`` (N, C, R, R) in [−1, 1]: (N,) float32, higher = more
-    in-distribution (see the module docstring for ``kind``)."""
+    in-distribution; ``kind`` ``"energy"`` gives −E(x), ``"grad_norm"`` +‖∇ₓE(x)‖₂ per image
+    (the authors' orientation, REFERENCE §5.6)."""
     if kind not in SCORES:
         raise ValueError(f"unknown score {kind!r}; choose one of {', '.join(SCORES)}")
     model.check_images(x)
@@ -55,7 +57,7 @@ def score(model: TrainedModel, x: Tensor, kind: str = "energy", *, batch_size: i
             continue
         xb = xb.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(model.energy(xb).sum(), xb)
-        out.append(-grad.flatten(1).norm(dim=1).cpu())
+        out.append(grad.flatten(1).norm(dim=1).cpu())
     return torch.cat(out).float()
 
 
@@ -174,7 +176,7 @@ class OODReport:
             ax.hist(scores[s.name].numpy(), bins=bins, alpha=0.5, density=True, label=s.name)
             ax.set_title(f"{s.name}: AUROC {self.metrics[kind][s.name]['auroc']:.3f}",
                          fontsize=8)
-            ax.set_xlabel("−E(x)" if kind == "energy" else "−‖∇ₓE(x)‖", fontsize=8)
+            ax.set_xlabel("−E(x)" if kind == "energy" else "‖∇ₓE(x)‖", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
         fig.suptitle(f"OOD scores ({kind}): higher = more in-distribution", fontsize=9)
