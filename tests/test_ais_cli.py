@@ -29,12 +29,14 @@ def test_report_matches_the_models_energy_and_its_own_units(tiny, tmp_path, caps
     r = _run(tiny, tmp_path / "a.json")
     printed = capsys.readouterr().out
     assert "bits/dim" in printed and "acceptance" in printed and "wall-clock" in printed
+    assert "a lower bound only if the images were samples of the model" in printed
     model = load(tiny)
     x = held_out(model, 5, seed=0).images
     assert x.min() >= -1 and x.max() < 1 and len(x) == 5
     with torch.no_grad():
-        assert r["mean_neg_energy"] == pytest.approx(float(-model.energy(x).double().mean()),
-                                                     rel=1e-5)
+        neg_e = -model.energy(x).double()
+    assert r["mean_neg_energy"] == pytest.approx(float(neg_e.mean()), rel=1e-5)
+    assert r["mean_neg_energy_se"] == pytest.approx(float(neg_e.std()) / math.sqrt(5), rel=1e-4)
     d = r["dims"]
     assert d == model.channels * model.resolution ** 2
     for side in ("lower", "upper"):
@@ -46,6 +48,14 @@ def test_report_matches_the_models_energy_and_its_own_units(tiny, tmp_path, caps
     assert r["upper"]["nats_[-1,1]"] == pytest.approx(r["mean_neg_energy"] - r["forward"]["log_z"])
     assert r["lower"]["nats_[-1,1]"] == pytest.approx(r["mean_neg_energy"] - r["reverse"]["log_z"])
     assert r["forward"]["chains"] == 4 and r["reverse"]["chains"] == 5
+    # The gap is paired: −E(x_i) cancels, leaving the two log Z estimates and their errors.
+    assert r["gap"]["nats"] == pytest.approx(r["reverse"]["log_z"] - r["forward"]["log_z"])
+    assert r["gap"]["se_nats"] == pytest.approx(math.hypot(r["reverse"]["log_z_se"],
+                                                           r["forward"]["log_z_se"]))
+    assert r["upper"]["se_nats"] == pytest.approx(math.hypot(r["mean_neg_energy_se"],
+                                                             r["forward"]["log_z_se"]))
+    assert r["upper"]["se_bits_per_dim"] == pytest.approx(r["upper"]["se_nats"] / (d * math.log(2)))
+    assert "only if" in r["lower"]["what"] and "no assumption" in r["upper"]["what"]
     assert all(0 <= rate <= 1 for _, _, rate in r["forward"]["acceptance_bands"])
 
 
@@ -57,6 +67,7 @@ def test_runs_are_seeded(tiny, tmp_path):
     assert c["upper"] != a["upper"]
     forward_only = _run(tiny, tmp_path / "d.json", "--transition", "mala", "--no-reverse")
     assert forward_only["upper"] == a["upper"] and "lower" not in forward_only
+    assert "gap" not in forward_only
 
 
 def test_bad_inputs_are_one_line(tiny, tmp_path, capsys):

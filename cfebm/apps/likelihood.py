@@ -4,6 +4,10 @@ Glue between a ``TrainedModel`` and ``cfebm.metrics.ais`` (see its docstring for
 estimators, the box and the units): the model's energy as trained (its fading factor β, its
 precision, at its resolution), its held-out images, uniformly dequantised by default.
 
+The reverse chains start at these held-out images. A trained EBM has no exact samples, and
+test images are not samples of the model, so the reverse number is an estimate of the mean
+log-likelihood, not a lower bound. Only the forward number is a (stochastic, upper) bound.
+
 Dequantisation: an 8-bit pixel v becomes x = (v + u)/128 − 1 with u ~ U(0, 1), a continuous
 image in [−1, 1) whose density on [0, 256) is p(x)/128ᴰ; that is what makes bits/dim comparable
 to other density models. Without it (``dequantize=False``) the images are the training

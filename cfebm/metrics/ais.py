@@ -31,26 +31,64 @@ fixed schedule. Adapting inside the run, from the chains' own acceptances, would
 kernel depend on the states it moves and void the guarantees below. Reverse chains get their
 own pilot, from start states of their own (``pilot_start``; other held-out images): chains
 started at data can sit where forward chains never go and need other steps (measured on
-``fmnist32``: with the forward pilot's steps the reverse bound was 144 nats looser at K = 30).
+the first packaged ``fmnist32``: with the forward pilot's steps the reverse estimate was 144
+nats lower at K = 30).
 
-**Estimators** (log-weights in float64, pooled with logsumexp over the M chains):
+**Estimators** (log-weights in float64, pooled with logsumexp over the M chains). Below,
+*stochastic* bound means a bound in expectation over the chains' randomness. A single run can
+overshoot, but rarely by much. Ẑ_fwd is unbiased and positive, so by Markov's inequality
+P(log Ẑ_fwd > log Z + t) ≤ e^{−t} (Grosse et al. 2015). From exact samples,
+P(log Ẑ_rev < log Z − t) ≤ e^{−t} in the same way.
 
-- forward AIS, chains from π₀: log Ẑ_fwd = log mean(w). E[Ẑ_fwd] = Z, so by Jensen
-  E[log Ẑ_fwd] ≤ log Z: a *stochastic lower bound on log Z*.
-- reverse AIS, chains started at samples of the target and annealed back to π₀: w_rev estimates
-  Z₀/Z without bias, so log Ẑ_rev = −log mean(w_rev) is a *stochastic upper bound on log Z*
-  (Grosse et al. 2015, bidirectional Monte Carlo). For a trained model exact samples are not
-  available; like Du & Mordatch (2019) we start the reverse chains at held-out data, which is
-  exact only insofar as the data are distributed as the model.
-- standard error of log Ẑ by the delta method: se = std(w) / (√M · mean(w)), computed from
-  weights normalised by their maximum; with it the effective sample size (Σw)² / Σw². Both are
-  only meaningful when the weights are not heavy-tailed (ESS well above 1).
+- forward AIS, chains from π₀: E[Ẑ_fwd] = Z for every K and M, given kernels that leave each
+  π_β invariant. By Jensen, E[log Ẑ_fwd] ≤ log Z: a *stochastic lower bound on log Z*. Nothing
+  else is assumed.
+- reverse AIS, chains started at states of law q and annealed back to π₀. The forward path
+  density is Z·w_rev times the reverse one, so E[w_rev] = E_g[q/p] / Z, where p = exp(−E)/Z
+  and g is the law of the forward chains' end states.
+  - Exact samples (q = p): E[w_rev] = 1/Z, and log Ẑ_rev = −log mean(w_rev) is a *stochastic
+    upper bound on log Z* (bidirectional Monte Carlo, Grosse et al. 2015, 2016).
+  - Any other q: it bounds nothing and can land on either side of log Z. ``tests/test_ais.py``
+    measures it below log Z, in closed form at K = 1 and by Monte Carlo with HMC.
+  - ``likelihood_bounds`` starts one reverse chain at each test image, because a trained EBM
+    has no exact samples. The result is a heuristic estimate. Its weights are unbiased for
+    1/Z, as from exact samples, when the data are distributed as the model (q = p) or when
+    the forward chains reach it (g = p).
+  - Du & Mordatch's (2019) code does something else (``openai/ebm_code_release``, ``ais.py``
+    at 5c24f8e). It starts the reverse pass at the forward chains' end states (q = g). Those
+    are not exact samples either: E_g[g/p] = 1 + χ²(g‖p) ≥ 1. It also prints the mean of the
+    per-chain log-weights, not the log of the mean weight.
+- standard error of log Ẑ over the chains, by the delta method: se = std(w) / (√M · mean(w)),
+  from weights normalised by their maximum. With it comes the effective sample size
+  (Σw)² / Σw². Both mean something only when the weights are not heavy-tailed (ESS well
+  above 1).
 
-**Log-likelihood.** log p(x) = −E(x) − log Z, so the log-Z bounds turn around:
-mean(−E(x_test)) − log Ẑ_fwd is a stochastic **upper** bound on the mean test log-likelihood
-and mean(−E(x_test)) − log Ẑ_rev a stochastic **lower** bound (``likelihood_bounds``). (Du &
-Mordatch's code prints its forward and reverse log Z as "lower" and "upper"; for the
-log-likelihood they swap.)
+**Log-likelihood.** log p(x) = −E(x) − log Z, so the log-Z bounds turn around. The
+test-image mean LL_N = mean(−E(x_i)) − log Z of the N images scored gets two numbers
+(``likelihood_bounds``):
+
+- upper = mean(−E(x_i)) − log Ẑ_fwd: a stochastic **upper bound** on LL_N. Nothing is
+  assumed about the images.
+- lower = mean(−E(x_i)) − log Ẑ_rev, with the reverse chains started at those same images.
+  It is a stochastic **lower bound** on LL_N only if the images are exact, independent samples
+  of the model. For real test data it is the reverse *estimate*, not a bound.
+- gap = upper − lower = log Ẑ_rev − log Ẑ_fwd. With exact samples of the model,
+  E[lower] ≤ E[LL_N] ≤ E[upper], so the gap bounds how far either number is from LL_N on
+  average. With data it certifies nothing: a small gap says that the two directions agree.
+
+**Standard errors over the test images** (``LikelihoodBounds``). Each image comes with its
+own reverse chain, so (x_i, chain i) is one sample. The standard error is then the spread of
+each image's contribution, linearised (the delta method), divided by √N:
+
+- upper: −E(x_i), combined in quadrature with the forward chains' se;
+- lower: −E(x_i) + w_i/mean(w);
+- gap: the paired difference of the two, in which −E(x_i) cancels. Only w_i/mean(w) is left,
+  plus the forward se, so the gap's se is far smaller than either bound's. The bounds' se is
+  how well N images pin down the mean over the whole test distribution. The gap's se is how
+  well they pin down the distance between the two AIS directions.
+
+The Markov and Jensen statements concern the chains, for these N images. The standard errors
+concern the images.
 
 **Scaling convention.** Densities are of images in [−1, 1] (the library's convention). The
 same images in [0, 1] have log-likelihood higher by D·log 2, in [0, 255] lower by D·log 127.5,
@@ -116,7 +154,7 @@ def schedule(n_temperatures: int, kind: str = "sigmoid", *, sharpness: float = 4
 class AISResult:
     """One AIS run. ``log_weights`` (M,) float64 are log w (forward) or log w_rev (reverse)."""
 
-    direction: str                 # "forward" (lower bound on log Z) or "reverse" (upper)
+    direction: str                 # "forward" or "reverse" (what each bounds: module docstring)
     log_weights: Tensor
     betas: Tensor                  # (K + 1,) float64
     acceptance: Tensor             # (K − 1,) mean acceptance of the transitions at β₁…β_{K−1}
@@ -322,29 +360,88 @@ def bits_per_dim(ll: float, dims: int) -> float:
     return -rescale_log_likelihood(ll, dims, "[0,256)") / (dims * math.log(2))
 
 
+# What each number of ``LikelihoodBounds.summary`` is, in the report itself (module docstring).
+CLAIMS = {
+    "upper": "mean(-E(x_i)) - log Z_fwd: a stochastic upper bound on the mean log-likelihood of "
+             "the N images (expectation over the forward chains; no assumption on the images)",
+    "lower": "mean(-E(x_i)) - log Z_rev, reverse chains started at the N images: a stochastic "
+             "lower bound only if the images were exact samples of the model; for real test "
+             "data an estimate, not a bound",
+    "gap": "upper - lower = log Z_rev - log Z_fwd; se of the per-image paired difference (the "
+           "-E(x_i) term, shared by both, cancels) and of the forward chains",
+}
+
+
 @dataclass
 class LikelihoodBounds:
-    """Stochastic bounds on the mean log-likelihood (nats per image, images in [−1, 1])."""
+    """The forward upper bound and the reverse estimate of the mean log-likelihood of N test
+    images (nats per image, images in [−1, 1]), with standard errors over the images (module
+    docstring: what each bounds, and when)."""
 
-    mean_neg_energy: float       # mean −E(x_test)
-    mean_neg_energy_se: float
+    neg_energy: Tensor           # (N,) float64: −E(x_i) of each test image
     forward: AISResult
-    reverse: AISResult | None
+    reverse: AISResult | None    # one chain per image, started at x_i, in the same order
     dims: int
 
     @property
+    def mean_neg_energy(self) -> float:
+        return float(self.neg_energy.mean())
+
+    @property
+    def mean_neg_energy_se(self) -> float:
+        """Standard error of mean(−E(x_i)) over the N images."""
+        return _se(self.neg_energy)
+
+    @property
     def upper(self) -> float:
-        """mean(−E) − log Ẑ_fwd: a stochastic upper bound (forward AIS under-estimates log Z)."""
+        """mean(−E) − log Ẑ_fwd: a stochastic upper bound on the N images' mean log-likelihood
+        (forward AIS under-estimates log Z in expectation), whatever the images."""
         return self.mean_neg_energy - self.forward.log_z
 
     @property
+    def upper_se(self) -> float:
+        """Over the images (−E(x_i)) and the forward chains (delta method), in quadrature."""
+        return math.hypot(self.mean_neg_energy_se, self.forward.log_z_se)
+
+    @property
     def lower(self) -> float:
-        """mean(−E) − log Ẑ_rev: a stochastic lower bound (see the module docstring)."""
+        """mean(−E) − log Ẑ_rev, the reverse chains started at the images: a stochastic lower
+        bound only if the images were exact samples of the model, otherwise an estimate."""
         return math.nan if self.reverse is None else self.mean_neg_energy - self.reverse.log_z
 
+    @property
+    def lower_se(self) -> float:
+        """Delta method over the N (image, reverse chain) pairs: the spread of −E(x_i) + w_i/w̄,
+        the linearisation of mean(−E) + log mean(w) in image i."""
+        if self.reverse is None:
+            return math.nan
+        return _se(self.neg_energy + self._relative_reverse_weights())
+
+    @property
+    def gap(self) -> float:
+        """upper − lower = log Ẑ_rev − log Ẑ_fwd (−E(x_i) cancels)."""
+        return self.upper - self.lower
+
+    @property
+    def gap_se(self) -> float:
+        """Paired image by image: upper_i − lower_i leaves only −w_i/w̄, whose spread over the
+        images is the reverse log Ẑ's delta-method se; plus the forward chains' se."""
+        if self.reverse is None:
+            return math.nan
+        return math.hypot(self.reverse.log_z_se, self.forward.log_z_se)
+
+    def _relative_reverse_weights(self) -> Tensor:
+        """w_i / mean(w) of the reverse chains, (N,) float64."""
+        lw = self.reverse.log_weights
+        w = (lw - lw.max()).exp()
+        return w / w.mean()
+
     def summary(self) -> dict:
-        """Both bounds in nats (on three scales) and bits/dim, with the log-Z estimates."""
-        out = {"dims": self.dims, "mean_neg_energy": self.mean_neg_energy,
+        """Both numbers in nats (on three scales) and bits/dim, each with its standard error
+        over the images and what it bounds (``CLAIMS``); the gap and its paired standard error;
+        the log-Z estimates."""
+        out = {"dims": self.dims, "n_images": len(self.neg_energy),
+               "mean_neg_energy": self.mean_neg_energy,
                "mean_neg_energy_se": self.mean_neg_energy_se}
         for name, run in (("forward", self.forward), ("reverse", self.reverse)):
             if run is not None:
@@ -354,22 +451,34 @@ class LikelihoodBounds:
                              "step_size_range": [float(run.step_sizes.min()),
                                                  float(run.step_sizes.max())]
                              if len(run.step_sizes) else None}
-        for name, ll in (("upper", self.upper), ("lower", self.lower)):
+        for name, ll, se in (("upper", self.upper, self.upper_se),
+                             ("lower", self.lower, self.lower_se)):
             if math.isnan(ll):
                 continue
-            out[name] = {"nats_[-1,1]": ll,
+            # The scales differ by constants: one se (nats) serves all three.
+            out[name] = {"nats_[-1,1]": ll, "se_nats": se,
                          "nats_[0,1]": rescale_log_likelihood(ll, self.dims, "[0,1]"),
                          "nats_[0,256)": rescale_log_likelihood(ll, self.dims, "[0,256)"),
-                         "bits_per_dim": bits_per_dim(ll, self.dims)}
+                         "bits_per_dim": bits_per_dim(ll, self.dims),
+                         "se_bits_per_dim": se / (self.dims * math.log(2)),
+                         "what": CLAIMS[name]}
+        if self.reverse is not None:
+            out["gap"] = {"nats": self.gap, "se_nats": self.gap_se, "what": CLAIMS["gap"]}
         return out
+
+
+def _se(values: Tensor) -> float:
+    """Standard error of the mean of (N,) values; nan for N < 2."""
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
 
 
 def likelihood_bounds(energy: Energy, x_test: Tensor, *, n_chains: int = 100,
                       reverse: bool = True, batch_size: int = 100, x_pilot: Tensor | None = None,
                       **options) -> LikelihoodBounds:
-    """Forward AIS (M = ``n_chains`` chains) and reverse AIS from ``x_test`` (one chain per
-    image): stochastic upper and lower bounds on the mean log-likelihood of ``x_test``
-    (N, ...) in [−1, 1]. ``x_pilot``: other held-out images for the reverse pilot run (see
+    """Forward AIS (M = ``n_chains`` chains from the base) and reverse AIS from ``x_test``
+    (N, ...) in [−1, 1], one chain per image: the stochastic upper bound on the images' mean
+    log-likelihood and the reverse estimate (a lower bound only for exact model samples; see
+    the module docstring). ``x_pilot``: other held-out images for the reverse pilot run (see
     ``ais``'s ``pilot_start``). ``options`` go to ``ais`` (betas, transition, step_size, seed,
     adapt, pilot_chains, ...)."""
     device = options.get("device", "cpu")
@@ -380,5 +489,4 @@ def likelihood_bounds(energy: Energy, x_test: Tensor, *, n_chains: int = 100,
               **options)
     rev = ais(energy, start=x_test, batch_size=batch_size, pilot_start=x_pilot,
               **options) if reverse else None
-    se = float(neg_e.std() / math.sqrt(len(neg_e))) if len(neg_e) > 1 else math.nan
-    return LikelihoodBounds(float(neg_e.mean()), se, fwd, rev, x_test[0].numel())
+    return LikelihoodBounds(neg_e, fwd, rev, x_test[0].numel())
