@@ -3,11 +3,15 @@
 For each model and each K: forward AIS (M chains from U([−1, 1]ᴰ)) and reverse AIS from the
 first n dequantised test images (``cfebm.apps.likelihood``), HMC on the sigmoid schedule, step
 sizes tuned on 10-chain pilot runs (the reverse one from the 10 test images after the first n).
-Writes ``ais.jsonl`` (one ``LikelihoodBounds.summary`` per run, with its wall-clock), a Markdown
-table and a plot of both bounds (nats per image on the [0, 1] scale of Table 10) against K.
+"upper" is a stochastic upper bound on the n images' mean log-likelihood. "lower" is the
+reverse estimate: a lower bound only if the images were exact samples of the model
+(``cfebm.metrics.ais``). Each comes with its standard error over the images. The gap comes with
+the standard error of the paired per-image difference. Writes ``ais.jsonl`` (one
+``LikelihoodBounds.summary`` per run, with its wall-clock), a Markdown table and a plot of both
+numbers (nats per image on the [0, 1] scale of Table 10) against K.
 
-    python benchmarks/ais.py --models quickstart=runs/quickstart/checkpoints/latest.pt \
-        fmnist32 --ks 10 30 100 --chains 20 --n 20 --out runs/ais --plot docs/ais_bounds.png
+    OMP_NUM_THREADS=1 python benchmarks/ais.py --models fmnist32-2h=cfebm/weights/fmnist32-2h.safetensors \
+        --ks 100 --chains 20 --n 100 --out runs/ais
     python benchmarks/ais.py --replot runs/ais/ais.jsonl runs/ais300/ais.jsonl --plot out.png
 """
 
@@ -43,16 +47,24 @@ def run(name: str, path: str, ks: list[int], args: argparse.Namespace) -> list[d
 
 
 def table_row(r: dict) -> str:
+    """One Markdown row, each number ± its standard error (rows written before the standard
+    errors over the images existed show the number alone)."""
     lo, up = r["lower"], r["upper"]
-    return (f"| {r['model']} | {r['K']} | {lo['nats_[0,1]']:.1f} | {up['nats_[0,1]']:.1f} | "
-            f"{up['nats_[0,1]'] - lo['nats_[0,1]']:.1f} | {lo['bits_per_dim']:.4f} | "
-            f"{up['bits_per_dim']:.4f} | {r['forward']['log_z']:.1f} ± "
-            f"{r['forward']['log_z_se']:.1f} | {r['reverse']['log_z']:.1f} ± "
-            f"{r['reverse']['log_z_se']:.1f} | {r['seconds']:.0f} |")
+
+    def pm(value: float, se: float | None, digits: int = 1) -> str:
+        return f"{value:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+
+    gap = r.get("gap", {"nats": up["nats_[-1,1]"] - lo["nats_[-1,1]"], "se_nats": None})
+    return (f"| {r['model']} | {r['K']} | {r['n']} | {pm(lo['nats_[0,1]'], lo.get('se_nats'))} | "
+            f"{pm(up['nats_[0,1]'], up.get('se_nats'))} | {pm(gap['nats'], gap['se_nats'], 2)} | "
+            f"{lo['bits_per_dim']:.4f} | {up['bits_per_dim']:.4f} | "
+            f"{pm(r['forward']['log_z'], r['forward']['log_z_se'], 2)} | "
+            f"{pm(r['reverse']['log_z'], r['reverse']['log_z_se'], 2)} | {r['seconds']:.0f} |")
 
 
-HEADER = ("| model | K | lower (nats, [0, 1]) | upper (nats, [0, 1]) | gap | lower bpd | upper bpd | "
-          "log Ẑ fwd | log Ẑ rev | seconds |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | K | n | reverse estimate (nats, [0, 1]) | upper bound (nats, [0, 1]) | "
+          "gap (paired) | reverse bpd | upper bpd | log Ẑ fwd | log Ẑ rev | seconds |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -67,16 +79,21 @@ def plot(rows: list[dict], path: Path) -> None:
         mine = [r for r in rows if r["model"] == name]
         ks = [r["K"] for r in mine]
         key = "nats_[0,1]"
-        ax.plot(ks, [r["upper"][key] for r in mine], "v-", label="upper bound (forward AIS)")
-        ax.plot(ks, [r["lower"][key] for r in mine], "^-",
-                label="lower bound (reverse AIS from test images)")
+        reverse = "reverse AIS from test images\n(a lower bound only for model samples)"
+        for side, marker, label in (("upper", "v", "upper bound (forward AIS)"),
+                                    ("lower", "^", reverse)):
+            # Error bars: the standard error over the test images, where the rows have one.
+            se = [r[side].get("se_nats") for r in mine]
+            ax.errorbar(ks, [r[side][key] for r in mine], marker=marker, linestyle="-",
+                        yerr=None if None in se else se, capsize=2, label=label)
         for r in mine:
             ax.annotate(f"{r['seconds']:.0f}s", (r["K"], r["lower"][key]),
                         fontsize=6, textcoords="offset points", xytext=(3, -3))
         ax.set_xscale("log")
         ax.set_xlabel("K (temperatures)", fontsize=8)
         ax.set_ylabel("log-likelihood, nats/image (images in [0, 1])", fontsize=8)
-        ax.set_title(f"{name}: D = {mine[0]['dims']}, M = n = {mine[0]['n']}", fontsize=8)
+        ax.set_title(f"{name}: D = {mine[0]['dims']}, M = {mine[0]['chains']}, "
+                     f"n = {mine[0]['n']}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -88,7 +105,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=[],
-                        help="NAME=PATH or a packaged name (fmnist32)")
+                        help="NAME=PATH or a packaged name (fmnist32-2h)")
     parser.add_argument("--replot", nargs="+", type=Path, default=[],
                         help="only table and plot the rows of these ais.jsonl files")
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 30, 100])

@@ -4,7 +4,7 @@ For each model: its test split against uniform noise, per-image constants, Inter
 digits, crops of scikit-image's sample photographs and textures, and the synthetic blobs of the
 `fake` dataset, scored by the energy and by the gradient norm (``cfebm.apps.ood``).
 
-    python benchmarks/ood.py --models fmnist32 runs/qs/checkpoints/latest.pt --out runs/ood
+    python benchmarks/ood.py --models fmnist32-2h runs/qs/checkpoints/latest.pt --out runs/ood
 """
 
 from __future__ import annotations

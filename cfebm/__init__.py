@@ -1,7 +1,7 @@
 """cfebm: energy-based models learned by coarse-to-fine expanding and sampling (ICLR 2021).
 
     import cfebm
-    model = cfebm.load("runs/f32/checkpoints/latest.pt")    # or an export, or "fmnist32"
+    model = cfebm.load("runs/f32/checkpoints/latest.pt")    # or an export, or "fmnist32-2h"
     x = model.sample(64)                                     # as trained, in [-1, 1]
 """
 

@@ -35,7 +35,7 @@ from cfebm.checkpoint import (
     config_of,
     read,
 )
-from cfebm.config import Config, ConfigError, from_dict, to_dict
+from cfebm.config import Config, ConfigError, preset_names, saved_config, to_dict
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import Generator, LangevinStep, Streams, langevin_cfg
@@ -43,7 +43,9 @@ from cfebm.training import resolve_device, sample_negatives, sampling_schedule
 from cfebm.translation import translation_chain
 
 EXPORT_FORMAT = "cfebm-export-v1"
-PRETRAINED = {"fmnist32": "fmnist32.safetensors"}   # name -> file in cfebm/weights/
+# Packaged models, each named after the preset that trained it (a name is never a preset's
+# alias): name -> export in cfebm/weights/, beside its model card <name>.md.
+PRETRAINED = {"fmnist32-2h": "fmnist32-2h.safetensors"}
 
 
 def trained_growth(n_images: int, cfg: Config) -> Growth:
@@ -278,17 +280,50 @@ def load(path_or_name: str | Path, *, ema: bool | None = None,
     ``ema``: None takes the EMA weights when the run kept them (every preset's best); False the
     trained weights; True insists on the EMA. Loading never executes code from the file.
     """
-    if str(path_or_name) in PRETRAINED:
-        path = Path(str(resources.files("cfebm") / "weights" / PRETRAINED[str(path_or_name)]))
-        if not path.is_file():
-            raise CheckpointError(f"the pretrained model {path_or_name!r} is not installed")
-    else:
-        path = Path(path_or_name)
-        if path.is_dir():
-            path = path / "checkpoints" / "latest.pt"
+    path = _resolve(path_or_name)
     device = resolve_device(str(device))
     model = _load_export(path, ema) if path.suffix == ".safetensors" else _load_checkpoint(path, ema)
     return model.to(device)
+
+
+def packaged_file(name: str) -> Path:
+    """The export of the packaged model ``name`` (a key of ``PRETRAINED``)."""
+    if name not in PRETRAINED:
+        raise CheckpointError(_not_packaged(name))
+    path = Path(str(resources.files("cfebm") / "weights" / PRETRAINED[name]))
+    if not path.is_file():
+        raise CheckpointError(f"the pretrained model {name!r} is not installed")
+    return path
+
+
+def model_card(name: str) -> str:
+    """The model card of the packaged model ``name``: cfebm/weights/<name>.md (its preset,
+    config, data, hardware, commands, test-split numbers and limits)."""
+    card = packaged_file(name).with_suffix(".md")
+    if not card.is_file():
+        raise CheckpointError(f"the packaged model {name!r} has no model card ({card.name})")
+    return card.read_text()
+
+
+def _not_packaged(name: str) -> str:
+    what = (f"{name!r} is a preset to train (cfebm train --preset {name}), not a packaged model"
+            if name in preset_names() else f"no file or packaged model named {name!r}")
+    return f"{what}; the packaged models are {', '.join(sorted(PRETRAINED))}"
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    """The file ``load`` reads: a packaged model's export, a run folder's latest checkpoint or
+    the path itself. A bare word that is neither a file nor a packaged name (a preset's name,
+    say) is refused here rather than reported as a missing file."""
+    name = str(path_or_name)
+    if name in PRETRAINED:
+        return packaged_file(name)
+    path = Path(path_or_name)
+    if path.is_dir():
+        return path / "checkpoints" / "latest.pt"
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        raise CheckpointError(_not_packaged(name))
+    return path
 
 
 def _load_checkpoint(path: Path, ema: bool | None) -> TrainedModel:
@@ -316,7 +351,7 @@ def _load_export(path: Path, ema: bool | None) -> TrainedModel:
     if meta.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a cfebm export")
     try:
-        cfg = from_dict(json.loads(meta["config"]))
+        cfg = saved_config(json.loads(meta["config"]))
     except (ConfigError, ValueError, KeyError) as e:
         raise CheckpointError(f"the export's config is invalid: {e}") from e
     if ema is not None and ema != (meta["weights"] == "ema"):

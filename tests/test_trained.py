@@ -253,14 +253,14 @@ def test_frozen_coarse_copies_travel_in_the_export(tmp_path):
     assert torch.equal(model.sample(4, seed=2), again.sample(4, seed=2))
 
 
-def test_the_packaged_fmnist32_model_loads_by_name_and_prefers_garments_to_noise(
+def test_the_packaged_fmnist32_2h_model_loads_by_name_and_prefers_garments_to_noise(
         tmp_path, fashion_mnist_available):
-    """cfebm/weights/fmnist32.safetensors (its model card: cfebm/weights/README.md)."""
+    """cfebm/weights/fmnist32-2h.safetensors (its model card: cfebm/weights/fmnist32-2h.md)."""
     from cfebm.data import load_images, to_float
 
-    model = load("fmnist32", device="cpu")
+    model = load("fmnist32-2h", device="cpu")
     assert (model.resolution, model.channels, model.beta, model.weights) == (32, 1, 1.0, "trained")
-    assert main(["sample", "fmnist32", "--n", "2", "--steps", "1", "--out",
+    assert main(["sample", "fmnist32-2h", "--n", "2", "--steps", "1", "--out",
                  str(tmp_path / "s.png"), "--no-progress"]) == 0
     images = load_images(model.cfg.data, split="test", resolution=32, image_channels=1)
     garments = to_float(images.get_batch(torch.arange(64)))

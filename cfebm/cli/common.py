@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cfebm.trained import TrainedModel, load
+from cfebm.trained import PRETRAINED, TrainedModel, load
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
@@ -34,7 +34,8 @@ def non_negative(text: str) -> float:
 def add_model(p: argparse.ArgumentParser) -> None:
     """The model argument and how to load it: MODEL, --no-ema, --device."""
     p.add_argument("model", help="a training checkpoint (.pt), an export (.safetensors), a run "
-                   "folder (its checkpoints/latest.pt) or a pretrained model's name (fmnist32)")
+                   "folder (its checkpoints/latest.pt) or a packaged model's name "
+                   f"({', '.join(sorted(PRETRAINED))})")
     p.add_argument("--no-ema", action="store_true",
                    help="use the trained weights, not the EMA (default: the EMA when kept)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -1,6 +1,6 @@
 """``cfebm ood``: rank out-of-distribution sets against the model's test split (Table 4).
 
-    cfebm ood fmnist32 --ood uniform constant interp digits my_images/ --out runs/ood
+    cfebm ood fmnist32-2h --ood uniform constant interp digits my_images/ --out runs/ood
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ood", nargs="+", default=list(SYNTHETIC), metavar="SET",
                    help=f"{', '.join(SYNTHETIC)}, a dataset name or an image folder")
     p.add_argument("--score", choices=(*SCORES, "both"), default="both",
-                   help="energy: −E(x) (the paper); grad_norm: −‖∇E(x)‖ (the authors' code)")
+                   help="energy: −E(x) (the paper); grad_norm: +‖∇E(x)‖ (the authors' "
+                   "code); both higher = more in-distribution")
     p.add_argument("--n", type=count(2), default=1000, help="images per set")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sets")
     p.add_argument("--batch-size", type=count(1), default=500, help="images per batch")

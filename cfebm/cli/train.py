@@ -2,6 +2,7 @@
 
     cfebm train --preset quickstart --run-dir runs/qs [--set growth.lr=[1e-3,1e-3]] [--resume]
     cfebm info runs/qs/checkpoints/latest.pt
+    cfebm info fmnist32-2h           # a packaged model: also its model card
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cfebm.growth import total_images
 from cfebm.loop import run_training
 from cfebm.model import count_parameters
 from cfebm.sampling import step_size_at
-from cfebm.trained import load
+from cfebm.trained import PRETRAINED, load, model_card
 from cfebm.training import resolve_device
 
 DEFAULT_PRESET = "quickstart"
@@ -169,6 +170,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     print("\n".join(lines))
     if args.config:
         print(json.dumps(to_dict(cfg), indent=2))
+    if args.model in PRETRAINED:  # a packaged model: what trained it, and how it scores
+        print(f"\nmodel card (cfebm/weights/{args.model}.md):\n")
+        print(model_card(args.model), end="")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -195,9 +199,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("info", help="describe a checkpoint or export", formatter_class=FORMATTER)
+    p = sub.add_parser("info", help="describe a checkpoint or export (a packaged model: and "
+                       "print its model card)", formatter_class=FORMATTER)
     p.add_argument("model", help="a checkpoint (.pt), an export (.safetensors), a run "
-                   "folder or a name")
+                   f"folder or a packaged model's name ({', '.join(sorted(PRETRAINED))})")
     p.add_argument("--config", action="store_true", help="also print the full config")
     p.set_defaults(func=cmd_info)
 
