@@ -79,9 +79,11 @@ def corrupt(x: Tensor, sigma: float = SIGMA, *, seed: int = 0) -> Tensor:
 def denoise_steps(sigma: float) -> int:
     """The default chain length for noise of std σ: round(10σ), at least 1.
 
-    Measured on the quick-start model (benchmarks/RESULTS.md, restoration): the best K on held-out images
-    was 1, 2 and 3 steps at σ = 0.1, 0.2, 0.3, and the model's own T (25) or the authors' 10
-    steps end below the noisy input's PSNR, because the chain drifts to the model's samples.
+    Chosen on the validation split (benchmarks/restoration.py; RESULTS.md, "Validation decides,
+    test reports"): on the quick-start model the best K on 200 validation images was 1, 2 and 3
+    steps at σ = 0.1, 0.2, 0.3 (first found on test images; the validation split confirmed it),
+    and the model's own T (25) or the authors' 10 steps end below the noisy input's PSNR,
+    because the chain drifts to the model's samples.
     Other models may prefer other K: measure with benchmarks/restoration.py.
     """
     return max(1, round(10 * sigma))

@@ -157,7 +157,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"η0 {cfg.sampler.eta0:g} "
         f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth} (mix {cfg.sampler.mix}, "
         f"coarse steps {cfg.sampler.coarse_steps})"),
-        f"data            {cfg.data.dataset}" if cfg.task.kind == "generate" else
+        f"data            {cfg.data.dataset}, {_held_out(cfg.data.validation)}"
+        if cfg.task.kind == "generate" else
         f"task            translate {cfg.task.pair}, direction {cfg.task.direction}",
         "schedule        " + ", ".join(
             f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
@@ -173,6 +174,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.model in PRETRAINED:  # a packaged model: what trained it, and how it scores
         print(f"\nmodel card (cfebm/weights/{args.model}.md):\n")
         print(model_card(args.model), end="")
+
+
+def _held_out(validation: int) -> str:
+    if not validation:
+        return "trained on every training file (no validation split)"
+    return f"the last {validation:,} training files held out for validation (at most a tenth)"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
