@@ -90,10 +90,11 @@ class TrainingEval:
             extractor = at_resolution(self.extractor, resolution)
             batches = (downsample(to_float(x.to(self.device)), resolution)
                        for x in self.images.split(FEATURE_BATCH))
-            self.references[resolution] = reference_of(
-                batches, extractor, dataset=self.cfg.data.dataset, split=REFERENCE_SPLIT,
-                validation=self.cfg.data.validation, resolution=resolution)
-        require_validation(self.references[resolution])
+            ref = reference_of(batches, extractor, dataset=self.cfg.data.dataset,
+                               split=REFERENCE_SPLIT, validation=self.cfg.data.validation,
+                               resolution=resolution)
+            require_validation(ref)  # once per resolution, not at every evaluation
+            self.references[resolution] = ref
         return self.references[resolution]
 
     def __call__(self, state) -> tuple[dict, bool]:

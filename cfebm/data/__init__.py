@@ -23,5 +23,6 @@ from cfebm.data.images import (
     to_uint8,
 )
 
-__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
-           "downsample", "fake_images", "load_images", "random_hflip", "to_float", "to_uint8"]
+__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages",
+           "TensorImages", "downsample", "fake_images", "load_images", "random_hflip", "to_float",
+           "to_uint8"]

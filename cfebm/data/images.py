@@ -31,8 +31,9 @@ from cfebm.data import readers
 from cfebm.data.readers import DataError
 from cfebm.sampling import Slice, draw
 
-__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages", "TensorImages",
-           "downsample", "fake_images", "load_images", "random_hflip", "to_float", "to_uint8"]
+__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages",
+           "TensorImages", "downsample", "fake_images", "load_images", "random_hflip", "to_float",
+           "to_uint8"]
 
 DATASETS = ("fashion_mnist", "folder", "digits", "cifar10", "cifar100", "svhn", "celeba", "lsun",
             "fake")
@@ -170,6 +171,7 @@ class LazyImages(ImageSet):
 
 SPLITS = ("train", "validation", "test")
 VALIDATION_SHARE = 10  # the validation split holds at most 1/10 of the training files
+FAKE_IMAGES = 512  # images per split of the fake dataset without data.limit
 
 
 def held_out(n_files: int, validation: int) -> int:
@@ -262,9 +264,6 @@ def split_rows(cfg: DataConfig, split: str) -> readers.Rows:
             return slice(first_validation, n)
         return slice(0, min(cfg.limit or first_validation, first_validation))
     return rows
-
-
-FAKE_IMAGES = 512  # images per split of the fake dataset without data.limit
 
 
 def fake_images(split: str, resolution: int, channels: int, n: int) -> Tensor:
