@@ -4,7 +4,7 @@ Times what ``cfebm train --minutes`` times to fit a schedule (``budget.measure``
 iteration and one batch of an evaluation's chains, mid-fade and grown, for every stage of a
 preset, once with the Langevin energy compiled (``train.compile=true``, as the evaluation draws
 it when the run samples with its trained weights) and once eager. An evaluation of
-``train.eval_n`` samples costs about eval_n / batch such batches.
+``eval.n`` samples costs about eval_n / batch such batches.
 
     python benchmarks/eval_cost.py --preset fmnist32 --set 'growth.fade_images=[0,12800,25600]'
 """
@@ -30,7 +30,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for compiled in (True, False):
         cfg = apply_overrides(load_preset(args.preset), args.set + [
-            f"train.compile={str(compiled).lower()}", "train.eval_every=1600"])
+            f"train.compile={str(compiled).lower()}", "eval.every=1600"])
         for resolution, cost in zip(cfg.growth.resolutions, measure(cfg)):
             print(f"| {'compiled' if compiled else 'eager'} | {resolution}² | {cost.fading:.3f} "
                   f"| {cost.grown:.3f} | {cost.sampling_fading:.3f} | {cost.sampling_grown:.3f} |")

@@ -8,7 +8,7 @@ again, with the in-training evaluation's reference and features (``TrainingEval`
 
 ``--betas`` also scores the whole smooth start of Algorithm 1 at each β with the coarse net left
 as it is (the grown net's new block untrained, so E(x) = E_r(avgpool(x)) stands in for it):
-⌊T(1−β)⌋ coarse steps from U(−1, 1) (T with ``--coarse-steps full``), upsampling, mixing with
+⌊T(1−β)⌋ coarse steps from U(−1, 1), upsampling, mixing with
 β·U, then ``--fine-steps`` steps, pooled back to r. What this loses against β = 0 is the
 sampler's share of a fade's dip; the rest of the dip in training is the new block's.
 ``--start-noise`` chooses the noise (``sampler.start_noise``), and ``--fine-energy-scale`` k
@@ -54,9 +54,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--betas", type=float, nargs="*", default=[],
                         help="fading factors at which to score the whole smooth start")
-    parser.add_argument("--coarse-steps", choices=("scaled", "full"), default=None,
-                        help="the smooth start's coarse chain (sampler.coarse_steps); "
-                             "default: the checkpoint's")
     parser.add_argument("--start-noise", choices=("uniform", "nested"), default=None,
                         help="the chains' start noise (sampler.start_noise); default: the "
                              "checkpoint's")
@@ -67,8 +64,7 @@ def main() -> None:
 
     model = load(args.checkpoint, ema=False)
     cfg = model.cfg
-    sampler = dataclasses.replace(cfg.sampler, coarse_steps=args.coarse_steps or
-                                  cfg.sampler.coarse_steps,
+    sampler = dataclasses.replace(cfg.sampler,
                                   start_noise=args.start_noise or cfg.sampler.start_noise)
     first = model.growth.cascade[0][0]
     r, steps, channels = model.resolution, model.growth.n_steps, model.channels
@@ -101,7 +97,7 @@ def main() -> None:
                                                 sampler, first=first, generator=generator),
                                     generator)
                   for n in sizes]
-        n_coarse = coarse_step_count(steps, beta, sampler.coarse_steps)
+        n_coarse = coarse_step_count(steps, beta)
         print(f"β = {beta:g}: {n_coarse} coarse steps, mix, {args.fine_steps} at {2 * r}², "
               f"pooled back: FID {score(pooled, r).fid:.1f}")
 

@@ -1,9 +1,9 @@
 """Pooled FID through replayed fades, one panel per source, and the same as a table: which
-fades jump, which the FID watch holds (``train.fid_watch``; benchmarks/RESULTS.md, "a watch
+fades jump, which the FID watch holds (``eval.fid_watch``; benchmarks/RESULTS.md, "a watch
 that rolls a fade back" and "The fades measured with 2,000 samples").
 
 Each RUN is a replay's folder: a run resumed from the end of a coarse stage through the next
-stage's fade with in-training evaluations (``train.eval_every``), or ``FOLDER@S``: the fade into
+stage's fade with in-training evaluations (``eval.every``), or ``FOLDER@S``: the fade into
 stage S (0-based) of a whole run. The fade is read from the run's config (stage S, or the
 stage of its last evaluation; that stage's start and ``fade_images``); only
 the evaluations the run kept are used (``read_metrics`` drops what a rollback discarded; the

@@ -52,15 +52,15 @@ LONG = ["growth.stage_images=[12_800, 32_000, 100_000_000]"]
 MAIN = {  # 32², the main budget
     "cf-ebm": ("fmnist32", [
         "growth.fade_images=[0, 12_800, 9_600]", *LONG,
-        "train.eval_every=6_400", "train.eval_n=500"]),
+        "eval.every=6_400", "eval.n=500"]),
     "cf-ebm-cascade": ("fmnist32", [
         "growth.fade_images=[0, 12_800, 9_600]", *LONG, "sampler.init=cascade",
-        "train.eval_every=6_400", "train.eval_n=500"]),
+        "eval.every=6_400", "eval.n=500"]),
     "cf-ebm-frozen": ("fmnist32", [
         "growth.fade_images=[0, 12_800, 9_600]", *LONG, "sampler.init=frozen",
-        "train.eval_every=6_400", "train.eval_n=500"]),
+        "eval.every=6_400", "eval.n=500"]),
     "single-32": ("fmnist32", [
-        *last_stage_only("fmnist32"), "train.eval_every=6_400", "train.eval_n=500"]),
+        *last_stage_only("fmnist32"), "eval.every=6_400", "eval.n=500"]),
 }
 ABLATIONS = {  # 16², the shorter budget; "swish" is the full model of Table 9(c)
     "swish": [],

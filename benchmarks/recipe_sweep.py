@@ -140,8 +140,8 @@ def calibration() -> float:
 def config_of(name: str, budget_minutes: float, data_root: str) -> tuple[Config, int]:
     """The variant's config with its last stage cut to the budget, and its total images."""
     overrides, multiple, seed = VARIANTS[name]
-    extra = [f"train.seed={seed}", "train.eval_every=6_400", "train.eval_n=500",
-             "train.sample_every=1_000_000", "train.checkpoint_every=1_000_000"]
+    extra = [f"train.seed={seed}", "eval.every=6_400", "eval.n=500",
+             "run.sample_every=1_000_000", "run.checkpoint_every=1_000_000"]
     if data_root:
         extra.append(f"data.root={data_root!r}")
     if torch.cuda.is_available():  # no bf16 casts: they are extra kernels on a GPU
@@ -243,7 +243,7 @@ def runs_by_prefix(outs: list[Path], groups: dict[str, str]) -> dict[str, list[P
 
 
 def plot_curves(groups: dict[str, list[Path]], path: Path) -> None:
-    """In-training FID (the runs' ``train.eval_n`` samples, as trained) against images seen,
+    """In-training FID (the runs' ``eval.n`` samples, as trained) against images seen,
     through every fade of the ``fmnist32`` schedule, one colour per label."""
     import matplotlib
 

@@ -12,7 +12,7 @@ Also prints the rms per pixel of ∇ₓE on ``--n`` validation images at the che
 learned energy is where the data lie (a Langevin step moves a pixel by about that much).
 
     python benchmarks/sampler_check.py runs/fz16-diag/checkpoints/latest.pt \
-        "T50=growth.n_steps=[15,50,20]" "full=sampler.coarse_steps=full" \
+        "T50=growth.n_steps=[15,50,20]" \
         "cascade=sampler.init=cascade" "nested=sampler.start_noise=nested" \
         "noise=sampler.smooth=false" "T10=growth.n_steps=[15,10,20]"
     python benchmarks/sampler_check.py runs/s19e-8-s0/checkpoints/latest.pt --n 2000 \
@@ -55,7 +55,7 @@ def main() -> None:
     state = load_state(args.checkpoint, "cpu")
     if args.at is not None:
         state.n_images = args.at
-    base = apply_overrides(state.cfg, [f"train.eval_n={args.n}", "train.compile=false"])
+    base = apply_overrides(state.cfg, [f"eval.n={args.n}", "train.compile=false"])
     state.cfg = base
     match_config(state)  # eager: each variant would otherwise compile its own graphs
     evaluation = TrainingEval(base, torch.device("cpu"))

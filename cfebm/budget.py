@@ -7,7 +7,7 @@ budget ran out, often inside a coarse stage, with no model at the resolution the
 
 ``fit_schedule`` predicts the schedule's time from one timed training iteration per stage and
 phase (mid-fade and grown), with the in-training evaluations the run will make
-(``train.eval_every``, which the FID watch reads) costed from the same timings: a budget is
+(``eval.every``, which the FID watch reads) costed from the same timings: a budget is
 wall-clock time, so the evaluations' share of it shortens the schedule like any other cost.
 When the prediction exceeds the budget so far that the schedule would have to shrink below
 half (f < ½), it first keeps the recipe's iterations and halves every stage's batch (and so
@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from cfebm.config import Config, GrowthConfig, TrainConfig
+from cfebm.config import Config, EvalConfig, GrowthConfig
 from cfebm.growth import stage_starts
 from cfebm.model import frozen
 from cfebm.sampling import init_uniform
@@ -59,29 +59,29 @@ class StageCost:
 
 
 def predicted_seconds(growth: GrowthConfig, costs: list[StageCost],
-                      train: TrainConfig | None = None) -> float:
+                      ev: EvalConfig | None = None) -> float:
     """Seconds the iterations of ``growth``'s whole schedule take at ``costs`` per iteration,
-    plus, with ``train``, its in-training evaluations (``evaluation_seconds``)."""
+    plus, with ``ev``, its in-training evaluations (``evaluation_seconds``)."""
     total = 0.0
     for batch, fade, images, cost in zip(growth.batch_size, growth.fade_images,
                                          growth.stage_images, costs):
         total += fade / batch * cost.fading + (images - fade) / batch * cost.grown
-    return total + (evaluation_seconds(growth, costs, train) if train is not None else 0.0)
+    return total + (evaluation_seconds(growth, costs, ev) if ev is not None else 0.0)
 
 
-def evaluation_seconds(growth: GrowthConfig, costs: list[StageCost], train: TrainConfig) -> float:
-    """Seconds of the schedule's in-training evaluations (``train.eval_every``; the FID watch
-    reads them): each draws ``train.eval_n`` samples with the stage's sampler, costed as
+def evaluation_seconds(growth: GrowthConfig, costs: list[StageCost], ev: EvalConfig) -> float:
+    """Seconds of the schedule's in-training evaluations (``eval.every``; the FID watch
+    reads them): each draws ``eval.n`` samples with the stage's sampler, costed as
     eval_n / batch batches of its stage's and phase's chains, rounded up (the features and FID
     of a small feature net cost a few percent of that: see ``measure``)."""
     total, starts = 0.0, stage_starts(growth)
     for s, (batch, fade, cost) in enumerate(zip(growth.batch_size, growth.fade_images, costs)):
         for before in range(starts[s], starts[s + 1], batch):
             after = min(before + batch, starts[s + 1])
-            if evaluates(before, after, growth, train, final=after == starts[-1]):
+            if evaluates(before, after, growth, ev, final=after == starts[-1]):
                 fading = s and after - starts[s] < fade
                 chains = cost.sampling_fading if fading else cost.sampling_grown
-                total += math.ceil(train.eval_n / batch) * chains
+                total += math.ceil(ev.n / batch) * chains
     return total
 
 
@@ -97,17 +97,17 @@ def scaled(growth: GrowthConfig, f: float) -> GrowthConfig:
 
 
 def fit(growth: GrowthConfig, costs: list[StageCost], budget: float,
-        train: TrainConfig | None = None) -> tuple[GrowthConfig, float]:
+        ev: EvalConfig | None = None) -> tuple[GrowthConfig, float]:
     """The schedule to train in ``budget`` seconds, and its factor f ≤ 1: ``growth`` itself if
-    its predicted time (with ``train``'s evaluations) is within the budget, else the largest f
+    its predicted time (with ``ev``'s evaluations) is within the budget, else the largest f
     (to 0.1%) whose schedule fits ``SLACK × budget`` (the rest for grids, checkpoints and
     logs)."""
-    if predicted_seconds(growth, costs, train) <= budget:
+    if predicted_seconds(growth, costs, ev) <= budget:
         return growth, 1.0
     low, high = 0.0, 1.0
     while high - low > 1e-3:
         mid = (low + high) / 2
-        fits = predicted_seconds(scaled(growth, mid), costs, train) <= SLACK * budget
+        fits = predicted_seconds(scaled(growth, mid), costs, ev) <= SLACK * budget
         low, high = (mid, high) if fits else (low, mid)
     return scaled(growth, low), low
 
@@ -118,10 +118,10 @@ def measure(cfg: Config, device: torch.device | None = None,
     and grown, on a throwaway copy of the run, with its precision and compile settings: the
     fastest of two, after one untimed iteration (which allocates, and compiles: inductor's
     on-disk cache then serves the run's own compile). Only schedules with
-    ``train.eval_every`` time the chains (0 s otherwise: no evaluation to cost)."""
+    ``eval.every`` time the chains (0 s otherwise: no evaluation to cost)."""
     state = new_state(cfg, device)
     starts, costs = stage_starts(cfg.growth), []
-    evaluating = cfg.train.eval_every > 0
+    evaluating = cfg.eval.every > 0
     try:
         for s, fade in enumerate(cfg.growth.fade_images):
             grown = _seconds(state, min(starts[s] + fade, starts[s + 1] - 1), evaluating, clock)
@@ -190,9 +190,9 @@ def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
     minutes on the machine its schedule fills was otherwise halved to batch 32)."""
     budget = 60.0 * minutes
     costs = measure(cfg, device)
-    growth, f = fit(cfg.growth, costs, budget, cfg.train)
+    growth, f = fit(cfg.growth, costs, budget, cfg.eval)
     while f < HALVE_BELOW and (smaller := halved(cfg.growth)):
         cfg = replace(cfg, growth=smaller)
         costs = measure(cfg, device)
-        growth, f = fit(cfg.growth, costs, budget, cfg.train)
+        growth, f = fit(cfg.growth, costs, budget, cfg.eval)
     return replace(cfg, growth=growth), f, costs

@@ -26,7 +26,7 @@ from cfebm.config import Config, ConfigError, saved_config, to_dict
 from cfebm.distributed import Shard
 from cfebm.divergence import LossWatch
 from cfebm.model import EnergyNet, frozen_copy
-from cfebm.training import TrainState, lookahead_of, match_config, new_state, resolve_device
+from cfebm.training import TrainState, match_config, new_state, resolve_device
 
 FORMAT = "cfebm-train-state-v1"
 
@@ -95,7 +95,6 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "ema": None if state.ema is None else state.ema.state_dict(),
         "coarse": [net.state_dict() for net in state.coarse],
         "optimizer": state.optimizer.state_dict(),
-        "lookahead": None if state.lookahead is None else state.lookahead.state_dict(),
         "generator": state.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
@@ -167,15 +166,13 @@ def load_state(path: str | Path, device: str | torch.device | None = None,
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["ema"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.lookahead = lookahead_of(state.net, cfg, ckpt.get("lookahead"))
     restore_generator(state.generator, ckpt["generator"])
     torch.set_rng_state(ckpt["torch_rng"])
     state.n_images = int(ckpt["n_images"])
     state.recoveries = int(ckpt["recoveries"])
     state.lr_scale = float(ckpt["lr_scale"])
     state.rolled_back_to = ckpt.get("rolled_back_to")
-    state.watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor,
-                            [float(v) for v in ckpt.get("loss_watch", [])])
+    state.watch = LossWatch(cfg.run.spike_factor, [float(v) for v in ckpt.get("loss_watch", [])])
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
     state.data_skip = int(ckpt.get("data_skip", 0))
     fid_watch = ckpt.get("fid_watch", {})

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,8 @@ class GrowthConfig:
     fade_images: tuple[int, ...] = (0, 75_000, 100_000)  # A.2 data feeding N: β goes 0 -> 1
     stage_images: tuple[int, ...] = (100_000, 150_000, 200_000)  # fade, then as long at β = 1
     # "linear": once the last stage's fade ends, its lr falls linearly to 0 at the end of the
-    # schedule (budgeted training); "linear_every_stage": every stage's lr does so, from the end
-    # of its fade to the end of the stage; "none": constant per stage, as the paper (A.2) and
-    # the authors' scripts train.
+    # schedule (budgeted training); "none": constant per stage, as the paper (A.2) and the
+    # authors' scripts train.
     lr_decay: str = "none"
 
     def __post_init__(self):
@@ -72,7 +74,7 @@ class GrowthConfig:
                  f"growth.lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
 
 
-LR_DECAYS = ("none", "linear", "linear_every_stage")
+LR_DECAYS = ("none", "linear")
 NOISE_SCHEDULES = ("std_linear", "variance_linear", "a2", "constant")
 
 
@@ -95,15 +97,11 @@ class SamplerConfig:
     # "variance_linear": the variance falls linearly from η0 to 0 (Sec. 3.1's words);
     # "a2": the variance η_t = η0 − η0/(T−t+1) of Appendix A.2; "constant": std η0 throughout.
     noise_schedule: str = "std_linear"
-    clamp: bool = True              # keep the chain in [-1, 1]
-    # True: clamp after every Langevin step (ours); False: only at the end of each scale's chain
-    # and after upsampling (the authors' scripts). The paper is silent.
+    # Chains stay in [-1, 1]. True: clamped after every Langevin step (ours); False: only at the
+    # end of each scale's chain and after upsampling (the authors' scripts). The paper is silent.
     clamp_every_step: bool = True
     smooth: bool = True             # smooth MCMC sampling during a fade (Alg. 1, Sec. 3.2(ii)b)
     mix: str = "sqrt"               # "sqrt": √(1−β²)·up + β·U (Alg. 1); "linear": (1−β)·up + β·U
-    # Steps of the coarse chain in the smooth start. "scaled": ⌊T(s−1)·(1−β)⌋ (Alg. 1, the
-    # authors' train_v0); "full": T(s−1) at every β (the authors' train_multi and earlier v0).
-    coarse_steps: str = "scaled"
     # The noise chains start from. "uniform": U(−1, 1) at the chain's resolution (Alg. 1 and 2).
     # "nested": noise whose 2× average pooling is the noise of the resolution below, down to
     # U(−1, 1) at the first resolution (sampling.init_noise): a grown net's coarse part then
@@ -125,8 +123,6 @@ class SamplerConfig:
         _require(self.mix in ("sqrt", "linear"), "sampler.mix must be 'sqrt' or 'linear'")
         _require(self.start_noise in ("uniform", "nested"),
                  "sampler.start_noise must be 'uniform' or 'nested'")
-        _require(self.coarse_steps in ("scaled", "full"),
-                 "sampler.coarse_steps must be 'scaled' or 'full'")
         _require(self.init in ("noise", "cascade", "frozen"),
                  "sampler.init must be 'noise', 'cascade' or 'frozen'")
 
@@ -156,41 +152,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation (Adam with A.2's betas, ``ADAM_BETAS``) and the hardware it runs on."""
+
     seed: int = 0
-    adam_betas: tuple[float, float] = (0.5, 0.999)  # A.2
     data_sigma: float = 0.0          # Gaussian perturbation of the data (0: Sec. 3.4)
-    energy_reg: float = 0.0          # coefficient of mean(E(data)² + E(samples)²), 0 = off
-    grad_penalty: float = 0.0        # γ of the R1 penalty γ/2·mean ‖∇ₓE(data)‖², 0 = off
     ema_decay: float = 0.0           # EMA of parameters for sampling, 0 = off
-    grad_clip: float = 0.0           # clip the gradient's global norm at this value, 0 = off
-    lookahead: int = 0               # Lookahead's sync period k (lookahead.py), 0 = plain Adam
-    lookahead_alpha: float = 0.5     # ... and the fraction the slow weights move at each sync
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"          # "fp32", "bf16" (autocast; energies and loss stay fp32) or
     #                                  "auto": bf16 on a CPU that runs it natively, else fp32
-    #                                  (CUDA too: measured faster there; speed.py)
+    #                                  (CUDA too: measured faster there; train/speed.py)
     channels_last: bool = False      # memory format for convolutions
-    compile: bool = False            # torch.compile the Langevin energy and its gradient (speed.py)
+    compile: bool = False            # torch.compile the Langevin energy and its gradient
     cuda_graphs: bool = False        # ... and replay it as CUDA graphs on a GPU (needs compile;
     #                                  no effect on a CPU)
-    max_abs_loss: float = 1e4        # |loss| above this (or NaN) counts as divergence
-    spike_factor: float = 30.0       # recent median |loss| above this x the one before; 0 = off
-    spike_floor: float = 1.0         # ... if that recent |loss| is also above this (divergence.py)
-    max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
-    fid_watch: float = 0.0           # roll back an evaluation whose FID, pooled to the stage
-    #                                  before's resolution, is above this x that stage's last
-    #                                  (fidwatch.py; needs eval_every), 0 = off
-    fid_watch_retries: int = 3       # ... at most this many times in a row, then keep going
-    fid_watch_lr: float = 1.0        # ... each rollback multiplying the lr scale by this,
-    #                                  down to this ** fid_watch_retries
-    log_every: int = 2_000           # images between metric lines
-    sample_every: int = 20_000       # images between sample grids (and at every stage change)
-    checkpoint_every: int = 20_000   # images between checkpoints
-    n_grid: int = 64                 # images in a sample grid
-    eval_every: int = 0              # images between in-training evaluations, 0 = off
-    eval_n: int = 1_000              # samples per in-training evaluation (FID, KID)
-    eval_fades_only: bool = False    # ... only during fades and the 3 evaluations before each
-    eval_features: str = "fmnist"    # "fmnist" (Fashion-MNIST classifier) or "inception"
 
     def __post_init__(self):
         _require(self.precision in ("fp32", "bf16", "auto"),
@@ -199,21 +173,47 @@ class TrainConfig:
                  "train.cuda_graphs replays the compiled energy: it needs train.compile = true")
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
         _require(self.data_sigma >= 0, "train.data_sigma must be >= 0")
-        _require(self.grad_penalty >= 0, "train.grad_penalty must be >= 0 (0 = off)")
-        _require(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
-        _require(self.lookahead >= 0, "train.lookahead must be >= 0 (0 = off)")
-        _require(0.0 < self.lookahead_alpha <= 1.0, "train.lookahead_alpha must lie in (0, 1]")
+
+
+ADAM_BETAS = (0.5, 0.999)  # A.2; β₁ = 0 and β₂ = 0.99 were measured and smoothed no fade
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run on disk: how often it logs, draws grids and saves, and how it recovers from a
+    divergence (a non-finite or huge loss, or a spike: train/recovery.py)."""
+
+    log_every: int = 2_000           # images between metric lines
+    sample_every: int = 20_000       # images between sample grids (and at every stage change)
+    checkpoint_every: int = 20_000   # images between checkpoints
+    n_grid: int = 64                 # images in a sample grid
+    max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
+    spike_factor: float = 30.0       # recent median |loss| above this x the one before; 0 = off
+
+    def __post_init__(self):
         for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):
-            _require(getattr(self, name) >= 1, f"train.{name} must be >= 1")
-        _require(self.spike_factor >= 0, "train.spike_factor must be >= 0 (0 = off)")
-        _require(self.spike_floor >= 0, "train.spike_floor must be >= 0")
-        _require(self.eval_every >= 0, "train.eval_every must be >= 0 (0 = off)")
-        _require(self.eval_n >= 2, "train.eval_n must be >= 2")
-        _require(self.fid_watch >= 0, "train.fid_watch must be >= 0 (0 = off)")
-        _require(self.fid_watch_retries >= 0, "train.fid_watch_retries must be >= 0")
-        _require(0 < self.fid_watch_lr <= 1, "train.fid_watch_lr must lie in (0, 1]")
-        _require(self.eval_features in ("fmnist", "inception"),
-                 "train.eval_features must be 'fmnist' or 'inception'")
+            _require(getattr(self, name) >= 1, f"run.{name} must be >= 1")
+        _require(self.max_recoveries >= 0, "run.max_recoveries must be >= 0")
+        _require(self.spike_factor >= 0, "run.spike_factor must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """In-training evaluation on the validation split (FID and KID in the features of
+    ``train.evaluation.features_for``: the Fashion-MNIST classifier's for Fashion-MNIST, else
+    Inception's), and the FID watch that reads it (train/evaluation.py)."""
+
+    every: int = 0                   # images between in-training evaluations, 0 = off
+    n: int = 1_000                   # samples per in-training evaluation (FID, KID)
+    fades_only: bool = False         # ... only during fades and the 3 evaluations before each
+    fid_watch: float = 0.0           # roll back an evaluation whose FID, pooled to the stage
+    #                                  before's resolution, is above this x that stage's last;
+    #                                  at most 3 times in a row (needs every), 0 = off
+
+    def __post_init__(self):
+        _require(self.every >= 0, "eval.every must be >= 0 (0 = off)")
+        _require(self.n >= 2, "eval.n must be >= 2")
+        _require(self.fid_watch >= 0, "eval.fid_watch must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -244,27 +244,23 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self):
         _require(self.growth.resolutions[-1] == self.model.max_resolution,
                  f"growth.resolutions ends at {self.growth.resolutions[-1]} but "
                  f"model.max_resolution is {self.model.max_resolution}")
-        t = self.train
-        _require(t.eval_every == 0 or t.eval_features != "fmnist" or
-                 (self.data.dataset == "fashion_mnist" and self.model.image_channels == 1),
-                 "train.eval_features = 'fmnist' needs grayscale Fashion-MNIST (data.dataset = "
-                 "'fashion_mnist', model.image_channels = 1); use 'inception' for other data")
-        _require(t.eval_every == 0 or self.data.validation > 0,
-                 "train.eval_every scores the validation split: it needs data.validation > 0 "
+        e = self.eval
+        _require(e.every == 0 or self.data.validation > 0,
+                 "eval.every scores the validation split: it needs data.validation > 0 "
                  "(the test split is for reports only)")
-        _require(t.fid_watch == 0 or t.eval_every > 0,
-                 "train.fid_watch needs train.eval_every > 0: it judges the in-training "
-                 "evaluations")
+        _require(e.fid_watch == 0 or e.every > 0,
+                 "eval.fid_watch needs eval.every > 0: it judges the in-training evaluations")
         if self.task.kind == "translate":  # chains start at source images: no noise cascade
-            _require(self.sampler.init == "noise" and t.eval_every == 0,
-                     "task.kind = 'translate' needs sampler.init = 'noise' and "
-                     "train.eval_every = 0")
+            _require(self.sampler.init == "noise" and e.every == 0,
+                     "task.kind = 'translate' needs sampler.init = 'noise' and eval.every = 0")
 
 
 class ConfigError(ValueError):
@@ -292,8 +288,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 def from_dict(d: dict[str, Any]) -> Config:
     """Inverse of ``to_dict``; unknown sections or keys raise ``ConfigError``.
 
-    Configs written by cfebm 0.1.0 (``sampler.noise_std``, schedule ``"linear"``) are read
-    under today's names.
+    Configs written by earlier cfebm versions are read in today's layout (``_migrate``).
     """
     d = _migrate(d)
     sections = {}
@@ -319,13 +314,52 @@ def saved_config(d: dict[str, Any]) -> Config:
     return from_dict(d)
 
 
+# Keys that moved: old "section.key" -> new "section.key".
+MOVED = {
+    "sampler.noise_std": "sampler.eta0",
+    **{f"train.{k}": f"run.{k}" for k in ("log_every", "sample_every", "checkpoint_every",
+                                          "n_grid", "max_recoveries", "spike_factor")},
+    "train.eval_every": "eval.every", "train.eval_n": "eval.n",
+    "train.eval_fades_only": "eval.fades_only", "train.fid_watch": "eval.fid_watch",
+}
+# Keys deleted because measurements rejected them or nothing set them (benchmarks/RESULTS.md),
+# with the value that meant today's behaviour. Old configs carrying them still load.
+REMOVED = {
+    "train.energy_reg": 0.0, "train.grad_penalty": 0.0, "train.grad_clip": 0.0,
+    "train.lookahead": 0, "train.lookahead_alpha": 0.5, "train.adam_betas": list(ADAM_BETAS),
+    "train.fid_watch_lr": 1.0, "train.fid_watch_retries": 3, "train.spike_floor": 1.0,
+    "train.max_abs_loss": 1e4, "train.eval_features": None, "sampler.coarse_steps": "scaled",
+    "sampler.clamp": True,
+}
+
+
 def _migrate(d: dict[str, Any]) -> dict[str, Any]:
-    sampler = dict(d.get("sampler", {}))
-    if "noise_std" in sampler:
-        sampler["eta0"] = sampler.pop("noise_std")
-    if sampler.get("noise_schedule") == "linear":
-        sampler["noise_schedule"] = "std_linear"
-    return {**d, "sampler": sampler} if "sampler" in d else d
+    """A config dict of any earlier cfebm in today's layout: moved keys under their new names,
+    removed keys dropped (one warning line for any that held a value other than today's
+    behaviour), the removed ``growth.lr_decay = "linear_every_stage"`` read as "none"."""
+    d = {section: dict(values) if isinstance(values, dict) else values
+         for section, values in d.items()}
+    for old, new in MOVED.items():
+        (s, k), (t, n) = old.split("."), new.split(".")
+        if isinstance(d.get(s), dict) and k in d[s]:
+            d.setdefault(t, {})[n] = d[s].pop(k)
+    dropped = []
+    for old, today in REMOVED.items():
+        s, k = old.split(".")
+        if isinstance(d.get(s), dict) and k in d[s]:
+            value = d[s].pop(k)
+            if today is not None and value != today:
+                dropped.append(f"{old}={value}")
+    growth = d.get("growth")
+    if isinstance(growth, dict) and growth.get("lr_decay") == "linear_every_stage":
+        growth["lr_decay"] = "none"
+        dropped.append("growth.lr_decay=linear_every_stage")
+    if isinstance(d.get("sampler"), dict) and d["sampler"].get("noise_schedule") == "linear":
+        d["sampler"]["noise_schedule"] = "std_linear"
+    if dropped:
+        log.warning("dropped settings that cfebm no longer has (rejected by measurement or "
+                    "unused): %s; the run continues without them", ", ".join(dropped))
+    return d
 
 
 def preset_names() -> list[str]:
@@ -363,6 +397,10 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, sep, raw = item.partition("=")
         section, dot, name = key.strip().partition(".")
         _require(bool(sep and dot), f"override {item!r} is not of the form section.key=value")
+        _require(key.strip() not in MOVED,
+                 f"config key {key.strip()!r} is now {MOVED.get(key.strip())!r}")
+        _require(key.strip() not in REMOVED, f"config key {key.strip()!r} was removed: "
+                 "measurements rejected it or nothing used it (benchmarks/RESULTS.md)")
         _require(section in d and name in d[section], f"unknown config key {key.strip()!r}")
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]

@@ -7,8 +7,7 @@ PGGAN's ``TrainingSchedule(cur_nimg)``), so a resumed run can never disagree wit
 Stage s trains for ``stage_images[s]`` images. Its first ``fade_images[s]`` images fade the new
 block in: β = min(1, images seen in the stage / fade length). The first stage has nothing to
 fade from, so its β is always 1. With ``lr_decay = "linear"`` the last stage's learning rate
-falls linearly from its value at the end of that stage's fade to 0 at the end of the schedule;
-with ``"linear_every_stage"`` every stage's does, from the end of its fade to the end of the stage.
+falls linearly from its value at the end of that stage's fade to 0 at the end of the schedule.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ def growth_at(n_images: int, cfg: GrowthConfig) -> Growth:
 
 def _decay(n_images: int, stage: int, starts: list[int], cfg: GrowthConfig) -> float:
     """The factor in [0, 1] on ``stage``'s lr after ``n_images`` images (1 without decay)."""
-    if cfg.lr_decay == "none" or (cfg.lr_decay == "linear" and stage < len(cfg.resolutions) - 1):
+    if cfg.lr_decay == "none" or stage < len(cfg.resolutions) - 1:
         return 1.0
     decay_from, end = starts[stage] + cfg.fade_images[stage], starts[stage + 1]
     if n_images <= decay_from:

@@ -7,7 +7,7 @@ Layout of a run directory::
     checkpoints/latest.pt       the newest training state (atomic; ``--resume`` reads it)
     checkpoints/previous.pt     the one before it (a recovery's second line: ``_recover``)
     checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
-    checkpoints/best.pt         the state with the lowest in-training FID (``train.eval_every``;
+    checkpoints/best.pt         the state with the lowest in-training FID (``eval.every``;
                                 ``training_eval.TrainingEval`` writes its ``"eval"`` entry,
                                 ``best_fid`` reads it)
     checkpoints/watch.pt        the last evaluation the FID watch kept (``fidwatch``)
@@ -181,7 +181,7 @@ def save_samples(state: TrainState, path: Path, growth: Growth | None = None) ->
                              autocast=state.autocast)
         return save_grid(x, path, nrow=8, scale=max(1, 128 // growth.resolution))
     with frozen(net):
-        x = sample_negatives(net, growth, cfg.train.n_grid, cfg.sampler, coarse=state.coarse,
+        x = sample_negatives(net, growth, cfg.run.n_grid, cfg.sampler, coarse=state.coarse,
                              generator=generator, device=device, autocast=state.autocast)
     return save_grid(x, path, scale=max(1, 128 // growth.resolution))
 
@@ -202,7 +202,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     When the run diverges again from the checkpoint the last recovery loaded
     (``state.rolled_back_to`` images, no checkpoint written since), that checkpoint was most
     likely written after the divergence had begun (an energy blow-up grows over hundreds of
-    iterations before |loss| passes ``train.max_abs_loss``), so this rollback goes one
+    iterations before |loss| passes ``divergence.MAX_ABS_LOSS``), so this rollback goes one
     checkpoint further back, to ``previous.pt``.
 
     The rolled-back state (its lr scale, recovery count, reseeded chains and where it came
@@ -210,7 +210,7 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     resumes as if it had never stopped.
     """
     cfg, shard = state.cfg, state.shard
-    if state.recoveries >= cfg.train.max_recoveries:
+    if state.recoveries >= cfg.run.max_recoveries:
         raise RunError(f"training diverged at {state.n_images} images ({reason})"
                        f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
     recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
@@ -259,10 +259,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                 log.warning(warning)
     stream = BatchStream(images, cfg.train.seed)
     end = total_images(cfg.growth) if stop_at is None else min(stop_at, total_images(cfg.growth))
-    runlog, averager, t = RunLog(run_dir, enabled=main), _Averager(), cfg.train
+    runlog, averager = RunLog(run_dir, enabled=main), _Averager()
     evaluator = None
-    if t.eval_every:  # on every rank: its sampling is shared out
-        best = best_fid(run_dir / "checkpoints" / "best.pt", t) if main else math.inf
+    if cfg.eval.every:  # on every rank: its sampling is shared out
+        best = best_fid(run_dir / "checkpoints" / "best.pt", cfg) if main else math.inf
         evaluator = TrainingEval(cfg, state.device, best)
     bar = tqdm(total=end, initial=min(state.n_images, end), unit="img", unit_scale=True,
                disable=not (progress and main), dynamic_ncols=True)
@@ -278,7 +278,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                        else train_step(state, x_data, start))
             seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
             state.train_seconds += seconds
-            if (reason := divergence(metrics["loss"], t.max_abs_loss, state.watch)) is not None:
+            if (reason := divergence(metrics["loss"], state.watch)) is not None:
                 state = _recover(state, run_dir, runlog, metrics, reason)
                 bar.n = state.n_images
                 averager = _Averager()  # its iterations belong to the discarded trajectory
@@ -293,10 +293,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             if main:
                 row = _maintain(state, before, growth, run_dir, runlog, averager, final,
                                 evaluator)
-            elif evaluator is not None and evaluates(before, state.n_images, cfg.growth, t, final):
+            elif evaluator is not None and evaluates(before, state.n_images, cfg.growth, cfg.eval, final):
                 row, _ = evaluator(state)  # its part of rank 0's evaluation
             rewound = False  # by the FID watch, at this iteration
-            if row is not None and t.fid_watch:
+            if row is not None and cfg.eval.fid_watch:
                 failed_at = state.n_images
                 state = fidwatch.watch(state, row, run_dir, runlog)
                 rewound = state.n_images != failed_at
@@ -325,7 +325,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
               evaluator: TrainingEval | None = None) -> dict | None:
     """Per-iteration bookkeeping: metrics lines, evaluations, sample grids, checkpoints.
     Returns the evaluation's metrics row if this iteration ended with one."""
-    t, now, after = state.cfg.train, state.n_images, state.growth
+    t, now, after = state.cfg.run, state.n_images, state.growth
     evaluation = None
     stage_done = after.stage != growth.stage or final
     if crossed(before, now, t.log_every) or stage_done:
@@ -335,7 +335,7 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
                **averager.pop(), "loss_spike": state.watch.pop_peak(),
                "train_seconds": state.train_seconds, "time": time.time()}
         runlog.write(row)
-    if evaluator is not None and evaluates(before, now, state.cfg.growth, t, final):
+    if evaluator is not None and evaluates(before, now, state.cfg.growth, state.cfg.eval, final):
         evaluation, improved = evaluator(state)
         runlog.write({**evaluation, "train_seconds": state.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it

@@ -257,19 +257,19 @@ def langevin_cfg(
 ) -> Tensor:
     """``langevin`` with the step size, noise schedule and clamp of a ``SamplerConfig``.
 
-    ``eta0`` overrides the config's η0 (the test-time noise level of Fig. 16). With
-    ``cfg.clamp`` the result lies in [−1, 1]: clamped after every step, or only at the end when
-    ``cfg.clamp_every_step`` is off.
+    ``eta0`` overrides the config's η0 (the test-time noise level of Fig. 16). The result lies
+    in [−1, 1]: clamped after every step, or only at the end when ``cfg.clamp_every_step`` is
+    off.
     """
     eta0 = cfg.eta0 if eta0 is None else eta0
-    every_step = cfg.clamp and cfg.clamp_every_step
+    every_step = cfg.clamp_every_step
     x = langevin(
         energy, x, n_steps, step_size_at(x.shape[-1], cfg),
         noise_schedule(cfg.noise_schedule, n_steps, eta0),
         clamp=(-1.0, 1.0) if every_step else None, generator=generator, **kwargs,
     )
     # The authors clamp once, at the end of each scale's chain (upsampling keeps the range).
-    return x.clamp_(-1.0, 1.0) if cfg.clamp and not every_step else x
+    return x if every_step else x.clamp_(-1.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,14 +294,11 @@ def mix_with_noise(x_up: Tensor, noise: Tensor, beta: float, mix: str = "sqrt") 
     raise ValueError(f"unknown mix {mix!r}; choose 'sqrt' or 'linear'")
 
 
-def coarse_step_count(n_steps_coarse: int, beta: float, mode: str = "scaled") -> int:
-    """Steps of the smooth start's coarse chain at fading factor β: ⌊T(s−1)·(1−β)⌋ for
-    "scaled" (Algorithm 1; the authors' int()), T(s−1) for "full"."""
-    if mode == "full":
-        return n_steps_coarse
-    if mode == "scaled":
-        return int(n_steps_coarse * (1.0 - beta))
-    raise ValueError(f"unknown coarse_steps {mode!r}; choose 'scaled' or 'full'")
+def coarse_step_count(n_steps_coarse: int, beta: float) -> int:
+    """Steps of the smooth start's coarse chain at fading factor β: ⌊T(s−1)·(1−β)⌋
+    (Algorithm 1; the authors' int()). T(s−1) at every β, as some of the authors' scripts ran
+    it, was measured no better and removed (benchmarks/RESULTS.md)."""
+    return int(n_steps_coarse * (1.0 - beta))
 
 
 def smooth_init(
@@ -312,7 +309,7 @@ def smooth_init(
 ) -> Tensor:
     """Initial states for the grown energy at ``resolution`` during a fade (Algorithm 1).
 
-    Runs ``coarse_step_count`` Langevin steps (⌊T(s−1)·(1−β)⌋ by default) of the coarse energy
+    Runs ``coarse_step_count`` Langevin steps (⌊T(s−1)·(1−β)⌋) of the coarse energy
     from noise at resolution/2, upsamples 2×, and mixes with fresh noise by β; both noises are
     ``cfg.start_noise`` (``init_noise``; ``first``: the first stage's resolution, which
     "nested" needs). Returns (n, channels, r, r).
@@ -322,10 +319,9 @@ def smooth_init(
                           device=device)
 
     x = langevin_cfg(coarse_energy, noise(resolution // 2),
-                     coarse_step_count(n_steps_coarse, beta, cfg.coarse_steps), cfg,
+                     coarse_step_count(n_steps_coarse, beta), cfg,
                      generator=generator, callback=callback)
-    x = mix_with_noise(upsample(x), noise(resolution), beta, cfg.mix)
-    return x.clamp(-1.0, 1.0) if cfg.clamp else x
+    return mix_with_noise(upsample(x), noise(resolution), beta, cfg.mix).clamp(-1.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------

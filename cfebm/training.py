@@ -19,12 +19,11 @@ import torch
 from torch import Tensor
 
 from cfebm import speed
-from cfebm.config import Config, SamplerConfig
+from cfebm.config import ADAM_BETAS, Config, SamplerConfig
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.distributed import Shard
 from cfebm.divergence import LossWatch
 from cfebm.growth import Growth, growth_at
-from cfebm.lookahead import Lookahead
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.sampling import (
     Generator,
@@ -99,33 +98,14 @@ def sample_negatives(
                         callback=callback)
 
 
-def cd_loss(e_data: Tensor, e_sample: Tensor, energy_reg: float = 0.0) -> Tensor:
-    """Maximum-likelihood loss whose gradient is Eq. (2): mean E(data) − mean E(samples).
-
-    ``energy_reg`` adds energy_reg·mean(E(data)² + E(samples)²), a magnitude penalty that keeps
-    energies near 0 (Du & Mordatch, 2019); 0 (the paper) disables it.
-    """
-    loss = e_data.mean() - e_sample.mean()
-    if energy_reg > 0:
-        loss = loss + energy_reg * (e_data.square().mean() + e_sample.square().mean())
-    return loss
+def cd_loss(e_data: Tensor, e_sample: Tensor) -> Tensor:
+    """Maximum-likelihood loss whose gradient is Eq. (2): mean E(data) − mean E(samples)."""
+    return e_data.mean() - e_sample.mean()
 
 
-def data_gradient_penalty(e_data: Tensor, x_data: Tensor) -> Tensor:
-    """R1 (Mescheder et al., 2018): mean over the batch of ‖∇ₓE(x)‖² at the data x_data
-    (n, C, r, r), which must require grad; differentiable in the parameters. It flattens the
-    energy around the data, the well the chains cannot follow when training oscillates."""
-    (grad,) = torch.autograd.grad(e_data.sum(), x_data, create_graph=True)
-    return grad.float().square().flatten(1).sum(1).mean()
-
-
-def clip_gradient(params: Sequence[Tensor], max_norm: float) -> float:
-    """The global L2 norm of the gradients of ``params`` (all ranks' average), before clipping
-    them to ``max_norm`` (0 = no clipping; the norm is still returned, for the metrics)."""
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return norm.item()
+def gradient_norm(params: Sequence[Tensor]) -> float:
+    """The global L2 norm of the gradients of ``params`` (all ranks' average), for the metrics."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params]).item()
 
 
 @torch.no_grad()
@@ -154,9 +134,9 @@ class TrainState:
     generator: torch.Generator
     n_images: int = 0
     recoveries: int = 0      # divergences rolled back so far
-    lr_scale: float = 1.0    # halved at each recovery, x train.fid_watch_lr at each FID rollback
+    lr_scale: float = 1.0    # halved at each recovery
     rolled_back_to: int | None = None  # images of the checkpoint the last recovery loaded
-    # train.fid_watch (fidwatch.py): images of the data stream skipped by its rollbacks (the
+    # eval.fid_watch (fidwatch.py): images of the data stream skipped by its rollbacks (the
     # batch at n_images is the stream's at n_images + data_skip), the last kept FIDs at each
     # resolution that it compares with, and its rollbacks in a row.
     data_skip: int = 0
@@ -173,8 +153,6 @@ class TrainState:
     shard: Shard = field(default_factory=Shard)
     # train.compile: the network as the Langevin chains call it, compiled (speed.py); not saved.
     compiled: CompiledEnergy | None = None
-    # train.lookahead: the slow weights that ``net`` restarts from every k steps.
-    lookahead: Lookahead | None = None
 
     @property
     def device(self) -> torch.device:
@@ -216,23 +194,11 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
         net = net.to(memory_format=torch.channels_last)
     ema = ema_of(net) if cfg.train.ema_decay > 0 else None
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.growth.lr[0],
-                                 betas=cfg.train.adam_betas)
+                                 betas=ADAM_BETAS)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     compiled = speed.compiled_energy(net, cfg, device)
-    watch = LossWatch(cfg.train.spike_factor, cfg.train.spike_floor)
-    return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled,
-                      lookahead=lookahead_of(net, cfg))
-
-
-def lookahead_of(net: EnergyNet, cfg: Config, saved: dict | None = None) -> Lookahead | None:
-    """The run's Lookahead (``train.lookahead``), from a checkpoint's ``saved`` state if given,
-    else with slow weights at ``net``'s current ones; None when off."""
-    train = cfg.train
-    if train.lookahead == 0:
-        return None
-    saved = saved or {}
-    return Lookahead(net.parameters(), train.lookahead, train.lookahead_alpha,
-                     saved.get("slow"), int(saved.get("steps", 0)))
+    watch = LossWatch(cfg.run.spike_factor)
+    return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled)
 
 
 def ema_of(net: EnergyNet) -> EnergyNet:
@@ -243,9 +209,8 @@ def ema_of(net: EnergyNet) -> EnergyNet:
 def match_config(state: TrainState) -> None:
     """Give a resumed state what its (possibly overridden) config asks for, where the
     checkpoint would otherwise silently win: the EMA (started now, at the current weights, when
-    ``train.ema_decay`` was switched on; dropped when switched off), Adam's betas (restored
-    with the optimizer's state), the compiled Langevin energy (``train.compile``) and Lookahead
-    (started at the current weights when switched on; its k and α as configured)."""
+    ``train.ema_decay`` was switched on; dropped when switched off) and the compiled Langevin
+    energy (``train.compile``)."""
     train = state.cfg.train
     if train.ema_decay > 0 and state.ema is None:
         log.info("train.ema_decay %g: starting the EMA at the current weights", train.ema_decay)
@@ -253,13 +218,7 @@ def match_config(state: TrainState) -> None:
     elif train.ema_decay == 0 and state.ema is not None:
         log.info("train.ema_decay 0: dropping the run's EMA; the trained weights sample")
         state.ema = None
-    for group in state.optimizer.param_groups:
-        group["betas"] = tuple(train.adam_betas)
     state.compiled = speed.compiled_energy(state.net, state.cfg, state.device)  # compiles lazily
-    if train.lookahead == 0 or state.lookahead is None:
-        state.lookahead = lookahead_of(state.net, state.cfg)
-    else:
-        state.lookahead.k, state.lookahead.alpha = train.lookahead, train.lookahead_alpha
 
 
 def freeze_finished_stages(state: TrainState) -> None:
@@ -317,23 +276,17 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
     for group in state.optimizer.param_groups:
         group["lr"] = growth.lr * state.lr_scale
     net.train()
-    gamma = cfg.train.grad_penalty
-    x_data = x_data.detach().requires_grad_(gamma > 0)
     with state.autocast():
         energies = net(torch.cat([x_data, x_sample]), growth.beta)
     e_data, e_sample = energies[:n], energies[n:]
-    loss = cd_loss(e_data, e_sample, cfg.train.energy_reg)
-    if gamma > 0:
-        loss = loss + gamma / 2 * data_gradient_penalty(e_data, x_data)
+    loss = cd_loss(e_data, e_sample)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in net.parameters() if p.grad is not None]
     metrics = state.shard.average(params, {
         "loss": loss, "e_data": e_data.mean(), "e_sample": e_sample.mean()})
-    metrics["grad_norm"] = clip_gradient(params, cfg.train.grad_clip)
+    metrics["grad_norm"] = gradient_norm(params)
     state.optimizer.step()
-    if state.lookahead is not None:
-        state.lookahead.step()
     if state.ema is not None:
         update_ema(state.ema, net, cfg.train.ema_decay)
     state.n_images += n * state.shard.world

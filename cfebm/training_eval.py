@@ -1,6 +1,6 @@
-"""In-training evaluation (``train.eval_every``) and the best checkpoint it keeps.
+"""In-training evaluation (``eval.every``) and the best checkpoint it keeps.
 
-``TrainingEval`` scores samples drawn as trained with a small sample count (``train.eval_n``)
+``TrainingEval`` scores samples drawn as trained with a small sample count (``eval.n``)
 during a run; ``loop.run_training`` writes its rows to ``metrics.jsonl`` and the best state to
 ``checkpoints/best.pt``, whose stored FID ``best_fid`` reads back on resume. The FID watch
 (``fidwatch``) judges the same rows.
@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from cfebm import fidwatch
-from cfebm.checkpoint import read
-from cfebm.config import Config, GrowthConfig, TrainConfig
+from cfebm.checkpoint import config_of, read
+from cfebm.config import Config, EvalConfig, GrowthConfig
 from cfebm.data import downsample, load_images, to_float
 from cfebm.evaluate import EvalResult, at_resolution, evaluate_samples, make_extractor
 from cfebm.growth import crossed, stage_starts
@@ -33,28 +33,36 @@ REFERENCE_SPLIT = "validation"    # what in-training evaluation compares with; n
 TRAINING_KID_SUBSETS = 10         # fewer than the final evaluation's 100: it runs often
 
 
-def evaluates(before: int, after: int, growth: GrowthConfig, train: TrainConfig,
+def features_for(cfg: Config) -> str:
+    """The features in-training evaluation scores in: the Fashion-MNIST classifier's
+    ("fmnist") for grayscale Fashion-MNIST, where the FID our tables report is FMNIST-FID,
+    else Inception's ("inception")."""
+    fmnist = cfg.data.dataset == "fashion_mnist" and cfg.model.image_channels == 1
+    return "fmnist" if fmnist else "inception"
+
+
+def evaluates(before: int, after: int, growth: GrowthConfig, ev: EvalConfig,
               final: bool) -> bool:
     """Whether the iteration from ``before`` to ``after`` images ends with an evaluation: every
-    ``train.eval_every`` images, or with ``train.eval_fades_only`` only while a stage fades in
+    ``eval.every`` images, or with ``eval.fades_only`` only while a stage fades in
     and over the ``fidwatch.REFERENCE_EVALS`` evaluations before it (what the FID watch reads),
-    and always at the end (``final``). Never without ``eval_every``."""
-    if not train.eval_every:
+    and always at the end (``final``). Never without ``eval.every``."""
+    if not ev.every:
         return False
     if final:
         return True
-    if not crossed(before, after, train.eval_every):
+    if not crossed(before, after, ev.every):
         return False
-    if not train.eval_fades_only:
+    if not ev.fades_only:
         return True
     starts, fades = stage_starts(growth), growth.fade_images
-    lead = fidwatch.REFERENCE_EVALS * train.eval_every
+    lead = fidwatch.REFERENCE_EVALS * ev.every
     return any(starts[s] - lead <= after <= starts[s] + fades[s]
                for s in range(1, len(fades)) if fades[s] > 0)
 
 
 class TrainingEval:
-    """FID and KID of ``train.eval_n`` samples of the sampling network during training.
+    """FID and KID of ``eval.n`` samples of the sampling network during training.
 
     Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
     a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
@@ -68,8 +76,8 @@ class TrainingEval:
     first stage the same samples are also scored pooled to the stage before's resolution.
 
     Args:
-        cfg: the run's config (``train.eval_features``, ``eval_n``; ``data`` for the
-            validation split).
+        cfg: the run's config (``eval.n``; ``data`` for the validation split and, through
+            ``features_for``, the features).
         device: where sampling and features run.
         best: the best FID so far (``best_fid(run_dir/checkpoints/best.pt, …)`` on resume).
     """
@@ -77,7 +85,7 @@ class TrainingEval:
     def __init__(self, cfg: Config, device: torch.device, best: float = math.inf):
         m = cfg.model
         self.cfg, self.device, self.best = cfg, device, best
-        self.extractor = make_extractor(cfg.train.eval_features, dataset=cfg.data.dataset,
+        self.extractor = make_extractor(features_for(cfg), dataset=cfg.data.dataset,
                                         channels=m.image_channels, device=device)
         held_out = load_images(cfg.data, split=REFERENCE_SPLIT, resolution=m.max_resolution,
                                image_channels=m.image_channels)
@@ -116,12 +124,12 @@ class TrainingEval:
             # meets no new shape (a recompile costs more than the spare chains)
             first, rows = shard.rows(batch)
             chains = generator if shard.world == 1 else Slice(generator, first, rows, batch)
-            for start in range(0, cfg.train.eval_n, batch):
+            for start in range(0, cfg.eval.n, batch):
                 with frozen(net):
                     x = sample_negatives(energy, growth, rows, cfg.sampler, coarse=state.coarse,
                                          generator=chains, device=self.device,
                                          autocast=state.autocast)
-                x = shard.gather(x.detach(), batch)[:cfg.train.eval_n - start]
+                x = shard.gather(x.detach(), batch)[:cfg.eval.n - start]
                 if coarse:
                     pooled.append(downsample(x, coarse))
                 yield x
@@ -132,7 +140,7 @@ class TrainingEval:
         if improved:
             self.best = result.fid
         row = {"n_images": state.n_images, "eval_resolution": growth.resolution,
-               "eval_beta": growth.beta, "eval_n": cfg.train.eval_n, "eval_fid": result.fid,
+               "eval_beta": growth.beta, "eval_n": cfg.eval.n, "eval_fid": result.fid,
                "eval_kid": result.kid, "eval_kid_std": result.kid_std, "eval_best": improved}
         if coarse:
             row.update(eval_coarse_resolution=coarse,
@@ -156,15 +164,15 @@ def require_validation(ref: Reference) -> None:
                         f"statistics, got split {split!r} (the test split is for reports only)")
 
 
-def best_fid(path: str | Path, train: TrainConfig) -> float:
+def best_fid(path: str | Path, cfg: Config) -> float:
     """The FID stored in a best checkpoint written during training (its ``eval`` entry), or inf
-    if there is none or it was measured otherwise (other ``eval_n`` or features): FID is biased
+    if there is none or it was measured otherwise (other ``eval.n`` or features): FID is biased
     by the sample count, so only like with like competes."""
     path = Path(path)
     if not path.is_file():
         return math.inf
     ckpt = read(path)
-    row, saved = ckpt.get("eval") or {}, ckpt["config"]["train"]
-    same = (row.get("eval_n") == train.eval_n
-            and saved.get("eval_features") == train.eval_features)
+    row = ckpt.get("eval") or {}
+    same = (row.get("eval_n") == cfg.eval.n
+            and features_for(config_of(ckpt)) == features_for(cfg))
     return float(row["eval_fid"]) if same and "eval_fid" in row else math.inf

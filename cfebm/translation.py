@@ -94,10 +94,9 @@ def translation_chain(
     beta, x = growth.beta, source
     if growth.fading and cfg.smooth:
         coarse = langevin_cfg(energy_of(net, 1.0, autocast), downsample(source, x.shape[-1] // 2),
-                              coarse_step_count(growth.n_steps_coarse, beta, cfg.coarse_steps), cfg,
+                              coarse_step_count(growth.n_steps_coarse, beta), cfg,
                               generator=generator, callback=callback)
-        x = (1.0 - beta) * upsample(coarse) + beta * source
-        x = x.clamp(-1.0, 1.0) if cfg.clamp else x
+        x = ((1.0 - beta) * upsample(coarse) + beta * source).clamp(-1.0, 1.0)
     return langevin_cfg(energy_of(net, beta, autocast), x,
                         growth.n_steps if steps is None else steps, cfg, eta0=eta0,
                         generator=generator, callback=callback)
@@ -114,8 +113,8 @@ def translation_grid(net: EnergyNet, growth: Growth, cfg: Config, *, generator: 
                      autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
                      ) -> Tensor:
     """Source test images and their translations interleaved row by row for a sample grid:
-    (2·n, C, r, r) with n = ``train.n_grid`` // 2, rows of 8 sources then their 8 outputs."""
-    source = downsample(grid_sources(cfg, cfg.train.n_grid // 2).to(device), growth.resolution)
+    (2·n, C, r, r) with n = ``run.n_grid`` // 2, rows of 8 sources then their 8 outputs."""
+    source = downsample(grid_sources(cfg, cfg.run.n_grid // 2).to(device), growth.resolution)
     with frozen(net):
         out = translation_chain(net, growth, source, cfg.sampler, generator=generator,
                                 autocast=autocast)

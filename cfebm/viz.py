@@ -54,7 +54,7 @@ def stage_changes(rows: list[dict]) -> list[float]:
     """Thousands of images at which each new stage began, from training rows in order.
 
     The trainer writes a row when a stage ends, so the last row of a stage marks the change
-    (the first row of the next one comes up to ``train.log_every`` images later).
+    (the first row of the next one comes up to ``run.log_every`` images later).
     """
     return [a["n_images"] / 1000 for a, r in itertools.pairwise(rows) if r["stage"] != a["stage"]]
 
@@ -82,7 +82,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     """Plot loss and mean energies of data and samples against kimg from a metrics.jsonl file,
-    and the in-training FID when the run evaluated (``train.eval_every``): the trajectory the
+    and the in-training FID when the run evaluated (``eval.every``): the trajectory the
     run kept (``kept_lines``), with a red line where a recovery or the FID watch rolled it
     back."""
     import matplotlib

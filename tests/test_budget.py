@@ -11,7 +11,7 @@ from cfebm import budget
 from cfebm.budget import SLACK, StageCost, fit, predicted_seconds, scaled
 from cfebm.checkpoint import read
 from cfebm.cli import main
-from cfebm.config import Config, GrowthConfig, TrainConfig, load_preset
+from cfebm.config import Config, EvalConfig, GrowthConfig, load_preset
 from cfebm.growth import growth_at, total_images
 
 GROWTH = GrowthConfig(resolutions=(8, 16, 32), batch_size=(64, 64, 64), lr=(3e-3, 3e-3, 1e-3),
@@ -66,7 +66,7 @@ def test_measure_times_every_stage_grown_and_mid_fade():
     assert costs == [StageCost(1.0, 1.0, 0.0, 0.0), StageCost(1.0, 1.0, 0.0, 0.0)]
     # with in-training evaluations their chains are timed too, in each phase
     tiny = load_preset("tiny")
-    evaluating = replace(tiny, train=replace(tiny.train, eval_every=16, eval_features="inception"))
+    evaluating = replace(tiny, eval=replace(tiny.eval, every=16))
     costs = budget.measure(evaluating, clock=lambda: float(next(ticks)))
     assert costs == [StageCost(1.0, 1.0, 1.0, 1.0), StageCost(1.0, 1.0, 1.0, 1.0)]
 
@@ -75,16 +75,16 @@ def test_evaluations_are_costed_at_their_stage_and_phase():
     """Around the fades only (3 evaluations' lead, every 1,600 images, counted by hand): 8²
     at 14,400-19,200; 16² fading at 20,800-30,400, grown at 32,000 and 59,200-64,000; 32²
     fading at 65,600-75,200, grown at 76,800 and at the end. 2,000 samples are 32 batches."""
-    train = TrainConfig(eval_every=1_600, eval_n=2_000, eval_fades_only=True)
+    train = EvalConfig(every=1_600, n=2_000, fades_only=True)
     expected = 32 * (4 * 0.05 + 7 * 1.8 + 5 * 1.5 + 7 * 5.5 + 2 * 4.5)
     assert budget.evaluation_seconds(GROWTH, COSTS, train) == pytest.approx(expected)
     assert predicted_seconds(GROWTH, COSTS, train) == pytest.approx(
         predicted_seconds(GROWTH, COSTS) + expected)
-    assert budget.evaluation_seconds(GROWTH, COSTS, TrainConfig(eval_every=0)) == 0.0
+    assert budget.evaluation_seconds(GROWTH, COSTS, EvalConfig(every=0)) == 0.0
 
 
 def test_a_budget_leaves_room_for_the_evaluations():
-    train = TrainConfig(eval_every=1_600, eval_n=2_000, eval_fades_only=True)
+    train = EvalConfig(every=1_600, n=2_000, fades_only=True)
     seconds = predicted_seconds(GROWTH, COSTS) + 1   # the iterations alone would fit
     fitted, f = fit(GROWTH, COSTS, seconds, train)
     assert f < 1 and predicted_seconds(fitted, COSTS, train) <= SLACK * seconds

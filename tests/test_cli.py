@@ -102,7 +102,7 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     train = [sys.executable, "-m", "cfebm.cli", "train", "--preset", "tiny", "--run-dir",
              str(run_dir), "--no-progress",
              "--set", "growth.stage_images=[1_000_000, 1_000_000]",
-             "--set", "train.checkpoint_every=1_000_000"]
+             "--set", "run.checkpoint_every=1_000_000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(train, env=env, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"

@@ -23,10 +23,10 @@ def test_every_preset_loads_and_round_trips():
 def test_overrides_are_typed():
     cfg = apply_overrides(Config(), ["growth.lr=[2e-4, 2e-4, 1e-4]", "train.seed=7",
                                      "model.activation=gelu", "train.ema_decay=0",
-                                     "sampler.clamp=false"])
+                                     "sampler.clamp_every_step=false"])
     assert cfg.growth.lr == (2e-4, 2e-4, 1e-4) and cfg.train.seed == 7
     assert cfg.model.activation == "gelu" and cfg.train.ema_decay == 0.0
-    assert cfg.sampler.clamp is False
+    assert cfg.sampler.clamp_every_step is False
 
 
 @pytest.mark.parametrize("override, message", [
@@ -39,7 +39,9 @@ def test_overrides_are_typed():
     ("sampler.noise_schedule=cosine", "noise_schedule"),
     ("sampler.init=persistent", "sampler.init"),
     ("train.precision=fp16", "precision"),
-    ("train.grad_clip=-1", "train.grad_clip must be >= 0"),
+    ("train.ema_decay=1", "train.ema_decay must lie in"),
+    ("train.eval_every=100", "'train.eval_every' is now 'eval.every'"),
+    ("train.lookahead=5", "'train.lookahead' was removed"),
     ("model.spectral_norm=1", "must be of type bool"),
 ])
 def test_bad_overrides_raise_one_clear_error(override, message):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cfebm import distributed, loop
+from cfebm import distributed, fidwatch, loop
 from cfebm.checkpoint import read
 from cfebm.config import apply_overrides, load_preset
 from cfebm.distributed import DistributedError, Shard
@@ -148,8 +148,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
 def test_in_training_evaluation_shared_by_two_ranks_equals_one_process(tmp_path):
     """Each rank samples its rows of every evaluation batch (40 samples: batches of 16, 16, 8)
     and both score the gathered set; the FID rank 0 writes is the one-process FID."""
-    extra = ["data.dataset=\"fashion_mnist\"", "data.limit=256", "train.eval_every=128",
-             "train.eval_n=40", "growth.fade_images=[0, 16]", "growth.stage_images=[128, 32]"]
+    extra = ["data.dataset=\"fashion_mnist\"", "data.limit=256", "eval.every=128",
+             "eval.n=40", "growth.fade_images=[0, 16]", "growth.stage_images=[128, 32]"]
     join(start_ranks(2, tmp_path / "two", extra))
     loop.run_training(tiny(*extra), tmp_path / "one", progress=False)
 
@@ -190,11 +190,12 @@ def test_sigterm_on_one_rank_checkpoints_once_and_resume_on_one_process_continue
 @pytest.mark.slow
 @pytest.mark.fmnist
 def test_an_fid_watch_rollback_happens_on_every_rank_alike(tmp_path):
-    """The evaluation at 160 images (β = 1) fails a watch of margin 1e-6: both ranks roll back
-    to the evaluation at 128 and read on past the failed images, as one process does."""
-    extra = ["data.dataset=\"fashion_mnist\"", "data.limit=256", "train.eval_every=32",
-             "train.eval_n=40", "growth.fade_images=[0, 16]", "growth.stage_images=[128, 32]",
-             "train.fid_watch=1e-6", "train.fid_watch_retries=1"]
+    """The evaluation at 160 images (β = 1) fails a watch of margin 1e-6 each of the watch's
+    three tries: both ranks roll back to the evaluation at 128 each time and read on past the
+    failed images, as one process does."""
+    extra = ["data.dataset=\"fashion_mnist\"", "data.limit=256", "eval.every=32",
+             "eval.n=40", "growth.fade_images=[0, 16]", "growth.stage_images=[128, 32]",
+             "eval.fid_watch=1e-6"]
     join(start_ranks(2, tmp_path / "two", extra))
     one = loop.run_training(tiny(*extra), tmp_path / "one", progress=False)
 
@@ -202,7 +203,7 @@ def test_an_fid_watch_rollback_happens_on_every_rank_alike(tmp_path):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [(r["n_images"], r["rolled_back_to"]) for r in rows if r.get("event") == "fid_watch"]
 
-    assert rollbacks(tmp_path / "two") == rollbacks(tmp_path / "one") == [(160, 128)]
+    assert rollbacks(tmp_path / "two") == rollbacks(tmp_path / "one") == [(160, 128)] * fidwatch.RETRIES
     two = read(tmp_path / "two" / "checkpoints" / "latest.pt")
-    assert two["n_images"] == one.n_images == 160 and two["data_skip"] == one.data_skip == 32
+    assert two["n_images"] == one.n_images == 160 and two["data_skip"] == one.data_skip == 32 * fidwatch.RETRIES
     assert_close_states(two["model"], one.net.state_dict(), "net")

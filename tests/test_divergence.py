@@ -3,7 +3,7 @@
 The unit tests feed ``LossWatch`` loss sequences whose window and history medians are known
 by construction. The run test drives the real trainer on the tiny preset and makes the
 loss jump for five iterations by scaling five data batches (a real spike of the real loss,
-far below ``train.max_abs_loss``): the watch must roll the run back, and without the watch the
+far below ``divergence.MAX_ABS_LOSS``): the watch must roll the run back, and without the watch the
 same run must go on as if nothing happened.
 """
 
@@ -18,11 +18,12 @@ from cfebm.divergence import HISTORY, WINDOW, LossWatch
 
 
 @pytest.mark.parametrize("loss, expected", [
-    (0.0, False), (-5.0, False), (5.0, False),   # |loss| = max_abs_loss is still fine
-    (5.0001, True), (-5.0001, True), (math.inf, True), (-math.inf, True), (math.nan, True),
+    (0.0, False), (-1e4, False), (1e4, False),   # |loss| = MAX_ABS_LOSS is still fine
+    (10_000.1, True), (-10_000.1, True), (math.inf, True), (-math.inf, True), (math.nan, True),
 ])
 def test_divergence_is_a_magnitude_above_the_limit_or_not_finite(loss, expected):
-    assert (divergence.divergence(loss, 5.0) is not None) is expected
+    assert divergence.MAX_ABS_LOSS == 1e4
+    assert (divergence.divergence(loss) is not None) is expected
 
 
 def feed(watch: LossWatch, history: float, recent: list[float]) -> list[str | None]:
@@ -35,34 +36,34 @@ def test_a_recent_median_above_factor_times_the_median_before_is_a_spike():
     # History median 0.2; the last WINDOW (odd) |losses| have median exactly 2.5 = 12.5x.
     assert WINDOW % 2 == 1
     recent = [2.0, -3.0] * (WINDOW // 2) + [2.5]
-    verdicts = feed(LossWatch(10.0, 1.0), 0.2, recent)
+    verdicts = feed(LossWatch(10.0), 0.2, recent)
     assert all(v is None for v in verdicts[:-1])
     assert verdicts[-1] is not None and "12.5x" in verdicts[-1] and "median 0.2" in verdicts[-1]
 
 
-@pytest.mark.parametrize("history, recent, factor, floor", [
-    (0.2, 1.9, 10.0, 1.0),   # 9.5x the median: under the factor
-    (0.05, 0.9, 10.0, 1.0),  # 18x, but under the floor: tiny losses have noisy ratios
-    (0.2, 2.5, 0.0, 1.0),    # factor 0 turns the watch off
+@pytest.mark.parametrize("history, recent, factor", [
+    (0.2, 1.9, 10.0),   # 9.5x the median: under the factor
+    (0.05, 0.9, 10.0),  # 18x, but under SPIKE_FLOOR = 1: tiny losses have noisy ratios
+    (0.2, 2.5, 0.0),    # factor 0 turns the watch off
 ])
-def test_no_spike_under_the_factor_under_the_floor_or_switched_off(history, recent, factor,
-                                                                   floor):
-    assert all(v is None for v in feed(LossWatch(factor, floor), history, [recent] * WINDOW))
+def test_no_spike_under_the_factor_under_the_floor_or_switched_off(history, recent, factor):
+    assert divergence.SPIKE_FLOOR == 1.0
+    assert all(v is None for v in feed(LossWatch(factor), history, [recent] * WINDOW))
 
 
 def test_one_wild_iteration_is_not_a_spike_but_most_of_a_window_is():
     """A healthy 8² run had one |loss| of 23.5 among losses of median 0.13; a blow-up keeps the
     loss high. Half the window high is not enough, one more iteration is."""
-    one = feed(LossWatch(10.0, 1.0), 0.13, [23.5] + [0.13] * (WINDOW - 1))
+    one = feed(LossWatch(10.0), 0.13, [23.5] + [0.13] * (WINDOW - 1))
     assert all(v is None for v in one)
     half = WINDOW // 2
-    assert feed(LossWatch(10.0, 1.0), 0.13, [0.13] * (WINDOW - half) + [23.5] * half)[-1] is None
-    most = feed(LossWatch(10.0, 1.0), 0.13, [0.13] * (WINDOW - half - 1) + [23.5] * (half + 1))
+    assert feed(LossWatch(10.0), 0.13, [0.13] * (WINDOW - half) + [23.5] * half)[-1] is None
+    most = feed(LossWatch(10.0), 0.13, [0.13] * (WINDOW - half - 1) + [23.5] * (half + 1))
     assert most[-1] is not None
 
 
 def test_the_watch_judges_only_after_window_plus_history_iterations():
-    watch = LossWatch(10.0, 1.0)
+    watch = LossWatch(10.0)
     early = [watch.update(0.01) for _ in range(HISTORY)]
     early += [watch.update(1e3) for _ in range(WINDOW - 1)]  # 224 values: no verdict yet
     assert all(v is None for v in early) and watch.peak == 0.0
@@ -72,9 +73,9 @@ def test_the_watch_judges_only_after_window_plus_history_iterations():
 
 def test_a_watch_rebuilt_from_its_state_judges_as_the_original():
     """What a checkpoint keeps (``state()``) is all a resumed run needs to judge alike."""
-    a = LossWatch(10.0, 1.0)
+    a = LossWatch(10.0)
     feed(a, 0.3, [0.4] * 10)
-    b = LossWatch(10.0, 1.0, a.state())
+    b = LossWatch(10.0, a.state())
     tail = [0.5, 3.0, 5.0, 8.0] + [9.0] * 20
     verdicts = [a.update(x) for x in tail]
     assert verdicts == [b.update(x) for x in tail]
@@ -87,7 +88,7 @@ def spiked_run(tmp_path, monkeypatch, *overrides):
     iterations against the 8 before."""
     monkeypatch.setattr(divergence, "WINDOW", 3)
     monkeypatch.setattr(divergence, "HISTORY", 8)
-    cfg = apply_overrides(load_preset("tiny"), ["train.checkpoint_every=1000", *overrides])
+    cfg = apply_overrides(load_preset("tiny"), ["run.checkpoint_every=1000", *overrides])
     real, calls = loop.data_batch, [0]
 
     def data_batch(state, stream):
@@ -112,7 +113,7 @@ def test_a_loss_spike_far_below_max_abs_loss_is_rolled_back(tmp_path, monkeypatc
     assert 240 <= event["n_images"] <= 288 and "median" in event["reason"]
     assert (final.n_images, final.recoveries, final.lr_scale) == (384, 1, 0.5)
 
-    _, rows_off = spiked_run(tmp_path / "off", monkeypatch, "train.spike_factor=0")
+    _, rows_off = spiked_run(tmp_path / "off", monkeypatch, "run.spike_factor=0")
     assert not [r for r in rows_off if r.get("event") == "recovery"]
 
 
@@ -129,7 +130,7 @@ def test_the_first_metrics_row_after_a_rollback_averages_only_iterations_after_i
         return metrics
 
     monkeypatch.setattr(loop, "train_step", train_step)
-    _, rows = spiked_run(tmp_path, monkeypatch, "train.log_every=1000")
+    _, rows = spiked_run(tmp_path, monkeypatch, "run.log_every=1000")
     event = next(r for r in rows if r.get("event") == "recovery")
     detected = next(k for k, (n, _) in enumerate(losses) if n == event["n_images"])
     kept = [loss for _, loss in losses[detected + 1:]]

@@ -30,7 +30,7 @@ from cfebm.metrics import FeatureStats, FMNISTFeatures, kid
 from cfebm.metrics.reference import image_batches, load_reference
 from cfebm.model import frozen
 from cfebm.training import new_state, sample_negatives
-from cfebm.training_eval import EVAL_SEED_OFFSET, TrainingEval, best_fid
+from cfebm.training_eval import EVAL_SEED_OFFSET, TrainingEval, best_fid, features_for
 
 # The tiny preset (8 -> 16 px, 384 images) on the first 256 Fashion-MNIST images of each split.
 TINY_FMNIST = ['data.dataset="fashion_mnist"', "data.limit=256"]
@@ -44,7 +44,7 @@ def _skip_without_fashion_mnist() -> None:
 def fmnist_run(tmp_path_factory):
     _skip_without_fashion_mnist()
     cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + [
-        "train.eval_every=128", "train.eval_n=32", "train.ema_decay=0.9"])
+        "eval.every=128", "eval.n=32", "train.ema_decay=0.9"])
     run_dir = tmp_path_factory.mktemp("fmnist_run")
     run_training(cfg, run_dir, progress=False)
     return run_dir
@@ -211,11 +211,13 @@ def test_training_logs_eval_lines_and_keeps_the_best_checkpoint(fmnist_run):
     assert best["eval"]["eval_fid"] == winner["eval_fid"]
     assert best["n_images"] == winner["n_images"]
     # A resumed run compares with it only if it measures the same way (FID depends on n).
-    train = config_of(best).train
-    assert best_fid(fmnist_run / "checkpoints" / "best.pt", train) == winner["eval_fid"]
-    other = dataclasses.replace(train, eval_n=64)
-    assert best_fid(fmnist_run / "checkpoints" / "best.pt", other) == math.inf
-    assert best_fid(fmnist_run / "checkpoints" / "missing.pt", train) == math.inf
+    cfg = config_of(best)
+    assert best_fid(fmnist_run / "checkpoints" / "best.pt", cfg) == winner["eval_fid"]
+    other_n = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, n=64))
+    assert best_fid(fmnist_run / "checkpoints" / "best.pt", other_n) == math.inf
+    inception = apply_overrides(cfg, ["model.image_channels=3"])  # other features
+    assert best_fid(fmnist_run / "checkpoints" / "best.pt", inception) == math.inf
+    assert best_fid(fmnist_run / "checkpoints" / "missing.pt", cfg) == math.inf
 
 
 def test_evaluating_does_not_change_the_training_run(fmnist_run, tmp_path):
@@ -234,8 +236,8 @@ def test_an_evaluation_scores_eval_n_samples_of_the_training_sampler():
     seed, drawn exactly as training draws its negatives (a compiled run's evaluation goes
     through the compiled energy, whose whole batches meet no new shape)."""
     _skip_without_fashion_mnist()
-    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + ["train.eval_every=128",
-                                                              "train.eval_n=20"])
+    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + ["eval.every=128",
+                                                              "eval.n=20"])
     state = new_state(cfg)
     state.n_images = 160  # mid-fade: Algorithm 1's smooth initialisation and β = 0.5
     evaluator = TrainingEval(cfg, state.device)
@@ -252,7 +254,7 @@ def test_an_evaluation_scores_eval_n_samples_of_the_training_sampler():
 def test_resumed_run_keeps_comparing_with_the_stored_best(tmp_path):
     _skip_without_fashion_mnist()
     cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + [
-        "train.eval_every=128", "train.eval_n=16"])
+        "eval.every=128", "eval.n=16"])
     run_training(cfg, tmp_path, stop_at=256, progress=False)
     best = read(tmp_path / "checkpoints" / "best.pt")["eval"]
     assert best["n_images"] == 256
@@ -268,15 +270,26 @@ def test_resumed_run_keeps_comparing_with_the_stored_best(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.eval_features='x'"], "eval_features must be"),
-    (["train.eval_every=-1"], "eval_every must be >= 0"),
-    (['data.dataset="cifar10"', "train.eval_every=100"], "needs grayscale Fashion-MNIST"),
+    (["eval.every=-1"], "eval.every must be >= 0"),
+    (["eval.every=100", "data.validation=0"], "needs data.validation > 0"),
+    (["eval.fid_watch=1.25"], "needs eval.every > 0"),
 ])
 def test_eval_config_is_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(load_preset("tiny"), overrides)
     # Off by default, so other datasets need no change.
-    assert apply_overrides(load_preset("tiny"), ['data.dataset="cifar10"']).train.eval_every == 0
+    assert apply_overrides(load_preset("tiny"), ['data.dataset="cifar10"']).eval.every == 0
+
+
+@pytest.mark.parametrize("overrides, features", [
+    (['data.dataset="fashion_mnist"'], "fmnist"),
+    (['data.dataset="fashion_mnist"', "model.image_channels=3"], "inception"),
+    (['data.dataset="cifar10"', "model.image_channels=3"], "inception"),
+    (['data.dataset="fake"'], "inception"),
+])
+def test_in_training_evaluation_scores_fmnist_features_only_on_grayscale_fashion_mnist(
+        overrides, features):
+    assert features_for(apply_overrides(load_preset("tiny"), overrides)) == features
 
 
 def test_stats_without_features_give_fid_but_no_kid(ref_16, tmp_path):
@@ -299,7 +312,7 @@ def test_in_training_evaluation_scores_against_the_validation_split():
     """The reference of in-training evaluation is the held-out validation images (the last
     5,000 training files), feature for feature, and not the test split."""
     _skip_without_fashion_mnist()
-    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + ["train.eval_every=128"])
+    cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + ["eval.every=128"])
     evaluator = TrainingEval(cfg, torch.device("cpu"))
     ref, extractor = evaluator.reference(16), at_resolution(evaluator.extractor, 16)
 
@@ -328,7 +341,7 @@ def test_a_run_that_evaluates_and_rolls_back_never_reads_the_test_split(tmp_path
 
     monkeypatch.setattr(readers, "fashion_mnist", recording)
     cfg = apply_overrides(load_preset("tiny"), TINY_FMNIST + [
-        "train.eval_every=64", "train.eval_n=16", "train.fid_watch=1.01"])
+        "eval.every=64", "eval.n=16", "eval.fid_watch=1.01"])
     run_training(cfg, tmp_path, stop_at=320, progress=False)
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
     assert read and set(read) == {"train"}
@@ -347,7 +360,7 @@ def test_require_validation_refuses_a_test_split_reference():
 
 def test_evaluating_needs_a_validation_split():
     with pytest.raises(ConfigError, match="needs data.validation > 0"):
-        apply_overrides(load_preset("tiny"), TINY_FMNIST + ["train.eval_every=64",
+        apply_overrides(load_preset("tiny"), TINY_FMNIST + ["eval.every=64",
                                                             "data.validation=0"])
 
 

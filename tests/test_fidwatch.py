@@ -1,4 +1,4 @@
-"""The FID watch (``train.fid_watch``): a failed evaluation rolls the run back, with fresh data.
+"""The FID watch (``eval.fid_watch``): a failed evaluation rolls the run back, with fresh data.
 
 What is checked, from outside the watch's own bookkeeping:
 
@@ -7,7 +7,7 @@ What is checked, from outside the watch's own bookkeeping:
   judged;
 - a rollback returns the network, EMA and Adam moments exactly to their values at the kept
   evaluation (the entry of the next iteration from that image count, recorded before), and
-  scales the lr by ``train.fid_watch_lr`` each time, down to its floor;
+  leaves the lr as it was;
 - the run reads the data stream in order and never twice, through every rollback: the batches
   it trains on, concatenated, are the stream's first images;
 - a watch that never fires changes nothing (bitwise the same run with the watch off), and a run
@@ -24,7 +24,7 @@ import pytest
 import torch
 from conftest import require_fashion_mnist
 
-from cfebm import loop
+from cfebm import fidwatch, loop
 from cfebm.config import ConfigError, apply_overrides, load_preset
 from cfebm.data import BatchStream, downsample, load_images, to_float
 from cfebm.fidwatch import judge
@@ -32,8 +32,8 @@ from cfebm.fidwatch import judge
 
 def tiny_watched(*overrides):
     return apply_overrides(load_preset("tiny"), [
-        'data.dataset="fashion_mnist"', "data.limit=256", "train.eval_every=32",
-        "train.eval_n=16", "train.ema_decay=0.9", "train.log_every=16", *overrides])
+        'data.dataset="fashion_mnist"', "data.limit=256", "eval.every=32",
+        "eval.n=16", "train.ema_decay=0.9", "run.log_every=16", *overrides])
 
 
 def row(pooled, beta=0.5, coarse=8):
@@ -52,10 +52,10 @@ def test_judge_fails_exactly_above_margin_times_the_median_coarse_reference():
 
 
 def test_fid_watch_needs_in_training_evaluations():
-    with pytest.raises(ConfigError, match="fid_watch needs train.eval_every"):
-        apply_overrides(load_preset("tiny"), ["train.fid_watch=1.25"])
+    with pytest.raises(ConfigError, match="fid_watch needs eval.every"):
+        apply_overrides(load_preset("tiny"), ["eval.fid_watch=1.25"])
     with pytest.raises(ConfigError, match="fid_watch must be >= 0"):
-        apply_overrides(load_preset("tiny"), ["train.fid_watch=-1"])
+        apply_overrides(load_preset("tiny"), ["eval.fid_watch=-1"])
 
 
 def record_iterations(monkeypatch):
@@ -85,8 +85,8 @@ def same(a: dict, b: dict) -> bool:
 @pytest.mark.slow
 def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monkeypatch):
     require_fashion_mnist()
-    cfg = tiny_watched("train.fid_watch=1e-6", "train.fid_watch_retries=2",  # all judged fail
-                       "train.fid_watch_lr=0.5")
+    monkeypatch.setattr(fidwatch, "RETRIES", 2)
+    cfg = tiny_watched("eval.fid_watch=1e-6")  # every judged evaluation fails
     seen = record_iterations(monkeypatch)
     final = loop.run_training(cfg, tmp_path, progress=False)
 
@@ -97,7 +97,7 @@ def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monke
     # rolled back to the evaluation 32 images before it, and is kept the third time
     assert rollbacks == [(n, n - 32) for n in range(160, 385, 32) for _ in range(2)]
     assert final.n_images == 384 and final.data_skip == 32 * len(rollbacks)
-    assert final.lr_scale == 0.5 ** 2  # halved at each of 16 rollbacks, down to ½ ** retries
+    assert final.lr_scale == 1.0  # rollbacks keep the lr
     assert {g["lr"] for g in final.optimizer.param_groups} == {cfg.growth.lr[1] * final.lr_scale}
     assert [e["lr"] for e in events if "lr" in e][-1] == cfg.growth.lr[1] * final.lr_scale
 
@@ -123,7 +123,7 @@ def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monke
 def test_a_watch_that_never_fires_changes_nothing(tmp_path):
     require_fashion_mnist()
     off = loop.run_training(tiny_watched(), tmp_path / "off", progress=False)
-    on = loop.run_training(tiny_watched("train.fid_watch=1e6"), tmp_path / "on", progress=False)
+    on = loop.run_training(tiny_watched("eval.fid_watch=1e6"), tmp_path / "on", progress=False)
     assert (tmp_path / "on" / "checkpoints" / "watch.pt").is_file()
     assert on.data_skip == 0 and on.watch_reference.keys() == {8, 16}
     # the last three kept evaluations at each resolution: 32, 64 and 96 at 8² (the one at 128
@@ -145,7 +145,8 @@ class Crash(Exception):
 def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tmp_path,
                                                                                monkeypatch):
     require_fashion_mnist()
-    cfg = tiny_watched("train.fid_watch=1e-6", "train.fid_watch_retries=1")
+    monkeypatch.setattr(fidwatch, "RETRIES", 1)
+    cfg = tiny_watched("eval.fid_watch=1e-6")
     straight = loop.run_training(cfg, tmp_path / "a", progress=False)
 
     real_batch, calls = loop.data_batch, [0]
@@ -171,10 +172,10 @@ def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tm
 
 @pytest.mark.slow
 def test_evaluations_only_around_fades(tmp_path):
-    """``train.eval_fades_only``: the fade into 16² spans 128-192 images, so evaluations (every
+    """``eval.fades_only``: the fade into 16² spans 128-192 images, so evaluations (every
     32) come from three before it (32, 64, 96) to its end, then only the final one."""
     require_fashion_mnist()
-    loop.run_training(tiny_watched("train.eval_fades_only=true", "train.fid_watch=1e6"), tmp_path,
+    loop.run_training(tiny_watched("eval.fades_only=true", "eval.fid_watch=1e6"), tmp_path,
                       progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["n_images"] for r in rows if "eval_fid" in r] == [32, 64, 96, 128, 160, 192, 384]

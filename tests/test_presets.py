@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from cfebm.config import Config, load_preset, preset_names, to_dict
+from cfebm.config import ADAM_BETAS, Config, load_preset, preset_names, to_dict
 from cfebm.model import EnergyNet, count_parameters
 
 PAPER = ("cifar10", "celeba64", "celeba64-crop140", "celebahq128", "celebahq256", "celebahq512",
@@ -44,13 +44,13 @@ def test_a_preset_with_a_base_is_its_base_plus_its_own_keys():
     assert long["train"]["compile"] is False and base["train"]["compile"] is True
     assert (long["sampler"]["start_noise"], long["sampler"]["step_base_resolution"]) == ("uniform", 0)
     assert (base["sampler"]["start_noise"], base["sampler"]["step_base_resolution"]) == ("nested", 8)
-    assert (long["train"]["fid_watch"], long["train"]["eval_every"]) == (0.0, 0)
-    assert (base["train"]["fid_watch"], base["train"]["eval_every"]) == (1.25, 1_600)
+    assert (long["eval"]["fid_watch"], long["eval"]["every"]) == (0.0, 0)
+    assert (base["eval"]["fid_watch"], base["eval"]["every"]) == (1.25, 1_600)
     assert long["growth"]["fade_images"][2] == 12_800 != base["growth"]["fade_images"][2]
     for key in ("stage_images", "n_steps", "fade_images"):
         long["growth"][key] = base["growth"][key]
-    for key in ("compile", "fid_watch", "eval_every"):
-        long["train"][key] = base["train"][key]
+    long["train"]["compile"] = base["train"]["compile"]
+    long["eval"]["fid_watch"], long["eval"]["every"] = base["eval"]["fid_watch"], base["eval"]["every"]
     long["sampler"] = base["sampler"]
     assert long == base
 
@@ -81,27 +81,21 @@ PAPER_VALUES = {
     # √(1−β²)·Upsample(x) + β·U
     ("sampler", "smooth"): True,
     ("sampler", "mix"): "sqrt",
-    ("sampler", "coarse_steps"): "scaled",
     # A.2: "the Langevin step size as 1.0" at every resolution (Sec. 3.1: "we keep the step size
     # constant") and "the variance of the Langevin noise term as η_t = 2e-2 − 2e-2/(T − t + 1)"
     ("sampler", "step_size"): 1.0,
     ("sampler", "step_base_resolution"): 0,
     ("sampler", "noise_schedule"): "a2",
     ("sampler", "eta0"): 0.02,
-    # A.2: Adam with β1 = 0.5, β2 = 0.999, and one lr per resolution (no decay)
-    ("train", "adam_betas"): (0.5, 0.999),
+    # A.2: one lr per resolution (no decay); Adam's β1 = 0.5, β2 = 0.999 are ADAM_BETAS
     ("growth", "lr_decay"): "none",
     # Sec. 3.4: no perturbation of the data; the paper has no EMA, no lr equalisation, no
-    # in-training evaluation to watch, no gradient penalty, clipping or Lookahead
+    # in-training evaluation to watch
     ("train", "data_sigma"): 0.0,
     ("train", "ema_decay"): 0.0,
     ("model", "equalized_lr"): False,
-    ("train", "eval_every"): 0,
-    ("train", "fid_watch"): 0.0,
-    ("train", "energy_reg"): 0.0,
-    ("train", "grad_penalty"): 0.0,
-    ("train", "grad_clip"): 0.0,
-    ("train", "lookahead"): 0,
+    ("eval", "every"): 0,
+    ("eval", "fid_watch"): 0.0,
     # Table 6 and Sec. 3.2(i): Swish, spectral norm, residual Primal blocks, a linear head
     ("model", "activation"): "swish",
     ("model", "spectral_norm"): True,
@@ -115,6 +109,7 @@ def test_a_paper_preset_is_the_papers_method(name):
     cfg = load_preset(name)
     for (section, key), value in PAPER_VALUES.items():
         assert getattr(getattr(cfg, section), key) == value, f"{name}: {section}.{key}"
+    assert ADAM_BETAS == (0.5, 0.999)  # A.2, for every run
     g = cfg.growth
     assert g.lr == tuple(A2_LR[r] for r in g.resolutions)
     assert g.n_steps == tuple(A2_T[r] for r in g.resolutions)
@@ -157,7 +152,7 @@ def test_the_paper_preset_trains_end_to_end_on_fake_images(tmp_path):
 
     run_dir = tmp_path / "run"
     shrink = ["data.dataset=fake", "data.limit=256", "model.channels=4", "train.compile=false",
-              "train.n_grid=4", "growth.batch_size=[8,8,8]", "growth.stage_images=[16,32,32]",
+              "run.n_grid=4", "growth.batch_size=[8,8,8]", "growth.stage_images=[16,32,32]",
               "growth.fade_images=[0,16,16]"]
     argv = ["train", "--preset", "paper-fmnist32", "--run-dir", str(run_dir), "--no-progress"]
     assert main([*argv, *(a for s in shrink for a in ("--set", s))]) == 0

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 import weakref
 
@@ -175,11 +174,6 @@ def test_sample_negatives_uses_the_coarse_chain_only_while_fading():
     with frozen(net):
         sample_negatives(counting_net, grown, 2, cfg, generator=torch.Generator())
     assert steps == [(16, 1.0)] * 4
-    steps.clear()
-    with frozen(net):
-        sample_negatives(counting_net, fading, 2, dataclasses.replace(cfg, coarse_steps="full"),
-                         generator=torch.Generator())
-    assert steps == [(8, 1.0)] * 8 + [(16, 0.25)] * 4   # T(s−1) = 8 at every β
 
 
 def test_nested_noise_pools_to_the_uniform_noise_of_the_first_resolution():
@@ -232,11 +226,6 @@ def test_start_noise_reaches_both_starts_of_the_training_chains():
 
 def test_coarse_step_count():
     assert [coarse_step_count(25, b) for b in (0.0, 0.5, 0.75, 0.99, 1.0)] == [25, 12, 6, 0, 0]
-    assert [coarse_step_count(25, b, "full") for b in (0.0, 0.5, 1.0)] == [25, 25, 25]
-    with pytest.raises(ValueError, match="unknown coarse_steps 'half'"):
-        coarse_step_count(25, 0.5, "half")
-    with pytest.raises(ValueError, match="sampler.coarse_steps"):
-        SamplerConfig(coarse_steps="half")
 
 
 def test_cascade_runs_every_scale():
@@ -386,7 +375,7 @@ def test_a_step_proportional_to_the_pixel_count_moves_the_pooled_image_as_the_co
     """E16(x) = E8(avgpool x) gives each 16² pixel a quarter of the coarse gradient; with the
     step scaled by (16/8)² the pooled noiseless chain is the 8² chain itself, step for step.
     With one step size for every resolution (the paper) it moves a quarter as far."""
-    cfg = SamplerConfig(step_size=0.05, eta0=0.0, clamp=False, step_base_resolution=base)
+    cfg = SamplerConfig(step_size=0.05, eta0=0.0, step_base_resolution=base)
 
     def fine(x):
         return gaussian_energy(torch.nn.functional.avg_pool2d(x, 2))

@@ -290,7 +290,7 @@ def test_training_grids_sample_with_the_frozen_coarse_copies(tmp_path):
     def expected(coarse):
         g = torch.Generator().manual_seed(state.cfg.train.seed + 1)
         with frozen(state.net):
-            x = sample_negatives(state.net, state.growth, state.cfg.train.n_grid,
+            x = sample_negatives(state.net, state.growth, state.cfg.run.n_grid,
                                  state.cfg.sampler, coarse=coarse, generator=g)
         return to_uint8(x)
 

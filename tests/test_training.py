@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from cfebm import divergence
 from cfebm.checkpoint import load_state, read
 from cfebm.config import apply_overrides, load_preset
 from cfebm.loop import RunError, run_training
@@ -20,8 +21,6 @@ def test_cd_loss_gradient_is_eq2():
     x_data, x_sample = torch.tensor([1.0, 3.0]), torch.tensor([-2.0, 0.0, 5.0])
     cd_loss(theta * x_data, theta * x_sample).backward()
     assert theta.grad.item() == pytest.approx(2.0 - 1.0)
-    reg = cd_loss(x_data, x_sample, energy_reg=0.5).item()
-    assert reg == pytest.approx((2.0 - 1.0) + 0.5 * (5.0 + 29 / 3))
 
 
 def test_update_ema_lerps_parameters_and_copies_buffers():
@@ -51,18 +50,15 @@ def test_train_step_updates_the_model_and_counts_images():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("init, lookahead", [("noise", 0), ("cascade", 3), ("frozen", 0)])
-def test_resume_equals_uninterrupted_run(tmp_path, init, lookahead):
-    # Lookahead every 3 steps: the interruption falls between two syncs (see below).
+@pytest.mark.parametrize("init", ["noise", "cascade", "frozen"])
+def test_resume_equals_uninterrupted_run(tmp_path, init):
     cfg = tiny("train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
-               f"sampler.init={init}", f"train.lookahead={lookahead}")
+               f"sampler.init={init}")
     straight = run_training(cfg, tmp_path / "a", progress=False)
     # 160 images: 32 into stage 1 (16²), β = 32/64 = 0.5, with a frozen 8² copy for "frozen".
     run_training(cfg, tmp_path / "b", stop_at=160, progress=False)
     interrupted = read(tmp_path / "b" / "checkpoints" / "latest.pt")
     assert interrupted["n_images"] == 160
-    if lookahead:  # 10 steps of 16 images: one step after the third sync
-        assert interrupted["lookahead"]["steps"] == 10
     resumed = run_training(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.n_images == straight.n_images == 384
     for key, value in straight.net.state_dict().items():
@@ -70,10 +66,6 @@ def test_resume_equals_uninterrupted_run(tmp_path, init, lookahead):
     for key, value in straight.ema.state_dict().items():
         assert torch.equal(value, resumed.ema.state_dict()[key]), key
     assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
-    if lookahead:
-        assert straight.lookahead.steps == resumed.lookahead.steps
-        for a, b in zip(straight.lookahead.slow, resumed.lookahead.slow):
-            assert torch.equal(a, b)
     assert len(straight.coarse) == len(resumed.coarse) == (init == "frozen")
     for a, b in zip(straight.coarse, resumed.coarse):
         for key, value in a.state_dict().items():
@@ -100,8 +92,9 @@ def test_existing_run_needs_resume_and_same_model(tmp_path):
         run_training(tiny("model.channels=8"), tmp_path, resume=True, progress=False)
 
 
-def test_divergence_rolls_back_then_gives_up(tmp_path):
-    cfg = tiny("train.max_abs_loss=1e-12", "train.max_recoveries=2")
+def test_divergence_rolls_back_then_gives_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(divergence, "MAX_ABS_LOSS", 1e-12)  # every loss is a divergence
+    cfg = tiny("run.max_recoveries=2")
     with pytest.raises(RunError, match="diverged"):
         run_training(cfg, tmp_path, progress=False)
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

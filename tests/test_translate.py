@@ -77,15 +77,13 @@ def test_training_chain_starts_at_source_and_fades_from_the_pooled_source():
     torch.testing.assert_close(start, expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("coarse_steps, expected", [("scaled", [8] * 3 + [16] * 2),
-                                                    ("full", [8] * 4 + [16] * 2)])
-def test_training_chain_coarse_steps_follow_the_sampler_option(coarse_steps, expected):
-    cfg = textures("growth.n_steps=[4,2]", f"sampler.coarse_steps={coarse_steps}")
+def test_training_chain_runs_algorithm_1s_coarse_steps_then_the_fine_chain():
+    cfg = textures("growth.n_steps=[4,2]")
     net, sizes = EnergyNet(cfg.model), []
     with frozen(net):
         translation_chain(net, growth_at(128 + 16, cfg.growth), sources(), cfg.sampler,
                           callback=lambda step: sizes.append(step.x.shape[-1]))
-    assert sizes == expected   # ⌊4·(1−0.25)⌋ = 3 coarse steps, or all 4
+    assert sizes == [8] * 3 + [16] * 2   # ⌊4·(1−0.25)⌋ = 3 coarse steps
 
 
 def test_a_mid_fade_model_translates_with_its_training_chain():
@@ -294,7 +292,7 @@ def test_bad_cyclegan_layouts_give_one_line(tmp_path, capsys, case, message):
 def test_translation_resume_mid_fade_after_a_recovery_is_bitwise(tmp_path, monkeypatch):
     """Divergence at iteration 10 (rolled back to 128 images), stop at 176 images (stage 1,
     β = 0.75), resume to the end: bit for bit the straight run, source stream included."""
-    cfg = textures("train.ema_decay=0.9", "data.hflip=true", "train.n_grid=16")
+    cfg = textures("train.ema_decay=0.9", "data.hflip=true", "run.n_grid=16")
     real = loop.data_batch
     poison_batch(monkeypatch, call=10)
     straight = loop.run_training(cfg, tmp_path / "a", progress=False)
@@ -334,7 +332,7 @@ def test_cli_translate_writes_what_the_library_computes(tmp_path, capsys):
     from cfebm.data import to_uint8
     from cfebm.trained import load
 
-    cfg = textures("train.n_grid=16")
+    cfg = textures("run.n_grid=16")
     loop.run_training(cfg, tmp_path / "run", stop_at=32, progress=False)
     ckpt = tmp_path / "run" / "checkpoints" / "latest.pt"
     out = tmp_path / "out"

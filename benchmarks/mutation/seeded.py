@@ -28,8 +28,8 @@ FMNIST = "tests/test_fmnist_features.py::"
 # id: (what the bug does, file, original text, seeded text, killing tests)
 BUGS = {
     "B1": ("train_step swaps the data and sample energies", "cfebm/training.py",
-           "loss = cd_loss(e_data, e_sample, cfg.train.energy_reg)",
-           "loss = cd_loss(e_sample, e_data, cfg.train.energy_reg)",
+           "loss = cd_loss(e_data, e_sample)",
+           "loss = cd_loss(e_sample, e_data)",
            [TRUTH + "test_linear_energy_gradient_is_data_mean_minus_sample_mean",
             TRUTH + "test_toy_run_moves_sample_moments_toward_the_data"]),
     "B2a": ("data_batch draws uniform noise instead of the stream's images", "cfebm/training.py",

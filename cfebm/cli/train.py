@@ -93,9 +93,9 @@ def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
     fitted, f, costs = fit_schedule(cfg, minutes, resolve_device(cfg.train.device))
     per_stage = ", ".join(f"{r}² {c.grown:.2f} s" for r, c in zip(cfg.growth.resolutions, costs))
     per_stage += f" per iteration, timed in {time.perf_counter() - begin:.0f} s"
-    if cfg.train.eval_every:
+    if cfg.eval.every:
         per_stage += (f"; in-training evaluations about "
-                      f"{evaluation_seconds(fitted.growth, costs, cfg.train) / 60:.1f} min")
+                      f"{evaluation_seconds(fitted.growth, costs, cfg.eval) / 60:.1f} min")
     batches = fitted.growth.batch_size
     if f < 1.0 or batches != cfg.growth.batch_size:
         log.warning("the schedule does not fit %g minutes here (%s at batch %s): batches %s "
@@ -155,8 +155,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         (f"sampler         init={cfg.sampler.init}, {len(model.coarse)} frozen coarse "
         f"model(s), step {_steps(cfg)}, start noise {cfg.sampler.start_noise}, "
         f"η0 {cfg.sampler.eta0:g} "
-        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth} (mix {cfg.sampler.mix}, "
-        f"coarse steps {cfg.sampler.coarse_steps})"),
+        f"({cfg.sampler.noise_schedule}), smooth={cfg.sampler.smooth} (mix {cfg.sampler.mix})"),
         f"data            {cfg.data.dataset}, {_held_out(cfg.data.validation)}"
         if cfg.task.kind == "generate" else
         f"task            translate {cfg.task.pair}, direction {cfg.task.direction}",
@@ -164,9 +163,7 @@ def cmd_info(args: argparse.Namespace) -> None:
             f"{r}px: {n:,} img, fade {f:,}, batch {b}, lr {lr:g}, T={t}" for r, n, f, b, lr, t in zip(
                 cfg.growth.resolutions, cfg.growth.stage_images, cfg.growth.fade_images,
                 cfg.growth.batch_size, cfg.growth.lr, cfg.growth.n_steps))
-        + {"none": "", "linear": ", then lr linearly to 0",
-           "linear_every_stage": "; each stage's lr linearly to 0 after its fade"}[
-            cfg.growth.lr_decay],
+        + {"none": "", "linear": ", then lr linearly to 0"}[cfg.growth.lr_decay],
     ]
     print("\n".join(lines))
     if args.config:
