@@ -6,7 +6,13 @@ import argparse
 
 from cfebm.trained import PRETRAINED, TrainedModel, load
 
-FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Options with their defaults; a description and the examples after them (``epilog``,
+    cli/help.py) as they are written, line by line."""
+
+
+FORMATTER = HelpFormatter
 
 
 class CLIError(ValueError):
@@ -33,8 +39,9 @@ def non_negative(text: str) -> float:
 
 def add_model(p: argparse.ArgumentParser) -> None:
     """The model argument and how to load it: MODEL, --no-ema, --device."""
-    p.add_argument("model", help="a training checkpoint (.pt), an export (.safetensors), a run "
-                   "folder (its checkpoints/latest.pt) or a packaged model's name "
+    p.add_argument("model", help="a training checkpoint (.pt), an export (a .safetensors file "
+                   "or an export folder), a run folder (its checkpoints/latest.pt), a Hugging "
+                   "Face Hub repo id (owner/name, with cfebm[hub]) or a packaged model's name "
                    f"({', '.join(sorted(PRETRAINED))})")
     p.add_argument("--no-ema", action="store_true",
                    help="use the trained weights, not the EMA (default: the EMA when kept)")

@@ -3,6 +3,7 @@
     cfebm sample MODEL --n 64 --out samples.png [--steps T] [--noise η0] [--cascade]
     cfebm sample MODEL --n 8 --trajectory chains/ --every 5     (Fig. 10: strip, GIF, energies)
     cfebm export runs/f32/checkpoints/latest.pt --out f32.safetensors
+    cfebm export runs/f32 --out f32-model      (a folder: model.safetensors, config.json, README.md)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 from cfebm.apps.chains import sample_with_trajectory
 from cfebm.apps.figures import save_trajectory
 from cfebm.cli.common import FORMATTER, add_chains, add_model, count, describe_schedule, load_model
+from cfebm.trained import FOLDER_FILES
 from cfebm.viz import save_grid, save_images
 
 
@@ -38,7 +40,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     model = load_model(args)
     path = model.export(args.out)
-    print(f"wrote {model} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if path.is_dir():
+        print(f"wrote {model} to {path}/: {', '.join(FOLDER_FILES)} "
+              f"({(path / FOLDER_FILES[0]).stat().st_size / 1e6:.1f} MB of weights), a folder a "
+              "model hub takes as it is; cfebm.load and every command read it")
+    else:
+        print(f"wrote {model} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +63,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--every", type=count(1), default=5, help="record every k-th Langevin step")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("export", help="write a model's inference weights and config to a "
-                       ".safetensors file", formatter_class=FORMATTER)
+    p = sub.add_parser("export", help="write a model's inference weights and config: to a "
+                       ".safetensors file, or to a folder with its model card, ready for a "
+                       "model hub", formatter_class=FORMATTER)
     add_model(p)
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--out", required=True, help="a .safetensors file to write, or a folder "
+                   "(any other name) to write model.safetensors, config.json and README.md, "
+                   "a model card, into")
     p.set_defaults(func=cmd_export)

@@ -3,6 +3,7 @@
     cfebm train --preset quickstart --run-dir runs/qs [--set growth.lr=[1e-3,1e-3]] [--resume]
     cfebm info runs/qs/checkpoints/latest.pt
     cfebm info fmnist32-2h           # a packaged model: also its model card
+    cfebm info my-model/             # an export folder: also its card (README.md)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cfebm.growth import total_images
 from cfebm.loop import run_training
 from cfebm.model import count_parameters
 from cfebm.sampling import step_size_at
-from cfebm.trained import PRETRAINED, load, model_card
+from cfebm.trained import CARD_FILE, EXPORT_FILE, PRETRAINED, load, model_card
 from cfebm.training import resolve_device
 
 DEFAULT_PRESET = "quickstart"
@@ -168,9 +169,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     print("\n".join(lines))
     if args.config:
         print(json.dumps(to_dict(cfg), indent=2))
+    card = path.parent / CARD_FILE
     if args.model in PRETRAINED:  # a packaged model: what trained it, and how it scores
         print(f"\nmodel card (cfebm/weights/{args.model}.md):\n")
         print(model_card(args.model), end="")
+    elif path.name == EXPORT_FILE and card.is_file():  # an export folder's (or Hub repo's) card
+        print(f"\nmodel card ({card}):\n")
+        print(card.read_text(), end="")
 
 
 def _held_out(validation: int) -> str:
@@ -203,10 +208,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("info", help="describe a checkpoint or export (a packaged model: and "
-                       "print its model card)", formatter_class=FORMATTER)
-    p.add_argument("model", help="a checkpoint (.pt), an export (.safetensors), a run "
-                   f"folder or a packaged model's name ({', '.join(sorted(PRETRAINED))})")
+    p = sub.add_parser("info", help="describe a checkpoint or export (a packaged model or an "
+                       "export folder: and print its model card)", formatter_class=FORMATTER)
+    p.add_argument("model", help="a checkpoint (.pt), an export (.safetensors or a folder), a "
+                   "run folder, a Hub repo id or a packaged model's name "
+                   f"({', '.join(sorted(PRETRAINED))})")
     p.add_argument("--config", action="store_true", help="also print the full config")
     p.set_defaults(func=cmd_info)
 
