@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cfebm import distributed
 from cfebm.config import apply_overrides, load_preset
 from cfebm.data import BatchStream, load_images
 from cfebm.growth import stage_starts
-from cfebm.training import data_batch, new_state, train_step
+from cfebm.train import distributed
+from cfebm.train.step import data_batch, new_state, train_step
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
-from cfebm.budget import measure
 from cfebm.config import apply_overrides, load_preset
+from cfebm.train.budget import measure
 
 
 def main() -> None:

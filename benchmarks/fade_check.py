@@ -39,8 +39,8 @@ from cfebm.sampling import (
     smooth_init,
     upsample,
 )
+from cfebm.train.evaluation import TrainingEval
 from cfebm.trained import load
-from cfebm.training_eval import TrainingEval
 
 
 def main() -> None:

@@ -28,10 +28,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from cfebm.checkpoint import read
 from cfebm.config import saved_config
-from cfebm.fidwatch import REFERENCE_EVALS
+from cfebm.files import read
 from cfebm.growth import stage_starts
+from cfebm.train.evaluation import REFERENCE_EVALS
 from cfebm.viz import read_metrics
 
 

@@ -37,5 +37,5 @@ rm -rf /tmp/gpu-torchrun
 timeout 60 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m cfebm.cli train \
   --preset tiny --run-dir /tmp/gpu-torchrun --no-progress --set "train.device=\"$DEVICE\"" 2>&1 \
   | grep -v Warning | tee "$OUT/torchrun.log"
-"$PY" -c "from cfebm.checkpoint import read; print('torchrun run reached', read('/tmp/gpu-torchrun/checkpoints/latest.pt')['n_images'], 'images')"
+"$PY" -c "from cfebm.files import read; print('torchrun run reached', read('/tmp/gpu-torchrun/checkpoints/latest.pt')['n_images'], 'images')"
 part "done"

@@ -31,10 +31,10 @@ import torch
 from launch import run_parallel
 
 from cfebm.config import Config, apply_overrides, load_preset, saved_config
-from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.growth import growth_at
-from cfebm.loop import RunError, run_training
+from cfebm.metrics.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.metrics.reference import compute_reference
+from cfebm.train.loop import RunError, run_training
 from cfebm.trained import TrainedModel
 from cfebm.viz import read_metrics, save_grid
 
@@ -105,8 +105,8 @@ def run_one(name: str, out: Path, minutes: float, eval_n: int, seed: int) -> dic
     ref = compute_reference(cfg.data, "test", extractor, resolution=resolution, image_channels=1)
     # The stage the budget ended in, sampled as it was trained (Algorithm 2 or the cascade),
     # with the EMA and with the trained weights: a slow EMA lags short runs badly.
-    result.update(diverged=False, images=state.n_images, recoveries=state.recoveries,
-                  train_seconds=state.train_seconds, stage=growth.stage, resolution=resolution,
+    result.update(diverged=False, images=state.n_images, recoveries=state.record.recoveries,
+                  train_seconds=state.record.train_seconds, stage=growth.stage, resolution=resolution,
                   beta=growth.beta)
     models = [("", TrainedModel.from_state(state))] + (
         [("_raw", TrainedModel.from_state(state, ema=False))] if state.ema is not None else [])

@@ -34,10 +34,10 @@ import torch
 from launch import run_parallel
 
 from cfebm.config import Config, apply_overrides, load_preset
-from cfebm.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.growth import growth_at, stage_starts
-from cfebm.loop import RunError, run_training
+from cfebm.metrics.evaluate import at_resolution, class_predictor, evaluate_samples, make_extractor
 from cfebm.metrics.reference import compute_reference
+from cfebm.train.loop import RunError, run_training
 from cfebm.trained import TrainedModel
 from cfebm.viz import read_metrics, save_grid
 
@@ -173,7 +173,7 @@ def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:
         return result
     g = state.growth
     result.update(diverged=False, images=state.n_images, completed=state.n_images >= total,
-                  recoveries=state.recoveries, train_seconds=state.train_seconds,
+                  recoveries=state.record.recoveries, train_seconds=state.record.train_seconds,
                   stage=g.stage, resolution=g.resolution, beta=g.beta)
     device = state.device
     extractor = at_resolution(make_extractor("fmnist", dataset="fashion_mnist", channels=1,

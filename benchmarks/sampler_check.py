@@ -25,11 +25,11 @@ import argparse
 
 import torch
 
-from cfebm.checkpoint import load_state
 from cfebm.config import apply_overrides
 from cfebm.data import downsample, to_float
-from cfebm.training import match_config
-from cfebm.training_eval import TrainingEval
+from cfebm.train.checkpoint import load_state
+from cfebm.train.evaluation import TrainingEval
+from cfebm.train.step import match_config
 
 
 def gradient_rms(state, evaluation: TrainingEval, n: int) -> float:

@@ -7,7 +7,7 @@ multiply loop, standing in for another user's job) and each thread count (1, and
 a fresh process times Algorithm 1 iterations of the preset's first two stages (the 8² stage,
 and the 16² stage mid-fade) and reports the median. Prints a Markdown table for
 benchmarks/RESULTS.md, section "Threads on a busy CPU". The other rows of that section explain
-why `cfebm train` warns when it starts on a busy machine (``cfebm.speed.busy_cpu_warning``).
+why `cfebm train` warns when it starts on a busy machine (``cfebm.train.speed.busy_cpu_warning``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def time_iterations(preset: str, iterations: int) -> dict[str, float]:
     from cfebm.config import load_preset
     from cfebm.data import BatchStream, load_images
     from cfebm.growth import stage_starts
-    from cfebm.training import data_batch, new_state, train_step
+    from cfebm.train.step import data_batch, new_state, train_step
 
     cfg = load_preset(preset)
     images = load_images(cfg.data, split="train", resolution=cfg.model.max_resolution,

@@ -29,13 +29,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from cfebm.chains import sampling_schedule
 from cfebm.config import apply_overrides, load_preset
 from cfebm.data import downsample
 from cfebm.growth import Growth, growth_at, stage_starts
 from cfebm.model import EnergyNet, frozen
+from cfebm.runtime import native_bf16
 from cfebm.sampling import energy_of, langevin
-from cfebm.speed import native_bf16
-from cfebm.training import new_state, sampling_schedule, train_step
+from cfebm.train.step import new_state, train_step
 
 MODES = {  # mode: config overrides
     "fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],

@@ -35,11 +35,11 @@ import torch
 
 from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
-from cfebm.checkpoint import read
 from cfebm.data import downsample, to_float
 from cfebm.data.domains import FMNIST_PAIRS, domains, fmnist_classes
-from cfebm.evaluate import at_resolution, make_extractor
+from cfebm.files import read
 from cfebm.metrics import FMNISTFeatures, kid
+from cfebm.metrics.evaluate import at_resolution, make_extractor
 from cfebm.model import count_parameters
 from cfebm.trained import load
 

@@ -20,12 +20,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+ACTIVATION_NAMES = ("swish", "swish_proebm", "celu", "celu_proebm", "gelu", "leaky_relu", "relu")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     channels: int = 32              # channel multiplier c (Table 6)
     image_channels: int = 3         # 1 = grayscale, 3 = RGB
     max_resolution: int = 32        # side of the finest stage
-    activation: str = "swish"       # see model.ACTIVATIONS (A.6.1)
+    activation: str = "swish"       # one of ACTIVATION_NAMES (model.ACTIVATIONS; A.6.1)
     spectral_norm: bool = True      # on the main-path convolutions (Table 9(b))
     residual: bool = True           # 1x1 conv + pool branch in each Primal block (Table 9(c))
     head: str = "linear"            # "linear" (Table 6) or "mlp" (the authors' --projection head)
@@ -35,6 +38,9 @@ class ModelConfig:
 
     def __post_init__(self):
         _require(self.channels >= 1, "model.channels must be >= 1")
+        _require(self.activation in ACTIVATION_NAMES,
+                 f"model.activation must be one of {', '.join(ACTIVATION_NAMES)}, "
+                 f"got {self.activation!r}")
         _require(self.image_channels in (1, 3), "model.image_channels must be 1 or 3")
         _require(_is_pow2(self.max_resolution) and self.max_resolution >= 8,
                  "model.max_resolution must be a power of two >= 8")
@@ -160,7 +166,7 @@ class TrainConfig:
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"          # "fp32", "bf16" (autocast; energies and loss stay fp32) or
     #                                  "auto": bf16 on a CPU that runs it natively, else fp32
-    #                                  (CUDA too: measured faster there; train/speed.py)
+    #                                  (CUDA too: measured faster there; runtime.py)
     channels_last: bool = False      # memory format for convolutions
     compile: bool = False            # torch.compile the Langevin energy and its gradient
     cuda_graphs: bool = False        # ... and replay it as CUDA graphs on a GPU (needs compile;
@@ -322,7 +328,7 @@ MOVED = {
     "train.eval_every": "eval.every", "train.eval_n": "eval.n",
     "train.eval_fades_only": "eval.fades_only", "train.fid_watch": "eval.fid_watch",
 }
-# Keys deleted because measurements rejected them or nothing set them (benchmarks/RESULTS.md),
+# Keys deleted because measurements rejected them or nothing set them (docs/notebook/house.md),
 # with the value that meant today's behaviour. Old configs carrying them still load.
 REMOVED = {
     "train.energy_reg": 0.0, "train.grad_penalty": 0.0, "train.grad_clip": 0.0,
@@ -400,7 +406,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         _require(key.strip() not in MOVED,
                  f"config key {key.strip()!r} is now {MOVED.get(key.strip())!r}")
         _require(key.strip() not in REMOVED, f"config key {key.strip()!r} was removed: "
-                 "measurements rejected it or nothing used it (benchmarks/RESULTS.md)")
+                 "measurements rejected it or nothing used it (docs/notebook/house.md)")
         _require(section in d and name in d[section], f"unknown config key {key.strip()!r}")
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]

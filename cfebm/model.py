@@ -190,7 +190,7 @@ class EnergyNet(nn.Module):
 
     def forward(self, x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
         """Energies (N,) of x (N, C, r, r). ``beta`` may be a 0-dim tensor, which always takes the
-        fading path (for ``torch.compile``: one graph for every β; see ``speed.py``)."""
+        fading path (for ``torch.compile``: one graph for every β; see ``runtime.py``)."""
         r = self._check_input(x, beta)
         h = self.blocks[f"{r}x{r}"](self.from_rgb[f"{r}x{r}"](x))
         if isinstance(beta, Tensor) or beta < 1.0:

@@ -69,7 +69,7 @@ class Streams:
 class Slice:
     """Rows [start, start + n) of what ``generator`` draws for a batch of ``total`` chains.
 
-    A data-parallel rank samples its slice of the global batch with it (``cfebm.distributed``):
+    A data-parallel rank samples its slice of the global batch with it (``cfebm.train.distributed``):
     every rank draws the global batch's numbers from the same generator and keeps its rows, so
     chain j gets the same numbers whatever the number of ranks.
     """
@@ -281,6 +281,16 @@ def upsample(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+def downsample(x: Tensor, resolution: int) -> Tensor:
+    """Average-pool (N, C, R, R) to (N, C, r, r); R / r must be a power of two (r == R: x)."""
+    size = x.shape[-1]
+    factor = size // resolution if resolution >= 1 else 0
+    if x.shape[-2] != size or factor < 1 or factor * resolution != size or factor & (factor - 1):
+        raise ValueError(f"cannot downsample {tuple(x.shape[-2:])} images to {resolution}x"
+                         f"{resolution}: needs square images and a power-of-two factor")
+    return x if factor == 1 else F.avg_pool2d(x, factor)
+
+
 def mix_with_noise(x_up: Tensor, noise: Tensor, beta: float, mix: str = "sqrt") -> Tensor:
     """Blend upsampled coarse samples with uniform noise by β.
 
@@ -297,7 +307,7 @@ def mix_with_noise(x_up: Tensor, noise: Tensor, beta: float, mix: str = "sqrt") 
 def coarse_step_count(n_steps_coarse: int, beta: float) -> int:
     """Steps of the smooth start's coarse chain at fading factor β: ⌊T(s−1)·(1−β)⌋
     (Algorithm 1; the authors' int()). T(s−1) at every β, as some of the authors' scripts ran
-    it, was measured no better and removed (benchmarks/RESULTS.md)."""
+    it, was measured no better and removed (docs/notebook/recipe-search.md)."""
     return int(n_steps_coarse * (1.0 - beta))
 
 

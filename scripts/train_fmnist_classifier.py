@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from cfebm.metrics.classifier import (
     FMNIST_DEFAULT_ROOT,
     FMNISTClassifier,

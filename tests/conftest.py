@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cfebm.config import ModelConfig
+from cfebm.cli import main
+from cfebm.config import Config, ModelConfig, apply_overrides, load_preset
 
 # Two CPU cores on CI and tiny tensors in tests: one intra-op thread is several times faster
 # than two here. Set at import so that module-scoped fixtures run with it too.
@@ -55,3 +56,29 @@ def tiny_model_cfg() -> ModelConfig:
 @pytest.fixture
 def fashion_mnist_available():
     require_fashion_mnist()
+
+
+def tiny(*overrides: str) -> Config:
+    """The tiny preset (seconds on any machine, synthetic images) with ``--set``-style
+    overrides, e.g. ``tiny("train.ema_decay=0.9", "sampler.init=frozen")``."""
+    return apply_overrides(load_preset("tiny"), list(overrides))
+
+
+def gaussian_energy(x: torch.Tensor, mu: float = 0.0, s: float = 1.0) -> torch.Tensor:
+    """E(x) = ‖x − μ‖² / (2s²), (N, ...) -> (N,): the Gibbs density exp(−E) is N(μ, s² I)."""
+    return ((x - mu) ** 2).flatten(1).sum(1) / (2 * s**2)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny preset trained to its end through the CLI (16², β = 1), once per session: a real
+    model whose samples mean nothing. Tests read it; none writes into it."""
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> str:
+    """The tiny run's final checkpoint (``tiny_run``), as a path string."""
+    return str(tiny_run / "checkpoints" / "latest.pt")

@@ -12,25 +12,18 @@ from cfebm.cli import main
 from cfebm.trained import load
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 0
-    return str(run_dir / "checkpoints" / "latest.pt")
-
-
-def _run(tiny, out, *extra):
-    assert main(["ais", tiny, "-K", "6", "-M", "4", "--n", "5", "--batch-size", "3",
+def _run(tiny_checkpoint, out, *extra):
+    assert main(["ais", tiny_checkpoint, "-K", "6", "-M", "4", "--n", "5", "--batch-size", "3",
                  "--no-progress", "--out", str(out), *extra]) == 0
     return json.loads(out.read_text())
 
 
-def test_report_matches_the_models_energy_and_its_own_units(tiny, tmp_path, capsys):
-    r = _run(tiny, tmp_path / "a.json")
+def test_report_matches_the_models_energy_and_its_own_units(tiny_checkpoint, tmp_path, capsys):
+    r = _run(tiny_checkpoint, tmp_path / "a.json")
     printed = capsys.readouterr().out
     assert "bits/dim" in printed and "acceptance" in printed and "wall-clock" in printed
     assert "a lower bound only if the images were samples of the model" in printed
-    model = load(tiny)
+    model = load(tiny_checkpoint)
     x = held_out(model, 5, seed=0).images
     assert x.min() >= -1 and x.max() < 1 and len(x) == 5
     with torch.no_grad():
@@ -59,27 +52,27 @@ def test_report_matches_the_models_energy_and_its_own_units(tiny, tmp_path, caps
     assert all(0 <= rate <= 1 for _, _, rate in r["forward"]["acceptance_bands"])
 
 
-def test_runs_are_seeded(tiny, tmp_path):
-    a = _run(tiny, tmp_path / "a.json", "--transition", "mala")
-    b = _run(tiny, tmp_path / "b.json", "--transition", "mala")
-    c = _run(tiny, tmp_path / "c.json", "--transition", "mala", "--seed", "1")
+def test_runs_are_seeded(tiny_checkpoint, tmp_path):
+    a = _run(tiny_checkpoint, tmp_path / "a.json", "--transition", "mala")
+    b = _run(tiny_checkpoint, tmp_path / "b.json", "--transition", "mala")
+    c = _run(tiny_checkpoint, tmp_path / "c.json", "--transition", "mala", "--seed", "1")
     assert a["upper"] == b["upper"] and a["lower"] == b["lower"]
     assert c["upper"] != a["upper"]
-    forward_only = _run(tiny, tmp_path / "d.json", "--transition", "mala", "--no-reverse")
+    forward_only = _run(tiny_checkpoint, tmp_path / "d.json", "--transition", "mala", "--no-reverse")
     assert forward_only["upper"] == a["upper"] and "lower" not in forward_only
     assert "gap" not in forward_only
 
 
-def test_bad_inputs_are_one_line(tiny, tmp_path, capsys):
-    assert main(["ais", tiny, "--step-size", "0", "--out", ""]) == 2
+def test_bad_inputs_are_one_line(tiny_checkpoint, tmp_path, capsys):
+    assert main(["ais", tiny_checkpoint, "--step-size", "0", "--out", ""]) == 2
     err = capsys.readouterr().err
     assert "--step-size" in err and err.count("\n") == 1
     assert main(["ais", str(tmp_path / "missing.pt"), "--out", ""]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_the_pilot_images_follow_the_scored_ones(tiny):
-    model = load(tiny)
+def test_the_pilot_images_follow_the_scored_ones(tiny_checkpoint):
+    model = load(tiny_checkpoint)
     data, more = held_out(model, 5, pilot=3), held_out(model, 8)
     assert torch.equal(data.images, more.images[:5]) and torch.equal(data.pilot, more.images[5:])
     assert torch.equal(held_out(model, 5, dequantize=False).images * 127.5 + 127.5,

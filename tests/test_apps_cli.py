@@ -12,13 +12,6 @@ from cfebm.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 0
-    return str(run_dir / "checkpoints" / "latest.pt")
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Five 24x20 RGB PNGs of random colours: the user's own images (the model is gray, 16²)."""
     folder = tmp_path_factory.mktemp("photos")
@@ -43,32 +36,32 @@ def _valid_png(path, rows: int):
     (["interpolate", "--pairs", "1", "--points", "4"], 2),
     (["noise-sweep", "--n", "3", "--etas", "0,0.02"], 2),
 ])
-def test_commands_write_valid_grids(tiny, tmp_path, command, rows):
+def test_commands_write_valid_grids(tiny_checkpoint, tmp_path, command, rows):
     out = tmp_path / "grid.png"
     n = [] if command[0] in ("interpolate", "noise-sweep") else ["--n", "3"]
-    assert main([command[0], tiny, *command[1:], *n, "--steps", "2", "--out", str(out),
+    assert main([command[0], tiny_checkpoint, *command[1:], *n, "--steps", "2", "--out", str(out),
                  "--no-progress"]) == 0
     _valid_png(out, rows)
 
 
-def test_restoration_of_a_folder_of_own_images(tiny, photos, tmp_path, capsys):
+def test_restoration_of_a_folder_of_own_images(tiny_checkpoint, photos, tmp_path, capsys):
     report = tmp_path / "r.json"
-    assert main(["denoise", tiny, "--images", str(photos), "--sigma", "0.3", "--json",
+    assert main(["denoise", tiny_checkpoint, "--images", str(photos), "--sigma", "0.3", "--json",
                  str(report), "--out", str(tmp_path / "d.png"), "--no-progress"]) == 0
     r = json.loads(report.read_text())
     assert r["images"] == f"5 images from {photos}" and r["psnr_noisy"] > 10
     assert r["steps"] == 3  # round(10σ) by default
     assert "PSNR  noisy" in capsys.readouterr().out
-    assert main(["inpaint", tiny, "--images", str(photos), "--mask", "right", "--steps", "2",
+    assert main(["inpaint", tiny_checkpoint, "--images", str(photos), "--mask", "right", "--steps", "2",
                  "--json", str(report), "--out", str(tmp_path / "i.png"), "--no-progress"]) == 0
     r = json.loads(report.read_text())
     assert r["hidden"] == 0.5 and r["diversity"] > 0
     _valid_png(tmp_path / "i.png", 7)
 
 
-def test_export_and_user_mask_image(tiny, tmp_path):
+def test_export_and_user_mask_image(tiny_checkpoint, tmp_path):
     export = str(tmp_path / "m.safetensors")
-    assert main(["export", tiny, "--out", export]) == 0
+    assert main(["export", tiny_checkpoint, "--out", export]) == 0
     a = np.full((16, 16), 255, np.uint8)
     a[:, :5] = 0
     Image.fromarray(a).save(tmp_path / "mask.png")
@@ -79,9 +72,9 @@ def test_export_and_user_mask_image(tiny, tmp_path):
     assert json.loads(report.read_text())["hidden"] == pytest.approx(5 / 16)
 
 
-def test_sample_trajectory(tiny, tmp_path):
+def test_sample_trajectory(tiny_checkpoint, tmp_path):
     folder = tmp_path / "traj"
-    assert main(["sample", tiny, "--n", "3", "--steps", "4", "--every", "2", "--trajectory",
+    assert main(["sample", tiny_checkpoint, "--n", "3", "--steps", "4", "--every", "2", "--trajectory",
                  str(folder), "--out", str(tmp_path / "s.png"), "--no-progress"]) == 0
     with Image.open(folder / "chain.gif") as gif:
         assert gif.n_frames == 2  # after steps 2 and 4
@@ -95,7 +88,7 @@ def _mask_file(tmp_path, array, name="m.png"):
     return str(tmp_path / name)
 
 
-def test_bad_inputs_are_one_line(tiny, tmp_path, capsys):
+def test_bad_inputs_are_one_line(tiny_checkpoint, tmp_path, capsys):
     small = tmp_path / "small"
     small.mkdir()
     Image.new("L", (4, 4), 90).save(small / "a.png")
@@ -116,7 +109,7 @@ def test_bad_inputs_are_one_line(tiny, tmp_path, capsys):
         (["noise-sweep", "--noise", "0.1"], "takes its noise levels from --etas"),
     ]
     for args, message in cases:
-        assert main([args[0], tiny, *args[1:], "--out", str(tmp_path / "x.png"),
+        assert main([args[0], tiny_checkpoint, *args[1:], "--out", str(tmp_path / "x.png"),
                      "--no-progress"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("cfebm: error: ") and "\n" not in err and message in err, err

@@ -1,4 +1,4 @@
-"""Tests for cfebm.budget: a schedule fitted to a time budget from per-iteration costs."""
+"""Tests for cfebm.train.budget: a schedule fitted to a time budget from per-iteration costs."""
 
 import json
 from dataclasses import replace
@@ -7,12 +7,12 @@ from itertools import count
 import pytest
 import torch
 
-from cfebm import budget
-from cfebm.budget import SLACK, StageCost, fit, predicted_seconds, scaled
-from cfebm.checkpoint import read
 from cfebm.cli import main
 from cfebm.config import Config, EvalConfig, GrowthConfig, load_preset
+from cfebm.files import read
 from cfebm.growth import growth_at, total_images
+from cfebm.train import budget
+from cfebm.train.budget import SLACK, StageCost, fit, predicted_seconds, scaled
 
 GROWTH = GrowthConfig(resolutions=(8, 16, 32), batch_size=(64, 64, 64), lr=(3e-3, 3e-3, 1e-3),
                       n_steps=(15, 25, 20), fade_images=(0, 12_800, 12_800),
@@ -178,12 +178,13 @@ def test_timing_a_compiled_run_leaves_the_run_its_own_graphs(monkeypatch):
     run's net must still compile every resolution instead of running eagerly."""
     from torch._dynamo.utils import counters
 
-    from cfebm import training
+    from cfebm import runtime
     from cfebm.config import apply_overrides
-    from cfebm.speed import CompiledEnergy
+    from cfebm.runtime import CompiledEnergy
+    from cfebm.train import step
 
-    monkeypatch.setattr(training, "CompiledEnergy",
-                        lambda net: CompiledEnergy(net, backend="aot_eager"))
+    monkeypatch.setattr(runtime, "CompiledEnergy",  # no C++ compiler needed, same graph counts
+                        lambda net, mode=None: CompiledEnergy(net, backend="aot_eager"))
     cfg = apply_overrides(load_preset("tiny"), ["train.compile=true",
                                                 "model.max_resolution=32",
                                                 "growth.resolutions=[8,16,32]",
@@ -194,10 +195,10 @@ def test_timing_a_compiled_run_leaves_the_run_its_own_graphs(monkeypatch):
                                                 "growth.stage_images=[8,16,16]"])
     budget.measure(cfg)
     counters.clear()
-    run = training.new_state(cfg)
+    run = step.new_state(cfg)
     for n_images in (0, 12, 16, 28, 32):   # 8², 16² fading and grown, 32² fading and grown
         run.n_images = n_images
         g = run.growth
         before = counters["stats"]["unique_graphs"]
-        training.train_step(run, torch.rand(4, 1, g.resolution, g.resolution) * 2 - 1)
+        step.train_step(run, torch.rand(4, 1, g.resolution, g.resolution) * 2 - 1)
         assert counters["stats"]["unique_graphs"] > before, f"{g.resolution}² ran eagerly"

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cfebm import data, loop
+from cfebm import data
 from cfebm.cli import main
 from cfebm.config import DataConfig, apply_overrides, load_preset
-from cfebm.data import DataError, cache, load_images
+from cfebm.data import DataError, cache, load_images, prepare
+from cfebm.train import loop
 
 
 def folder_of_images(root, n=20, size=(40, 28)):
@@ -35,7 +36,7 @@ def test_round_trip_equals_the_direct_loader_bit_for_bit(tmp_path, source):
         cfg = DataConfig(dataset="folder", root=str(folder_of_images(tmp_path)), center_crop=24)
     else:
         cfg = DataConfig(dataset="fake", limit=300)  # more than one chunk of 256
-    cache.prepare(cfg, tmp_path / "cache", resolution=16, channels=3, progress=False)
+    prepare.prepare(cfg, tmp_path / "cache", resolution=16, channels=3, progress=False)
     cached_cfg = DataConfig(**{**cfg.__dict__, "cache": str(tmp_path / "cache")})
     for split in ("train", "test"):
         direct = load_images(cfg, split=split, resolution=16, image_channels=3)
@@ -54,7 +55,7 @@ def test_round_trip_equals_the_direct_loader_bit_for_bit(tmp_path, source):
 
 def test_corrupted_cache_is_refused_in_one_line(tmp_path, capsys):
     out = tmp_path / "cache"
-    cache.prepare(DataConfig(dataset="fake", limit=64), out, resolution=16, channels=1,
+    prepare.prepare(DataConfig(dataset="fake", limit=64), out, resolution=16, channels=1,
                   progress=False)
     with (out / "train-16x16.npy").open("r+b") as f:
         f.seek(-1, 2)
@@ -70,18 +71,18 @@ def test_corrupted_cache_is_refused_in_one_line(tmp_path, capsys):
 
 def test_cache_of_other_data_is_refused(tmp_path):
     out = tmp_path / "cache"
-    cache.prepare(DataConfig(dataset="fake", limit=64), out, resolution=16, channels=1,
+    prepare.prepare(DataConfig(dataset="fake", limit=64), out, resolution=16, channels=1,
                   progress=False)
     with pytest.raises(DataError, match="prepared from other data"):
         load_images(DataConfig(dataset="fake", limit=32, cache=str(out)), split="train",
                     resolution=16, image_channels=1)
     with pytest.raises(DataError, match="holds a cache of other data"):
-        cache.prepare(DataConfig(dataset="fake", limit=32), out, resolution=16, channels=1,
+        prepare.prepare(DataConfig(dataset="fake", limit=32), out, resolution=16, channels=1,
                       progress=False)
 
 
 def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "CHUNK", 32)
+    monkeypatch.setattr(prepare, "CHUNK", 32)
     real, calls = data.TensorImages.get_batch, []
 
     def get_batch(self, indices):
@@ -93,7 +94,7 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(data.TensorImages, "get_batch", get_batch)
     cfg, out = DataConfig(dataset="fake", limit=256), tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
-        cache.prepare(cfg, out, resolution=16, channels=1, progress=False)
+        prepare.prepare(cfg, out, resolution=16, channels=1, progress=False)
     assert json.loads((out / "progress.json").read_text())["done"] == {"train": 96}
     with pytest.raises(DataError, match="manifest.json missing"):
         load_images(DataConfig(**{**cfg.__dict__, "cache": str(out)}), split="train",
@@ -101,7 +102,7 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(data.TensorImages, "get_batch", lambda self, i: (calls.append(int(i[0])),
                                                                          real(self, i))[1])
     calls.clear()
-    cache.prepare(cfg, out, resolution=16, channels=1, progress=False)
+    prepare.prepare(cfg, out, resolution=16, channels=1, progress=False)
     # the rest of train, then validation and test
     assert calls == list(range(96, 256, 32)) + 2 * list(range(0, 256, 32))
     assert not (out / "progress.json").exists()
@@ -113,7 +114,7 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 def test_training_from_the_cache_equals_training_without_it(tmp_path):
     cfg = load_preset("tiny")
-    cache.prepare(cfg.data, tmp_path / "cache", resolution=16, channels=1, progress=False)
+    prepare.prepare(cfg.data, tmp_path / "cache", resolution=16, channels=1, progress=False)
     cached_cfg = apply_overrides(cfg, [f"data.cache={tmp_path / 'cache'}"])
     a = loop.run_training(cfg, tmp_path / "a", stop_at=48, progress=False)
     b = loop.run_training(cached_cfg, tmp_path / "b", stop_at=48, progress=False)

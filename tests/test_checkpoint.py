@@ -8,32 +8,26 @@ import pytest
 import torch
 
 from cfebm import __version__
-from cfebm.checkpoint import (
-    CheckpointError,
-    atomic_save,
-    keep_as,
-    load_state,
-    read,
-    save_state,
-    state_dict,
-)
 from cfebm.config import load_preset
-from cfebm.training import new_state
+from cfebm.files import CheckpointError, atomic_save, keep_as, read
+from cfebm.train.checkpoint import load_state, save_state, state_dict
+from cfebm.train.step import new_state
 
 
 def test_progress_record_round_trips(tmp_path):
     """n_images, recoveries, lr_scale, the measured training time and the losses the
     divergence watch judges by come back as saved."""
     state = new_state(load_preset("tiny"), torch.device("cpu"))
-    state.n_images, state.recoveries, state.lr_scale, state.train_seconds = 48, 2, 0.25, 12.5
+    state.n_images, state.lr_scale = 48, 0.25
+    state.record.recoveries, state.record.train_seconds = 2, 12.5
     for loss in (0.5, -0.25, 2.0):
-        state.watch.update(loss)
+        state.record.loss_watch.update(loss)
     save_state(state, tmp_path / "s.pt")
     loaded = load_state(tmp_path / "s.pt", device="cpu")
-    assert (loaded.n_images, loaded.recoveries, loaded.lr_scale, loaded.train_seconds) == (
-        48, 2, 0.25, 12.5)
-    assert loaded.watch.state() == [0.5, 0.25, 2.0]
-    assert loaded.watch.factor == state.watch.factor
+    assert (loaded.n_images, loaded.lr_scale) == (48, 0.25)
+    assert (loaded.record.recoveries, loaded.record.train_seconds) == (2, 12.5)
+    assert loaded.record.loss_watch.state() == [0.5, 0.25, 2.0]
+    assert loaded.record.loss_watch.factor == state.record.loss_watch.factor
 
 
 def test_a_checkpoint_from_before_train_seconds_loads_with_zero(tmp_path):
@@ -41,7 +35,7 @@ def test_a_checkpoint_from_before_train_seconds_loads_with_zero(tmp_path):
     ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
     del ckpt["train_seconds"]
     atomic_save(ckpt, tmp_path / "old.pt")
-    assert load_state(tmp_path / "old.pt", device="cpu").train_seconds == 0.0
+    assert load_state(tmp_path / "old.pt", device="cpu").record.train_seconds == 0.0
 
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, caplog):

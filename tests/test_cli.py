@@ -8,13 +8,6 @@ from PIL import Image
 from cfebm.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 0
-    return run_dir
-
-
 def test_train_writes_the_run_directory(tiny_run):
     for name in ["config.json", "metrics.jsonl", "training.png", "checkpoints/latest.pt",
                  "checkpoints/stage0-8x8.pt", "samples/final.png", "samples/0000.0k-init.png"]:
@@ -57,11 +50,28 @@ def test_resume_continues_and_refuses_without_flag(tiny_run, tmp_path, capsys):
     (["train", "--preset", "tiny", "--set", "train.seed=x", "--dry-run"], "must be of type int"),
     (["sample", "missing.pt"], "does not exist"),
     (["info", "pyproject.toml"], "cannot read"),
+    (["train", "--preset", "tiny", "--set", "model.activation=tanhh", "--dry-run"],
+     "model.activation must be one of swish, swish_proebm"),
+    (["train", "--preset", "tiny", "--set", "train.eval_every=64", "--dry-run"],
+     "'train.eval_every' is now 'eval.every'"),
 ])
 def test_bad_input_gives_one_clear_error(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cfebm: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "fmnist32-2h", "--out", "den"], "'den' is not an image file name"),
+    (["denoise", "fmnist32-2h", "--out", "den.pngx"], "'den.pngx' is not an image file name"),
+])
+def test_an_output_image_without_an_image_extension_is_refused_before_any_work(argv, message,
+                                                                               capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: argument --out:" in last and message in last
 
 
 def test_missing_data_stops_before_a_run_folder_exists(tmp_path, capsys):
@@ -96,7 +106,7 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     import signal
     import time
 
-    from cfebm.checkpoint import read
+    from cfebm.files import read
 
     run_dir = tmp_path / "r"
     train = [sys.executable, "-m", "cfebm.cli", "train", "--preset", "tiny", "--run-dir",

@@ -11,6 +11,7 @@ per-image PNGs must equal that reference's pixels exactly.
 import numpy as np
 import pytest
 import torch
+from conftest import gaussian_energy
 from PIL import Image
 
 from cfebm.cli import main
@@ -81,10 +82,6 @@ def test_cli_samples_are_algorithm_2_with_the_checkpoints_weights(checkpoint, tm
                                    "--noise", "0.3"), noisy)
 
 
-def gaussian_energy(x):
-    return 0.5 * (x**2).flatten(1).sum(1)
-
-
 @pytest.mark.parametrize("schedule", ["std_linear", "variance_linear", "a2", "constant"])
 def test_langevin_cfg_noise_overrides_the_configs_eta0(schedule):
     """``langevin_cfg(..., eta0=η)`` is ``langevin`` with the config's step size and its
@@ -108,7 +105,7 @@ def test_load_defaults_to_the_ema_on_cpu_and_carries_the_frozen_copies(checkpoin
     """``cfebm.load(path, device="cpu")`` with no other options: the EMA weights, on the CPU, in eval mode, with the
     checkpoint's progress; ``ema=False`` gives the trained weights. A frozen-init checkpoint past
     stage 0 brings its frozen 8² copy along, with the weights stored for it."""
-    from cfebm.loop import run_training
+    from cfebm.train.loop import run_training
     from cfebm.trained import load
 
     ckpt = torch.load(checkpoint, weights_only=True)

@@ -1,8 +1,11 @@
+import dataclasses
 import json
 
 import pytest
 
 from cfebm.config import (
+    MOVED,
+    REMOVED,
     Config,
     ConfigError,
     apply_overrides,
@@ -73,3 +76,36 @@ def test_a_run_saved_before_the_validation_split_read_as_holding_none_out():
     assert saved_config(old).data.validation == 0
     assert saved_config(to_dict(Config())).data.validation == Config().data.validation == 5000
     assert load_preset("fmnist32").data.validation == 5000
+
+
+def test_an_old_config_loads_in_todays_layout_and_says_what_it_dropped(caplog):
+    """A config saved before issue 37: moved keys land under their new names; removed keys go,
+    with one warning line naming those that held a value other than today's behaviour."""
+    old = to_dict(Config())
+    for section in ("run", "eval"):
+        del old[section]
+    old["train"].update(eval_every=1600, eval_n=500, fid_watch=1.25, log_every=640,
+                        lookahead=5, lookahead_alpha=0.5, grad_clip=0.0, adam_betas=[0.5, 0.999])
+    old["sampler"].update(coarse_steps="full", clamp=True)
+    old["growth"]["lr_decay"] = "linear_every_stage"
+    with caplog.at_level("WARNING", logger="cfebm.config"):
+        cfg = from_dict(old)
+    assert (cfg.eval.every, cfg.eval.n, cfg.eval.fid_watch, cfg.run.log_every) == (1600, 500,
+                                                                                  1.25, 640)
+    assert cfg.growth.lr_decay == "none"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    for dropped in ("train.lookahead=5", "sampler.coarse_steps=full",
+                    "growth.lr_decay=linear_every_stage"):
+        assert dropped in warnings[0]
+    for kept_quiet in ("grad_clip", "adam_betas", "lookahead_alpha", "sampler.clamp"):
+        assert kept_quiet not in warnings[0]  # they held today's behaviour
+
+
+def test_the_config_stays_small():
+    """Issue 37 cut the keys from 68 to 55 (rejected options deleted, [train] split by
+    concern); a new key has to be worth one of these."""
+    keys = [f"{s.name}.{k.name}" for s in dataclasses.fields(Config)
+            for k in dataclasses.fields(s.default_factory)]
+    assert len(keys) == len(set(keys)) <= 55
+    assert not set(keys) & (set(MOVED) | set(REMOVED))  # no old name comes back

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny as base_tiny
 
-from cfebm import distributed, fidwatch, loop
-from cfebm.checkpoint import read
-from cfebm.config import apply_overrides, load_preset
-from cfebm.distributed import DistributedError, Shard
+from cfebm.files import read
 from cfebm.sampling import Slice, draw
+from cfebm.train import distributed, evaluation, loop
+from cfebm.train.distributed import DistributedError, Shard
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
@@ -35,7 +35,7 @@ OVERRIDES = ["train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01",
 
 
 def tiny(*extra):
-    return apply_overrides(load_preset("tiny"), OVERRIDES + list(extra))
+    return base_tiny(*OVERRIDES, *extra)
 
 
 def _free_port() -> int:
@@ -126,7 +126,7 @@ def torchrun_cli(world: int, run_dir) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_asking_for_cuda_without_it_is_refused_in_one_line():
     assert Shard().device("auto") == torch.device("cpu")
-    with pytest.raises(DistributedError, match="^device 'cuda:0' requested but CUDA is not "
+    with pytest.raises(ValueError, match="^device 'cuda:0' requested but CUDA is not "
                                                "available$"):
         Shard().device("cuda:0")
 
@@ -203,7 +203,7 @@ def test_an_fid_watch_rollback_happens_on_every_rank_alike(tmp_path):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [(r["n_images"], r["rolled_back_to"]) for r in rows if r.get("event") == "fid_watch"]
 
-    assert rollbacks(tmp_path / "two") == rollbacks(tmp_path / "one") == [(160, 128)] * fidwatch.RETRIES
+    assert rollbacks(tmp_path / "two") == rollbacks(tmp_path / "one") == [(160, 128)] * evaluation.RETRIES
     two = read(tmp_path / "two" / "checkpoints" / "latest.pt")
-    assert two["n_images"] == one.n_images == 160 and two["data_skip"] == one.data_skip == 32 * fidwatch.RETRIES
+    assert two["n_images"] == one.n_images == 160 and two["data_skip"] == one.data_skip == 32 * evaluation.RETRIES
     assert_close_states(two["model"], one.net.state_dict(), "net")

@@ -1,9 +1,9 @@
-"""Telling a diverging run from a healthy one (``cfebm.divergence``), and rolling it back.
+"""Telling a diverging run from a healthy one (``cfebm.train.recovery``), and rolling it back.
 
 The unit tests feed ``LossWatch`` loss sequences whose window and history medians are known
 by construction. The run test drives the real trainer on the tiny preset and makes the
 loss jump for five iterations by scaling five data batches (a real spike of the real loss,
-far below ``divergence.MAX_ABS_LOSS``): the watch must roll the run back, and without the watch the
+far below ``recovery.MAX_ABS_LOSS``): the watch must roll the run back, and without the watch the
 same run must go on as if nothing happened.
 """
 
@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from cfebm import divergence, loop
 from cfebm.config import apply_overrides, load_preset
-from cfebm.divergence import HISTORY, WINDOW, LossWatch
+from cfebm.train import loop, recovery
+from cfebm.train.recovery import HISTORY, WINDOW, LossWatch
 
 
 @pytest.mark.parametrize("loss, expected", [
@@ -22,8 +22,8 @@ from cfebm.divergence import HISTORY, WINDOW, LossWatch
     (10_000.1, True), (-10_000.1, True), (math.inf, True), (-math.inf, True), (math.nan, True),
 ])
 def test_divergence_is_a_magnitude_above_the_limit_or_not_finite(loss, expected):
-    assert divergence.MAX_ABS_LOSS == 1e4
-    assert (divergence.divergence(loss) is not None) is expected
+    assert recovery.MAX_ABS_LOSS == 1e4
+    assert (recovery.divergence(loss) is not None) is expected
 
 
 def feed(watch: LossWatch, history: float, recent: list[float]) -> list[str | None]:
@@ -47,7 +47,7 @@ def test_a_recent_median_above_factor_times_the_median_before_is_a_spike():
     (0.2, 2.5, 0.0),    # factor 0 turns the watch off
 ])
 def test_no_spike_under_the_factor_under_the_floor_or_switched_off(history, recent, factor):
-    assert divergence.SPIKE_FLOOR == 1.0
+    assert recovery.SPIKE_FLOOR == 1.0
     assert all(v is None for v in feed(LossWatch(factor), history, [recent] * WINDOW))
 
 
@@ -86,8 +86,8 @@ def spiked_run(tmp_path, monkeypatch, *overrides):
     """The tiny preset (batches of 16; the only checkpoint before the end is stage 0's, at 128
     images) with data batches 14-18 (images 208-288) scaled by 30, and a watch of 3
     iterations against the 8 before."""
-    monkeypatch.setattr(divergence, "WINDOW", 3)
-    monkeypatch.setattr(divergence, "HISTORY", 8)
+    monkeypatch.setattr(recovery, "WINDOW", 3)
+    monkeypatch.setattr(recovery, "HISTORY", 8)
     cfg = apply_overrides(load_preset("tiny"), ["run.checkpoint_every=1000", *overrides])
     real, calls = loop.data_batch, [0]
 
@@ -111,7 +111,7 @@ def test_a_loss_spike_far_below_max_abs_loss_is_rolled_back(tmp_path, monkeypatc
     assert abs(event["loss"]) < 1e4  # max_abs_loss alone would not have stopped it
     assert event["rolled_back_to"] == 128 and event["checkpoint"] == "latest.pt"
     assert 240 <= event["n_images"] <= 288 and "median" in event["reason"]
-    assert (final.n_images, final.recoveries, final.lr_scale) == (384, 1, 0.5)
+    assert (final.n_images, final.record.recoveries, final.lr_scale) == (384, 1, 0.5)
 
     _, rows_off = spiked_run(tmp_path / "off", monkeypatch, "run.spike_factor=0")
     assert not [r for r in rows_off if r.get("event") == "recovery"]

@@ -1,4 +1,4 @@
-"""Tests of cfebm.evaluate and the fid-ref / eval commands: reference statistics and their
+"""Tests of cfebm.metrics.evaluate and the fid-ref / eval commands: reference statistics and their
 protocol checks, the metrics on real data against itself, nearest neighbours, an end-to-end
 evaluation of a tiny checkpoint, and the in-training evaluation with its best checkpoint."""
 
@@ -14,23 +14,24 @@ import torch
 from conftest import require_fashion_mnist
 from PIL import Image
 
-from cfebm.checkpoint import config_of, read
+from cfebm.chains import sample_negatives
 from cfebm.cli import main
 from cfebm.config import ConfigError, DataConfig, apply_overrides, load_preset
 from cfebm.data import load_images, to_float
-from cfebm.evaluate import (
+from cfebm.files import config_of, read
+from cfebm.metrics import FeatureStats, FMNISTFeatures, kid
+from cfebm.metrics.evaluate import (
     Resized,
     at_resolution,
     evaluate_samples,
     make_extractor,
     nearest_neighbours,
 )
-from cfebm.loop import run_training
-from cfebm.metrics import FeatureStats, FMNISTFeatures, kid
 from cfebm.metrics.reference import image_batches, load_reference
 from cfebm.model import frozen
-from cfebm.training import new_state, sample_negatives
-from cfebm.training_eval import EVAL_SEED_OFFSET, TrainingEval, best_fid, features_for
+from cfebm.train.evaluation import EVAL_SEED_OFFSET, TrainingEval, best_fid, features_for
+from cfebm.train.loop import run_training
+from cfebm.train.step import new_state
 
 # The tiny preset (8 -> 16 px, 384 images) on the first 256 Fashion-MNIST images of each split.
 TINY_FMNIST = ['data.dataset="fashion_mnist"', "data.limit=256"]
@@ -349,7 +350,7 @@ def test_a_run_that_evaluates_and_rolls_back_never_reads_the_test_split(tmp_path
 
 def test_require_validation_refuses_a_test_split_reference():
     from cfebm.metrics.reference import EvalError, reference_of
-    from cfebm.training_eval import require_validation
+    from cfebm.train.evaluation import require_validation
 
     batches = [torch.rand(8, 1, 16, 16) * 2 - 1]
     extractor = at_resolution(FMNISTFeatures(), 16)

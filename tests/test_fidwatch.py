@@ -24,10 +24,10 @@ import pytest
 import torch
 from conftest import require_fashion_mnist
 
-from cfebm import fidwatch, loop
 from cfebm.config import ConfigError, apply_overrides, load_preset
 from cfebm.data import BatchStream, downsample, load_images, to_float
-from cfebm.fidwatch import judge
+from cfebm.train import evaluation, loop
+from cfebm.train.evaluation import judge
 
 
 def tiny_watched(*overrides):
@@ -85,7 +85,7 @@ def same(a: dict, b: dict) -> bool:
 @pytest.mark.slow
 def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monkeypatch):
     require_fashion_mnist()
-    monkeypatch.setattr(fidwatch, "RETRIES", 2)
+    monkeypatch.setattr(evaluation, "RETRIES", 2)
     cfg = tiny_watched("eval.fid_watch=1e-6")  # every judged evaluation fails
     seen = record_iterations(monkeypatch)
     final = loop.run_training(cfg, tmp_path, progress=False)
@@ -125,14 +125,14 @@ def test_a_watch_that_never_fires_changes_nothing(tmp_path):
     off = loop.run_training(tiny_watched(), tmp_path / "off", progress=False)
     on = loop.run_training(tiny_watched("eval.fid_watch=1e6"), tmp_path / "on", progress=False)
     assert (tmp_path / "on" / "checkpoints" / "watch.pt").is_file()
-    assert on.data_skip == 0 and on.watch_reference.keys() == {8, 16}
+    assert on.data_skip == 0 and on.record.watch_reference.keys() == {8, 16}
     # the last three kept evaluations at each resolution: 32, 64 and 96 at 8² (the one at 128
     # is stage 1's, at 16² and β = 0); 320, 352 and 384 of the nine at 16²
     rows = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text()
             .splitlines() if "eval_fid" in line]
     fid = {(r["n_images"], r["eval_resolution"]): r["eval_fid"] for r in rows}
-    assert on.watch_reference[8] == [fid[32, 8], fid[64, 8], fid[96, 8]]
-    assert on.watch_reference[16] == [fid[320, 16], fid[352, 16], fid[384, 16]]
+    assert on.record.watch_reference[8] == [fid[32, 8], fid[64, 8], fid[96, 8]]
+    assert on.record.watch_reference[16] == [fid[320, 16], fid[352, 16], fid[384, 16]]
     assert same(off.net.state_dict(), on.net.state_dict())
     assert same(off.ema.state_dict(), on.ema.state_dict())
 
@@ -145,7 +145,7 @@ class Crash(Exception):
 def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tmp_path,
                                                                                monkeypatch):
     require_fashion_mnist()
-    monkeypatch.setattr(fidwatch, "RETRIES", 1)
+    monkeypatch.setattr(evaluation, "RETRIES", 1)
     cfg = tiny_watched("eval.fid_watch=1e-6")
     straight = loop.run_training(cfg, tmp_path / "a", progress=False)
 
@@ -164,7 +164,7 @@ def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tm
     resumed = loop.run_training(cfg, tmp_path / "b", resume=True, progress=False)
 
     assert (resumed.n_images, resumed.data_skip) == (straight.n_images, straight.data_skip)
-    assert resumed.watch_reference == straight.watch_reference
+    assert resumed.record.watch_reference == straight.record.watch_reference
     assert same(straight.net.state_dict(), resumed.net.state_dict())
     assert same(straight.ema.state_dict(), resumed.ema.state_dict())
     assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())

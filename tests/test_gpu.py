@@ -8,20 +8,22 @@ benchmarks/RESULTS.md, mutation testing).
 
 import pytest
 import torch
+from conftest import tiny as base_tiny
 
-from cfebm.checkpoint import load_state, save_state
+from cfebm.chains import sample_negatives
 from cfebm.config import SamplerConfig, apply_overrides, load_preset
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
-from cfebm.speed import CompiledEnergy
+from cfebm.runtime import CompiledEnergy
+from cfebm.train.checkpoint import load_state, save_state
+from cfebm.train.step import new_state, train_step
 from cfebm.trained import load
-from cfebm.training import new_state, sample_negatives, train_step
 
 pytestmark = pytest.mark.gpu
 
 
 def tiny(*overrides):
-    return apply_overrides(load_preset("tiny"), ["train.device=cuda", *overrides])
+    return base_tiny("train.device=cuda", *overrides)
 
 
 def test_smooth_and_cascade_negatives_stay_on_the_gpu():

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import cfebm
 from cfebm.config import apply_overrides, load_preset
-from cfebm.loop import run_training
+from cfebm.train.loop import run_training
 
 REFERENCE = Path(__file__).parent / "data" / "house_reference.safetensors"
 VARIANTS = {"noise": ["train.ema_decay=0.9", "data.hflip=true", "train.data_sigma=0.01"],

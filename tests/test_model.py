@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfebm.config import ModelConfig
+from cfebm.config import ACTIVATION_NAMES, ModelConfig
 from cfebm.model import (
     ACTIVATIONS,
     EnergyNet,
@@ -11,6 +11,7 @@ from cfebm.model import (
     channels_at,
     count_parameters,
     frozen,
+    make_activation,
 )
 
 
@@ -67,8 +68,10 @@ def test_bad_inputs_raise(tiny_model_cfg):
         net(torch.zeros(1, 1, 8, 8), beta=0.5)
     with pytest.raises(ValueError, match="beta"):
         net(torch.zeros(1, 1, 16, 16), beta=1.5)
+    with pytest.raises(ValueError, match="model.activation must be one of"):
+        ModelConfig(activation="tanhh")
     with pytest.raises(ValueError, match="unknown activation"):
-        EnergyNet(ModelConfig(activation="tanhh"))
+        make_activation("tanhh")
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -198,3 +201,7 @@ def test_spectral_norm_is_on_exactly_the_main_path_convs_when_asked(sn):
         for conv in main:
             sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
             assert sigma.item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_the_config_offers_exactly_the_activations_the_model_builds():
+    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)

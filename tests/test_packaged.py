@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from cfebm.checkpoint import CheckpointError
 from cfebm.cli import main
 from cfebm.config import apply_overrides, load_preset, preset_names, to_dict
-from cfebm.trained import EXPORT_FORMAT, PRETRAINED, load, model_card
+from cfebm.files import CheckpointError
+from cfebm.share import PRETRAINED, model_card
+from cfebm.trained import EXPORT_FORMAT, load
 
 WEIGHTS = Path(str(resources.files("cfebm") / "weights"))
 

@@ -23,14 +23,10 @@ import signal
 
 import pytest
 import torch
+from conftest import tiny
 
-from cfebm import loop
-from cfebm.checkpoint import read
-from cfebm.config import apply_overrides, load_preset
-
-
-def tiny(*overrides):
-    return apply_overrides(load_preset("tiny"), list(overrides))
+from cfebm.files import read
+from cfebm.train import loop
 
 
 def poison_batch(monkeypatch, call: int) -> None:
@@ -57,7 +53,7 @@ def assert_same_tensors(a: dict, b: dict, what: str) -> None:
 
 
 def assert_same_run(a, b) -> None:
-    assert a.n_images == b.n_images and a.recoveries == b.recoveries
+    assert a.n_images == b.n_images and a.record.recoveries == b.record.recoveries
     assert a.lr_scale == b.lr_scale
     assert_same_tensors(a.net.state_dict(), b.net.state_dict(), "net")
     assert_same_tensors(a.ema.state_dict(), b.ema.state_dict(), "ema")
@@ -85,7 +81,7 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
         if seen["calls"] == 11:  # the first iteration after the rollback
             seen["entry"] = {
                 "n_images": state.n_images, "lr_scale": state.lr_scale,
-                "recoveries": state.recoveries, "generator": state.generator.get_state(),
+                "recoveries": state.record.recoveries, "generator": state.generator.get_state(),
                 "model": {k: v.clone() for k, v in state.net.state_dict().items()},
                 "ema": {k: v.clone() for k, v in state.ema.state_dict().items()},
                 "adam": {i: {k: v.clone() for k, v in s.items()}
@@ -117,7 +113,7 @@ def test_rollback_restores_latest_checkpoint_reseeds_and_halves_lr(tmp_path, mon
     assert_same_tensors(entry["model"], latest["model"], "model")
     assert seen["lrs"] == [cfg.growth.lr[entry["growth"].stage] * 0.5] * len(seen["lrs"])
     # The run then finishes at the schedule's end with the halved rate.
-    assert final.n_images == 384 and (final.recoveries, final.lr_scale) == (1, 0.5)
+    assert final.n_images == 384 and (final.record.recoveries, final.lr_scale) == (1, 0.5)
     assert all(torch.isfinite(p).all() for p in final.net.parameters())
 
 
@@ -135,7 +131,7 @@ def test_a_second_divergence_from_the_same_checkpoint_rolls_back_one_further(tmp
         if calls[0] == 11:  # the first iteration after the first rollback
             seen["previous"] = read(tmp_path / "checkpoints" / "previous.pt")
         if calls[0] == 13:  # the first iteration after the second
-            seen["entry"] = (state.n_images, state.recoveries, state.lr_scale,
+            seen["entry"] = (state.n_images, state.record.recoveries, state.lr_scale,
                              {k: v.clone() for k, v in state.net.state_dict().items()},
                              read(tmp_path / "checkpoints" / "latest.pt")["n_images"])
         x = real_data_batch(state, stream)
@@ -152,7 +148,7 @@ def test_a_second_divergence_from_the_same_checkpoint_rolls_back_one_further(tmp
     assert seen["previous"]["n_images"] == 64
     assert (n_images, recoveries, lr_scale, latest_images) == (64, 2, 0.25, 64)
     assert_same_tensors(model, seen["previous"]["model"], "model")
-    assert final.n_images == 384 and (final.recoveries, final.lr_scale) == (2, 0.25)
+    assert final.n_images == 384 and (final.record.recoveries, final.lr_scale) == (2, 0.25)
     ckpts = tmp_path / "checkpoints"
     assert (read(ckpts / "latest.pt")["n_images"], read(ckpts / "previous.pt")["n_images"]) == (
         384, 320)
@@ -198,7 +194,7 @@ def test_a_run_killed_right_after_a_rollback_resumes_as_if_it_had_not_stopped(tm
     events = [(r["n_images"], r["rolled_back_to"], r["checkpoint"], r["lr_scale"]) for r in rows
               if r.get("event") == "recovery"]
     assert events == [(160, 128, "latest.pt", 0.5), (160, 64, "previous.pt", 0.25)]
-    assert (straight.recoveries, straight.lr_scale) == (2, 0.25)
+    assert (straight.record.recoveries, straight.lr_scale) == (2, 0.25)
     assert_same_run(straight, resumed)
 
 
@@ -222,7 +218,7 @@ def test_resume_mid_fade_after_a_recovery_equals_the_uninterrupted_run(tmp_path,
     monkeypatch.setattr(loop, "data_batch", real_data_batch)  # nothing diverges now
     resumed = loop.run_training(cfg, tmp_path / "b", resume=True, progress=False)
 
-    assert straight.n_images == 384 and (straight.recoveries, straight.lr_scale) == (1, 0.5)
+    assert straight.n_images == 384 and (straight.record.recoveries, straight.lr_scale) == (1, 0.5)
     assert_same_run(straight, resumed)
 
 

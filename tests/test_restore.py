@@ -9,19 +9,10 @@ from PIL import Image
 
 from cfebm.apps import chains, restore
 from cfebm.apps.restore import MaskError
-from cfebm.cli import main
 from cfebm.config import apply_overrides, load_preset
 from cfebm.growth import total_images
 from cfebm.model import EnergyNet
 from cfebm.trained import TrainedModel, load
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny preset trained to its end (16², β = 1): a real model whose samples mean nothing."""
-    run_dir = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 0
-    return run_dir / "checkpoints" / "latest.pt"
 
 
 class GaussianPrior(TrainedModel):
@@ -85,8 +76,8 @@ def test_corruption_has_the_asked_std_and_stays_in_range():
     assert restore.corrupt(torch.ones(4, 1, 8, 8), 0.5).max() == 1  # clamped
 
 
-def test_known_pixels_never_change_under_inpainting(tiny):
-    model = load(tiny)
+def test_known_pixels_never_change_under_inpainting(tiny_checkpoint):
+    model = load(tiny_checkpoint)
     x = restore.images_of(model, 4)
     mask = restore.make_mask("occlusion", 4, 16, seed=1)
     seen = []
@@ -104,8 +95,8 @@ def test_known_pixels_never_change_under_inpainting(tiny):
     assert not torch.equal(first.flatten(0, 1)[~known], xs[~known])
 
 
-def test_inpainting_does_not_depend_on_the_batch_size(tiny):
-    model = load(tiny)
+def test_inpainting_does_not_depend_on_the_batch_size(tiny_checkpoint):
+    model = load(tiny_checkpoint)
     x = restore.images_of(model, 30)
     mask = restore.make_mask("pixels", 30, 16)
     a = restore.inpaint(model, x, mask, completions=2, steps=3, batch_size=50)
@@ -222,8 +213,8 @@ def test_interpolation_chains_share_their_langevin_noise():
         assert not torch.allclose(moved[0], moved[1])  # other pairs, other noise
 
 
-def test_noise_sweep_uses_the_same_seeds(tiny):
-    model = load(tiny)
+def test_noise_sweep_uses_the_same_seeds(tiny_checkpoint):
+    model = load(tiny_checkpoint)
     x = chains.noise_sweep(model, 3, [0.0, 0.05], steps=4, seed=7)
     assert x.shape == (2, 3, 1, 16, 16)
     assert torch.equal(x[0], model.sample(3, steps=4, noise=0.0, seed=7))
@@ -231,8 +222,8 @@ def test_noise_sweep_uses_the_same_seeds(tiny):
     assert chains.noise_levels(model) == [0.0, 0.0075, 0.015, 0.03]
 
 
-def test_recorded_chains_are_the_sampled_chains(tiny):
-    model = load(tiny)
+def test_recorded_chains_are_the_sampled_chains(tiny_checkpoint):
+    model = load(tiny_checkpoint)
     x, traj = chains.sample_with_trajectory(model, 60, every=2, keep=5, steps=5, batch_size=50)
     assert torch.equal(x, model.sample(60, steps=5, batch_size=50))
     assert traj.steps == [2, 4, 5] and len(traj.energy) == 5 and traj.keep == 5

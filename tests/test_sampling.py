@@ -3,7 +3,9 @@ import weakref
 
 import pytest
 import torch
+from conftest import gaussian_energy as standard_gaussian_energy
 
+from cfebm.chains import sample_negatives, sampling_schedule
 from cfebm.config import ConfigError, ModelConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
@@ -22,14 +24,12 @@ from cfebm.sampling import (
     step_size_at,
     upsample,
 )
-from cfebm.training import sample_negatives, sampling_schedule
 
 MU, S = 0.3, 0.5
 
 
 def gaussian_energy(x):
-    # E(x) = ||x − μ||² / (2 s²): the Gibbs density exp(−E) is N(μ, s² I).
-    return ((x - MU) ** 2).flatten(1).sum(1) / (2 * S**2)
+    return standard_gaussian_energy(x, MU, S)  # N(μ, s² I)
 
 
 def test_langevin_matches_gaussian_stationary_distribution():

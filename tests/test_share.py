@@ -19,15 +19,10 @@ from safetensors.torch import load_file
 from cfebm.cli import build_parser, main
 from cfebm.config import apply_overrides, load_preset, to_dict
 from cfebm.data import load_images
+from cfebm.files import CheckpointError
 from cfebm.model import EnergyNet
-from cfebm.trained import (
-    FOLDER_FILES,
-    CheckpointError,
-    TrainedModel,
-    load,
-    model_card,
-    split_sizes,
-)
+from cfebm.share import FOLDER_FILES, model_card, split_sizes
+from cfebm.trained import TrainedModel, load
 
 REPO = "someone/tiny-ebm"
 

@@ -7,12 +7,14 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from cfebm import speed
-from cfebm.checkpoint import rolled_back, save_state
+from cfebm import runtime
 from cfebm.config import ModelConfig, apply_overrides, load_preset
 from cfebm.model import EnergyNet, frozen
-from cfebm.speed import CompiledEnergy, busy_cpu_warning, describe
-from cfebm.training import new_state, train_step
+from cfebm.runtime import CompiledEnergy
+from cfebm.train import speed
+from cfebm.train.checkpoint import rolled_back, save_state
+from cfebm.train.speed import busy_cpu_warning, describe
+from cfebm.train.step import new_state, train_step
 
 
 def energy_and_grad(net, x, beta):
@@ -103,7 +105,7 @@ def test_a_backend_that_cannot_compile_falls_back_to_the_eager_net(net, caplog):
 
 
 def test_training_step_with_compile_matches_eager(monkeypatch):
-    monkeypatch.setattr("cfebm.speed.torch.compile",
+    monkeypatch.setattr("cfebm.runtime.torch.compile",
                         lambda net, **kw: torch._dynamo.optimize("aot_eager")(net))
     torch._dynamo.reset()
     cfg = apply_overrides(load_preset("tiny"), ["train.device=\"cpu\""])
@@ -121,7 +123,7 @@ def test_rollbacks_leave_the_rolled_back_network_its_compiled_graphs(monkeypatch
     """Each rollback builds a new network; the discarded ones' graphs must not fill dynamo's
     per-function limit (12 graphs for two resolutions), or the energy silently runs eagerly
     from then on: every rolled-back network still compiles the graphs it meets."""
-    monkeypatch.setattr("cfebm.speed.torch.compile",
+    monkeypatch.setattr("cfebm.runtime.torch.compile",
                         lambda net, **kw: torch._dynamo.optimize("aot_eager")(net))
     torch._dynamo.reset()
     counters.clear()
@@ -161,13 +163,13 @@ def test_the_runnable_task_count_includes_this_process():
 def test_auto_precision_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, native):
     """"auto": bf16 on a CPU with native bf16, fp32 on one that would emulate it, and fp32 on
     CUDA whatever it supports (bf16 measured slower there); a precision asked for by name stays."""
-    monkeypatch.setattr(speed, "native_bf16", lambda device: native)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert speed.resolved_precision("auto", cpu) == ("bf16" if native else "fp32")
-    assert speed.resolved_precision("auto", cuda) == "fp32"
+    assert runtime.resolved_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert runtime.resolved_precision("auto", cuda) == "fp32"
     for device in (cpu, cuda):
-        assert speed.resolved_precision("bf16", device) == "bf16"
-        assert speed.resolved_precision("fp32", device) == "fp32"
+        assert runtime.resolved_precision("bf16", device) == "bf16"
+        assert runtime.resolved_precision("fp32", device) == "fp32"
     assert (speed.precision_warning("bf16", cpu) is None) == native
 
 
@@ -176,11 +178,11 @@ def test_cuda_graphs_only_with_compile_and_only_on_a_gpu(net):
     compiles plainly, and the line printed at the start says which."""
     cfg = apply_overrides(load_preset("tiny"), ["train.compile=true", "train.cuda_graphs=true"])
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert speed.compiled_energy(net, cfg, cuda).mode == "reduce-overhead"
-    assert speed.compiled_energy(net, cfg, cpu).mode is None
+    assert runtime.compiled_energy(net, cfg, cuda).mode == "reduce-overhead"
+    assert runtime.compiled_energy(net, cfg, cpu).mode is None
     assert "CUDA graphs" in describe(cfg, cuda) and "CUDA graphs" not in describe(cfg, cpu)
     plain = apply_overrides(load_preset("tiny"), ["train.compile=true"])
-    assert speed.compiled_energy(net, plain, cuda).mode is None
-    assert speed.compiled_energy(net, load_preset("tiny"), cuda) is None
+    assert runtime.compiled_energy(net, plain, cuda).mode is None
+    assert runtime.compiled_energy(net, load_preset("tiny"), cuda) is None
     with pytest.raises(ValueError, match="needs train.compile"):
         apply_overrides(load_preset("tiny"), ["train.cuda_graphs=true"])

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfebm.checkpoint import CheckpointError, canonical_safetensors
 from cfebm.cli import main
+from cfebm.files import CheckpointError, canonical_safetensors
 from cfebm.model import frozen
 from cfebm.sampling import langevin_cfg
 from cfebm.trained import TrainedModel, load
@@ -141,7 +141,7 @@ def test_samples_do_not_depend_on_the_batch_size(tiny_run):
 def test_sampling_from_noise_equals_the_training_sampler_for_a_plain_generator(tiny_run):
     """With one generator, TrainedModel.sample is Algorithm 2 / smooth sampling exactly as
     training draws its negatives (the same function and arguments)."""
-    from cfebm.training import sample_negatives
+    from cfebm.chains import sample_negatives
 
     model = load(tiny_run / "checkpoints" / "latest.pt")
     a = model.sample(4, generator=torch.Generator().manual_seed(1))
@@ -225,7 +225,7 @@ def test_resume_without_a_checkpoint_needs_a_preset(tmp_path, capsys):
 
 
 def test_from_state_copies_and_leaves_training_untouched(tiny_run):
-    from cfebm.checkpoint import load_state
+    from cfebm.train.checkpoint import load_state
 
     state = load_state(tiny_run / "checkpoints" / "latest.pt")
     model = TrainedModel.from_state(state, ema=False)
@@ -275,10 +275,10 @@ def test_training_grids_sample_with_the_frozen_coarse_copies(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from cfebm.checkpoint import load_state
+    from cfebm.chains import sample_negatives
     from cfebm.data import to_uint8
-    from cfebm.loop import save_samples
-    from cfebm.training import sample_negatives
+    from cfebm.train.checkpoint import load_state
+    from cfebm.train.loop import save_samples
 
     run_dir = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress",

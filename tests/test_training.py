@@ -2,17 +2,14 @@ import json
 
 import pytest
 import torch
+from conftest import tiny
 
-from cfebm import divergence
-from cfebm.checkpoint import load_state, read
-from cfebm.config import apply_overrides, load_preset
-from cfebm.loop import RunError, run_training
+from cfebm.files import read
 from cfebm.model import EnergyNet
-from cfebm.training import cd_loss, new_state, train_step, update_ema
-
-
-def tiny(*overrides):
-    return apply_overrides(load_preset("tiny"), list(overrides))
+from cfebm.train import recovery
+from cfebm.train.checkpoint import load_state
+from cfebm.train.loop import RunError, run_training
+from cfebm.train.step import cd_loss, new_state, train_step, update_ema
 
 
 def test_cd_loss_gradient_is_eq2():
@@ -93,7 +90,7 @@ def test_existing_run_needs_resume_and_same_model(tmp_path):
 
 
 def test_divergence_rolls_back_then_gives_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(divergence, "MAX_ABS_LOSS", 1e-12)  # every loss is a divergence
+    monkeypatch.setattr(recovery, "MAX_ABS_LOSS", 1e-12)  # every loss is a divergence
     cfg = tiny("run.max_recoveries=2")
     with pytest.raises(RunError, match="diverged"):
         run_training(cfg, tmp_path, progress=False)

@@ -17,10 +17,10 @@ from torch import nn
 
 from cfebm.config import ModelConfig, apply_overrides, load_preset
 from cfebm.data import BatchStream, TensorImages
-from cfebm.loop import run_training
 from cfebm.model import frozen
 from cfebm.sampling import cascade, init_uniform
-from cfebm.training import TrainState, data_batch, new_state, train_step
+from cfebm.train.loop import run_training
+from cfebm.train.step import TrainState, data_batch, new_state, train_step
 
 
 class LinearEnergy(nn.Module):

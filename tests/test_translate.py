@@ -12,21 +12,22 @@ import torch
 from PIL import Image
 from test_recovery_resume import assert_same_run, poison_batch
 
-from cfebm import loop
 from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
-from cfebm.checkpoint import read
+from cfebm.chains import translation_chain
 from cfebm.cli import main
 from cfebm.cli.train import translation_runs
 from cfebm.config import apply_overrides, load_preset
 from cfebm.data import downsample, to_float
 from cfebm.data.domains import domains, texture_crops
 from cfebm.data.readers import DataError
+from cfebm.files import read
 from cfebm.growth import growth_at
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import upsample
+from cfebm.train import loop
+from cfebm.train.data import training_data
 from cfebm.trained import TrainedModel
-from cfebm.translation import training_data, translation_chain
 
 
 def textures(*overrides):
@@ -212,7 +213,7 @@ def test_direction_both_makes_two_runs(tmp_path):
 
 
 def test_direction_both_resumes_without_the_preset(tmp_path):
-    from cfebm.checkpoint import read
+    from cfebm.files import read
 
     run = ["train", "--run-dir", str(tmp_path), "--direction", "both", "--no-progress"]
     assert main([*run, "--preset", "tiny", "--set", "task.kind=translate",
@@ -301,7 +302,7 @@ def test_translation_resume_mid_fade_after_a_recovery_is_bitwise(tmp_path, monke
     assert read(tmp_path / "b" / "checkpoints" / "latest.pt")["n_images"] == 176
     monkeypatch.setattr(loop, "data_batch", real)
     resumed = loop.run_training(cfg, tmp_path / "b", resume=True, progress=False)
-    assert straight.n_images == 384 and straight.recoveries == 1
+    assert straight.n_images == 384 and straight.record.recoveries == 1
     assert_same_run(straight, resumed)
     assert (tmp_path / "a" / "samples" / "final.png").is_file()
 

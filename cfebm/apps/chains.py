@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfebm.apps.restore import derived_seed
+from cfebm.runtime import derived_seed
 from cfebm.sampling import LangevinStep, Streams, init_uniform
 from cfebm.trained import TrainedModel
 

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from cfebm.apps.chains import Trajectory, energy_curves
+from cfebm.apps.translate import as_rgb, colormap, overlay
 from cfebm.data import to_uint8
 
 PAD = 2          # pixels between images
@@ -123,8 +124,6 @@ def save_translation(result, folder: str | Path, *, grid: int = 16, per_row: int
     (input | saliency | overlay | output for the first ``grid`` images, ``per_row`` to a row,
     as Fig. 4);
     ``chain/`` (strip, GIF and energy plot of the recorded chains). Returns {name: path}."""
-    from cfebm.apps.translate import as_rgb, colormap, overlay
-
     folder = Path(folder)
     heat, over = colormap(result.saliency), overlay(result.source, result.saliency)
     for name, images in (("translated", result.output), ("saliency", heat), ("overlay", over)):

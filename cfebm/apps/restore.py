@@ -16,7 +16,6 @@ PSNR and SSIM come from scikit-image with data_range 2 (the width of [−1, 1]).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from cfebm.config import DataConfig
 from cfebm.data import DataError, load_images, to_float
+from cfebm.runtime import derived_seed
 from cfebm.trained import TrainedModel
 
 MASKS = ("occlusion", "centre", "pixels", "right", "bottom")
@@ -35,13 +35,6 @@ SIGMA = 0.2
 
 class MaskError(DataError):
     """A mask that cannot be used (size, channels, values); the message says why."""
-
-
-def derived_seed(purpose: str, seed: int) -> int:
-    """A seed for one purpose (mask, fill, corruption) from the user's seed, so that the random
-    draws of different purposes are independent of each other and of the Langevin streams."""
-    digest = hashlib.blake2b(f"cfebm-{purpose}:{seed}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def images_of(model: TrainedModel, n: int | None = None, *, folder: str | Path | None = None,
@@ -79,7 +72,7 @@ def corrupt(x: Tensor, sigma: float = SIGMA, *, seed: int = 0) -> Tensor:
 def denoise_steps(sigma: float) -> int:
     """The default chain length for noise of std σ: round(10σ), at least 1.
 
-    Chosen on the validation split (benchmarks/restoration.py; RESULTS.md, "Validation decides,
+    Chosen on the validation split (benchmarks/restoration.py; docs/notebook/validation-split.md, "Validation decides,
     test reports"): on the quick-start model the best K on 200 validation images was 1, 2 and 3
     steps at σ = 0.1, 0.2, 0.3 (first found on test images; the validation split confirmed it),
     and the model's own T (25) or the authors' 10 steps end below the noisy input's PSNR,

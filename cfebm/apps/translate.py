@@ -33,11 +33,11 @@ from PIL import Image
 from torch import Tensor
 
 from cfebm.apps.chains import Trajectory
-from cfebm.apps.restore import images_of
+from cfebm.apps.restore import images_of, psnr_ssim
 from cfebm.data import DataError, downsample, readers, to_float
+from cfebm.data.domains import grid_sources
 from cfebm.sampling import LangevinStep
 from cfebm.trained import TrainedModel
-from cfebm.translation import grid_sources
 
 SALIENCY = ("gradient", "change")
 
@@ -105,7 +105,7 @@ def translate(model: TrainedModel, source: Tensor, *, steps: int | None = None,
               progress: bool = False) -> Translation:
     """Translate ``source`` (N, C, R, R) in [−1, 1] with the model's chain and measure saliency.
 
-    The chain is the one the model trained with (``translation.translation_chain``): for a model
+    The chain is the one the model trained with (``chains.translation_chain``): for a model
     stopped mid-fade, a coarse chain from the pooled source blended with it by β comes first,
     and the saliency and trajectory cover the steps at full resolution that follow. With a
     ``mask`` the chain starts at the source itself.
@@ -213,9 +213,7 @@ def lowpass_ssim(x: Tensor, reference: Tensor, sigma: float = 1.0) -> Tensor:
     ``x`` and ``reference`` (N, C, R, R) in [−1, 1] after a Gaussian blur of ``sigma`` px, which
     leaves shape and layout and removes the fine texture a translation is meant to change.
     Returns (N,) in [−1, 1]; 1 = the same low-pass image."""
-    from scipy import ndimage
-
-    from cfebm.apps.restore import psnr_ssim
+    from scipy import ndimage  # scikit-image's dependency: optional, like it
 
     def blur(a: Tensor) -> Tensor:
         out = ndimage.gaussian_filter(a.detach().float().cpu().numpy(), (0, 0, sigma, sigma),

@@ -21,15 +21,15 @@ import logging
 import sys
 
 from cfebm import __version__
-from cfebm.checkpoint import CheckpointError
 from cfebm.cli import ais, apps, evaluate, ood, prepare, sample, train, translate
 from cfebm.cli.common import FORMATTER, CLIError
 from cfebm.cli.help import commands, epilog, overview
 from cfebm.config import ConfigError
 from cfebm.data import DataError
-from cfebm.distributed import DistributedError
-from cfebm.loop import RunError
+from cfebm.files import CheckpointError
 from cfebm.metrics.reference import EvalError
+from cfebm.train.distributed import DistributedError
+from cfebm.train.loop import RunError
 
 DESCRIPTION = ("Energy-based models learned by coarse-to-fine expanding and sampling (Zhao, Xie "
                "& Li, ICLR 2021).")

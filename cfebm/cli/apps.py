@@ -25,6 +25,7 @@ from cfebm.cli.common import (
     add_chains,
     add_model,
     count,
+    image_file,
     load_model,
     non_negative,
 )
@@ -148,7 +149,7 @@ def _common(p: argparse.ArgumentParser, out: str, images: bool = True, **chains)
                        "the test split of the model's dataset")
         p.add_argument("--n", type=count(1), default=10, help="number of images")
         p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--out", default=out, help="the grid image to write")
+    p.add_argument("--out", default=out, type=image_file, help="the grid image to write")
     p.add_argument("--scale", type=count(1), default=2, help="enlarge the grid this many times")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -157,7 +158,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("denoise", help="remove Gaussian noise by Langevin chains started at the "
                        "noisy images (Fig. 5)", formatter_class=FORMATTER)
     _common(p, "denoise.png", steps_help="Langevin steps (default: round(10·sigma), measured "
-            "in benchmarks/RESULTS.md, restoration)")
+            "in docs/notebook/restoration.md)")
     p.add_argument("--sigma", type=non_negative, default=restore.SIGMA,
                    help="std of the added Gaussian noise (images in [-1, 1])")
     p.set_defaults(func=cmd_denoise)

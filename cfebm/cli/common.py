@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from cfebm.trained import PRETRAINED, TrainedModel, load
+from PIL import Image
+
+from cfebm.share import PRETRAINED
+from cfebm.trained import TrainedModel, load
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -35,6 +39,16 @@ def non_negative(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def image_file(text: str) -> str:
+    """An argparse type: a file name whose extension names an image format PIL writes."""
+    Image.init()
+    suffix = Path(text).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an image file name; end it in .png (or .jpg, .webp, ...)")
+    return text
 
 
 def add_model(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from cfebm.cli.common import FORMATTER, add_chains, add_model, count, load_model
 from cfebm.config import Config, DataConfig, apply_overrides
 from cfebm.data import SPLITS, load_images
-from cfebm.evaluate import (
+from cfebm.metrics.evaluate import (
     FEATURES,
     at_resolution,
     class_predictor,
@@ -32,7 +32,7 @@ from cfebm.metrics.reference import (
     reference_path,
     save_reference,
 )
-from cfebm.training import resolve_device
+from cfebm.runtime import resolve_device
 from cfebm.viz import save_grid
 
 GRAYSCALE = ("fashion_mnist", "digits")   # --image-channels defaults to 1 for these

@@ -11,7 +11,7 @@ import argparse
 from cfebm.cli.common import FORMATTER
 from cfebm.config import apply_overrides, load_preset, preset_names
 from cfebm.data import SPLITS
-from cfebm.data.cache import prepare
+from cfebm.data.prepare import prepare
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

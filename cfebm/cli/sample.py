@@ -12,8 +12,16 @@ import argparse
 
 from cfebm.apps.chains import sample_with_trajectory
 from cfebm.apps.figures import save_trajectory
-from cfebm.cli.common import FORMATTER, add_chains, add_model, count, describe_schedule, load_model
-from cfebm.trained import FOLDER_FILES
+from cfebm.cli.common import (
+    FORMATTER,
+    add_chains,
+    add_model,
+    count,
+    describe_schedule,
+    image_file,
+    load_model,
+)
+from cfebm.share import FOLDER_FILES
 from cfebm.viz import save_grid, save_images
 
 
@@ -54,7 +62,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_model(p)
     add_chains(p)
     p.add_argument("--n", type=count(1), default=64, help="number of samples")
-    p.add_argument("--out", default="samples.png", help="the grid image to write")
+    p.add_argument("--out", default="samples.png", type=image_file,
+                   help="the grid image to write")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per sample into DIR")
     p.add_argument("--scale", type=count(1), default=2, help="enlarge the grid this many times")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -15,17 +15,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cfebm import __version__, distributed
-from cfebm.budget import evaluation_seconds, fit_schedule
-from cfebm.checkpoint import config_of, read
+from cfebm import __version__
 from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
 from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
+from cfebm.files import config_of, read
 from cfebm.growth import total_images
-from cfebm.loop import run_training
 from cfebm.model import count_parameters
+from cfebm.runtime import resolve_device
 from cfebm.sampling import step_size_at
-from cfebm.trained import CARD_FILE, EXPORT_FILE, PRETRAINED, load, model_card
-from cfebm.training import resolve_device
+from cfebm.share import CARD_FILE, EXPORT_FILE, PRETRAINED, model_card
+from cfebm.train import distributed
+from cfebm.train.budget import evaluation_seconds, fit_schedule
+from cfebm.train.loop import run_training
+from cfebm.trained import load
 
 DEFAULT_PRESET = "quickstart"
 
@@ -83,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _fitted(cfg: Config, minutes: float, shard: distributed.Shard) -> Config:
-    """``cfg`` with its schedule fitted to ``minutes`` on this machine (``cfebm.budget``); as it
+    """``cfg`` with its schedule fitted to ``minutes`` on this machine (``cfebm.train.budget``); as it
     is under torchrun (the ranks would time differently) and for translation runs."""
     if shard.world > 1 or cfg.task.kind != "generate":
         log.info("--minutes: the schedule is not fitted (%s)",

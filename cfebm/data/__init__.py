@@ -1,9 +1,11 @@
 """Images for training and evaluation: one package, one module per concern.
 
-- ``images``: the pixel conventions, image sets, ``load_images`` and the reproducible
-  ``BatchStream`` (the names below come from it);
+- ``sets``: the pixel conventions and the image sets (in memory, decoded per item);
+- ``images``: datasets by name and split (``load_images``) and the reproducible
+  ``BatchStream`` (the names below come from it and from ``sets``);
 - ``readers``: the on-disk formats (IDX, CIFAR pickles, SVHN ``.mat``, LSUN, image folders);
-- ``cache``: the multi-resolution uint8 cache that ``cfebm prepare`` writes;
+- ``cache``: reading the multi-resolution uint8 cache that ``prepare`` writes (``cfebm
+  prepare``);
 - ``domains``: the two image domains of unpaired translation.
 """
 

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from cfebm.config import Config, DataConfig
 from cfebm.data import readers
-from cfebm.data.images import ImageSet, LazyImages, TensorImages, _match_channels
-from cfebm.data.readers import DataError, resize_uint8
+from cfebm.data.images import ImageSet, LazyImages, TensorImages, _match_channels, to_float
+from cfebm.data.readers import CLASS_NAMES, DataError, resize_uint8
 
 FMNIST_PAIRS = {"sneaker2ankleboot": (7, 9), "tshirt2dress": (0, 3)}
 TEXTURE_PAIRS = {"grass2gravel": ("grass", "gravel")}
@@ -69,7 +70,6 @@ def domains(cfg: Config, split: str, resolution: int | None = None) -> Domains:
 
 def domain_names(pair: str) -> tuple[str, str]:
     """Readable names of domains A and B, e.g. ("Sneaker", "Ankle boot")."""
-    from cfebm.metrics.classifier import CLASS_NAMES
 
     if pair in TEXTURE_PAIRS:
         return TEXTURE_PAIRS[pair]
@@ -179,3 +179,9 @@ def texture_positions(split: str, side: int, size: int = 512) -> tuple[torch.Ten
     n = TEXTURE_CROPS[split]
     rows = torch.randint(top, bottom - side + 1, (n,), generator=g)
     return rows, torch.randint(0, size - side + 1, (n,), generator=g)
+
+
+def grid_sources(cfg: Config, n: int) -> Tensor:
+    """The first ``n`` source-domain test images at the top resolution, float (n, C, R, R)."""
+    source = domains(cfg, "test").source
+    return to_float(source.get_batch(torch.arange(min(n, len(source)))))

@@ -36,6 +36,11 @@ def every_row(n: int) -> slice:
     """All n rows (the default ``Rows``)."""
     return slice(0, n)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Fashion-MNIST's labels 0-9 (Xiao et al., 2017)
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 
 
 class DataError(ValueError):

@@ -18,19 +18,21 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from cfebm.config import DataConfig
 from cfebm.data import load_images, to_float
-from cfebm.data.readers import DEBIAN_FASHION_MNIST, read_idx  # noqa: F401 (read_idx: re-exported)
+from cfebm.data.readers import (  # noqa: F401 (re-exported: read_idx, CLASS_NAMES)
+    CLASS_NAMES,
+    DEBIAN_FASHION_MNIST,
+    read_idx,
+)
+from cfebm.files import atomic_write
 
 ARCHITECTURE = "fmnist-cnn-v1"   # stored in the weights' metadata; bump when the layers change
 FEATURE_DIM = 128
 N_CLASSES = 10
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -76,10 +78,6 @@ _METADATA_KEY = "cfebm"
 
 def save_classifier(net: FMNISTClassifier, path: str | Path, info: dict) -> None:
     """Write ``net``'s weights and ``info`` (JSON-serialisable; ``architecture`` is added)."""
-    from safetensors.torch import save
-
-    from cfebm.checkpoint import atomic_write  # the exports' writer: whole file, usual permissions
-
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     metadata = {_METADATA_KEY: json.dumps({**info, "architecture": ARCHITECTURE}, sort_keys=True)}
     atomic_write(path, lambda f: f.write(save(state, metadata=metadata)))

@@ -13,7 +13,7 @@ upsampled by nearest neighbour (each pixel becomes a block of equal pixels) and 
 (``Resized``); references and samples of one resolution take the same route, and ``eval``
 refuses statistics made another way (``check_reference``). Inception resizes any size itself.
 
-The small-sample version run during training (``eval.every``) is ``training_eval.TrainingEval``.
+The small-sample version run during training (``eval.every``) is ``train.evaluation.TrainingEval``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Speed switches of a training run: ``torch.compile`` of the Langevin energy, and the summary
-of every switch printed when training starts.
+"""Running the method on a machine: the device, bf16 autocast, ``torch.compile`` of the
+Langevin energy, and seeds derived for a purpose.
 
 What is compiled is the network the Langevin chains call (T forward and input-gradient passes
 per iteration, against one forward and backward for the loss, which stays eager). The input
@@ -17,22 +17,20 @@ fp16 is not offered: the Langevin input gradient of a spectrally normalised net 
 loss scaling that no one has shown safe here; bf16 autocast (``train.precision``) is the
 reduced-precision choice. ``"auto"`` takes it only on a CPU whose oneDNN build runs bf16
 kernels (AVX-512 and newer), where it is 1.7–2.9× faster per Langevin step. On an AVX2-only CPU
-bf16 is emulated and a training iteration ran 10–15× slower than in fp32 (benchmarks/RESULTS.md,
-"A CPU without AVX-512"). On CUDA ``"auto"`` is fp32, with cuDNN's TF32 convolutions: on an H200
+bf16 is emulated and a training iteration ran 10–15× slower than in fp32
+(docs/notebook/budgets.md, "A CPU without AVX-512"). On CUDA ``"auto"`` is fp32, with cuDNN's TF32 convolutions: on an H200
 at the presets' batches bf16 autocast was slower, since these small networks leave the GPU
 waiting on kernel launches and autocast adds casts (a `cifar10` training iteration at 32² took
-0.29 s in bf16 against 0.22 s; the `celebahq256` schedule 17.5 h against 14.0 h; RESULTS.md,
-"Scale on one H200").
+0.29 s in bf16 against 0.22 s; the `celebahq256` schedule 17.5 h against 14.0 h;
+docs/notebook/scale.md, "Scale on one H200").
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
-import os
-import statistics
-import time
 
 import torch
 from torch import Tensor
@@ -92,7 +90,7 @@ def compiled_energy(net: EnergyNet, cfg: Config, device: torch.device) -> Compil
     """The Langevin energy of a run as ``train.compile`` and ``train.cuda_graphs`` ask: None
     (eager), compiled, or compiled and replayed as CUDA graphs (on a GPU only; a CPU has none).
     Graphs cure a GPU that waits on kernel launches: a `cifar10` training iteration on an H200
-    took 0.10 s against 0.18 s eager at 32² (benchmarks/RESULTS.md, "Scale on one H200")."""
+    took 0.10 s against 0.18 s eager at 32² (docs/notebook/scale.md, "Scale on one H200")."""
     if not cfg.train.compile:
         return None
     return CompiledEnergy(net, mode="reduce-overhead" if cuda_graphs(cfg, device) else None)
@@ -129,55 +127,25 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def precision_warning(precision: str, device: torch.device) -> str | None:
-    """A warning when bf16 is asked for by name on a device that can only emulate it."""
-    if precision != "bf16" or native_bf16(device):
-        return None
-    return (f"train.precision = 'bf16' on a {device.type} without native bf16: it is emulated and "
-            "runs many times slower than fp32; use train.precision=auto (or fp32)")
+def resolve_device(name: str = "auto", local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device named in ``train.device`` for one process.
 
-
-def busy_cpu_warning(device: torch.device, samples: int = 5) -> str | None:
-    """A warning when other processes are keeping this machine's cores busy now, else None.
-
-    Torch's OpenMP threads wait for each other at every operation; when another process holds a
-    core, each wait stalls until the scheduler comes back, and a run with as many threads as
-    cores slows by 5–100× (benchmarks/RESULTS.md, "Threads on a busy CPU"). One thread keeps
-    going at the speed of the core it gets. "Busy now" is the median number of other runnable
-    tasks over ``samples`` reads of /proc/loadavg, 0.1 s apart (the load averages lag by a
-    minute and would still count a job that just ended); not checked off Linux.
+    "auto" is CUDA when available, else the CPU. In a data-parallel run with CUDA, "auto" and
+    "cuda" mean this node's GPU ``local_rank``; an explicit "cuda:k" is taken as given.
     """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or not os.path.exists("/proc/loadavg"):
-        return None
-    cores = len(os.sched_getaffinity(0))
-    counts = []
-    for k in range(samples):
-        time.sleep(0.1 if k else 0.0)
-        counts.append(_runnable_tasks() - 1)
-    others = statistics.median(counts)
-    if others < 1 or others + threads <= cores:
-        return None
-    return (f"the CPU is busy ({others:g} other running tasks on {cores} cores): {threads} torch "
-            "threads will wait on each other and may run many times slower; on a shared machine "
-            "set OMP_NUM_THREADS=1")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank) if world > 1 else torch.device("cuda")
+    if name == "auto":
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
 
 
-def _runnable_tasks() -> int:
-    """Tasks running or ready to run on this machine now, this process included."""
-    with open("/proc/loadavg") as f:
-        return int(f.read().split()[3].split("/")[0])
-
-
-def describe(cfg: Config, device: torch.device) -> str:
-    """One line of the speed choices a run makes, printed at its start."""
-    t = cfg.train
-    precision = resolved_precision(t.precision, device)
-    graphs = ", CUDA graphs" if cuda_graphs(cfg, device) else ""
-    compiled_what = f"Langevin energy and its input gradient{graphs}" if t.compile else "eager"
-    asked = f" from {t.precision}" if t.precision != precision else ""
-    return (f"speed: device {device}, precision {precision}{asked} "
-            f"({'bf16 autocast, fp32 energies' if precision == 'bf16' else 'no autocast'}), "
-            f"channels_last {t.channels_last}, compile {t.compile} "
-            f"({compiled_what}), "
-            f"{torch.get_num_threads()} CPU threads")
+def derived_seed(purpose: str, *numbers: int) -> int:
+    """A 63-bit seed for ``purpose`` from ``numbers`` (a run's seed, an epoch, ...): streams
+    for different purposes from one user seed share no numbers, and each is reproducible."""
+    key = ":".join([f"cfebm-{purpose}", *map(str, numbers)])
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)

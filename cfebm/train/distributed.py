@@ -44,6 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from cfebm.runtime import resolve_device
+
 # Rank 0 alone writes sample grids and checkpoints while the others wait at the next collective;
 # NCCL's default timeout of 10 minutes is short for a slow filesystem.
 TIMEOUT = datetime.timedelta(hours=2)
@@ -153,14 +155,7 @@ class Shard:
         "auto" is CUDA when available, else the CPU. Under torchrun with CUDA, "auto" and "cuda"
         mean this node's GPU ``local_rank``; an explicit "cuda:k" is taken as given.
         """
-        if name in ("auto", "cuda") and torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank) if self.world > 1 else torch.device("cuda")
-        if name == "auto":
-            return torch.device("cpu")
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise DistributedError(f"device {name!r} requested but CUDA is not available")
-        return device
+        return resolve_device(name, self.local_rank, self.world)
 
 
 def _comm_device() -> torch.device:

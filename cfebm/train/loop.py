@@ -8,9 +8,9 @@ Layout of a run directory::
     checkpoints/previous.pt     the one before it (a recovery's second line: ``_recover``)
     checkpoints/stage<k>-<r>x<r>.pt   the state at the end of each stage
     checkpoints/best.pt         the state with the lowest in-training FID (``eval.every``;
-                                ``training_eval.TrainingEval`` writes its ``"eval"`` entry,
+                                ``evaluation.TrainingEval`` writes its ``"eval"`` entry,
                                 ``best_fid`` reads it)
-    checkpoints/watch.pt        the last evaluation the FID watch kept (``fidwatch``)
+    checkpoints/watch.pt        the last evaluation the FID watch kept (``evaluation.watch``)
     samples/<kimg>-<r>x<r>.png  sample grids, at every stage change and periodically
     training.png                loss and energies against images seen
     tb/                         TensorBoard events, when tensorboard is installed
@@ -18,7 +18,7 @@ Layout of a run directory::
 SIGINT and SIGTERM stop the run at the next iteration boundary after writing a checkpoint, so an
 interrupted run continues exactly with ``--resume``.
 
-Under torchrun (``cfebm.distributed``) every rank runs this loop on its slice of each batch; rank 0
+Under torchrun (``cfebm.train.distributed``) every rank runs this loop on its slice of each batch; rank 0
 alone writes the files above, and a signal on any rank stops all of them after the same iteration.
 """
 
@@ -37,39 +37,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cfebm import fidwatch
-from cfebm.checkpoint import (
-    atomic_save,
-    keep_as,
-    load_state,
-    rolled_back,
-    save_state,
-    state_dict,
-)
+from cfebm.chains import sample_negatives
 from cfebm.config import Config, to_dict
 from cfebm.data import BatchStream
-from cfebm.distributed import Shard
-from cfebm.divergence import divergence
+from cfebm.files import atomic_save, keep_as
 from cfebm.growth import Growth, crossed, total_images
 from cfebm.model import frozen
-from cfebm.speed import busy_cpu_warning, precision_warning
-from cfebm.speed import describe as describe_speed
-from cfebm.training import (
-    TrainState,
-    data_batch,
-    match_config,
-    new_state,
-    sample_negatives,
-    train_step,
-)
-from cfebm.training_eval import TrainingEval, best_fid, evaluates
-from cfebm.translation import source_batch, training_data, translating, translation_grid
+from cfebm.train.checkpoint import load_state, rolled_back, save_state, state_dict
+from cfebm.train.data import source_batch, training_data, translating, translation_grid
+from cfebm.train.distributed import Shard
+from cfebm.train.evaluation import TrainingEval, best_fid, evaluates, watch
+from cfebm.train.recovery import divergence
+from cfebm.train.speed import busy_cpu_warning, precision_warning
+from cfebm.train.speed import describe as describe_speed
+from cfebm.train.step import TrainState, data_batch, match_config, new_state, train_step
 from cfebm.viz import plot_metrics, save_grid
 
 log = logging.getLogger(__name__)
 
 # Offsets from train.seed for the generators that must not share the chains' stream: the
-# training grids' fixed noise, the in-training evaluation's (training_eval.EVAL_SEED_OFFSET, 2),
+# training grids' fixed noise, the in-training evaluation's (evaluation.EVAL_SEED_OFFSET, 2),
 # and the chains after the k-th recovery (a large stride, so recovery k of seed s does not
 # replay a nearby seed's stream).
 GRID_SEED_OFFSET, RECOVERY_SEED_STRIDE = 1, 7919
@@ -197,12 +184,12 @@ def save_latest(state: TrainState, run_dir: Path) -> None:
 def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
              reason: str) -> TrainState:
     """Roll back to the last checkpoint with half the learning rate and fresh sampler noise
-    (``reason``: why the loss says the run diverged, ``divergence.divergence``).
+    (``reason``: why the loss says the run diverged, ``recovery.divergence``).
 
     When the run diverges again from the checkpoint the last recovery loaded
-    (``state.rolled_back_to`` images, no checkpoint written since), that checkpoint was most
-    likely written after the divergence had begun (an energy blow-up grows over hundreds of
-    iterations before |loss| passes ``divergence.MAX_ABS_LOSS``), so this rollback goes one
+    (``state.record.rolled_back_to`` images, no checkpoint written since), that checkpoint was
+    most likely written after the divergence had begun (an energy blow-up grows over hundreds of
+    iterations before |loss| passes ``recovery.MAX_ABS_LOSS``), so this rollback goes one
     checkpoint further back, to ``previous.pt``.
 
     The rolled-back state (its lr scale, recovery count, reseeded chains and where it came
@@ -210,17 +197,19 @@ def _recover(state: TrainState, run_dir: Path, runlog: RunLog, metrics: dict,
     resumes as if it had never stopped.
     """
     cfg, shard = state.cfg, state.shard
-    if state.recoveries >= cfg.run.max_recoveries:
+    if state.record.recoveries >= cfg.run.max_recoveries:
         raise RunError(f"training diverged at {state.n_images} images ({reason})"
-                       f" after {state.recoveries} recoveries; see {run_dir / 'metrics.jsonl'}")
-    recoveries, lr_scale = state.recoveries + 1, state.lr_scale * 0.5
+                       f" after {state.record.recoveries} recoveries; see "
+                       f"{run_dir / 'metrics.jsonl'}")
+    recoveries, lr_scale = state.record.recoveries + 1, state.lr_scale * 0.5
     failed_at, current = state.n_images, state  # its time spent stays spent
     latest = source = run_dir / "checkpoints" / "latest.pt"
     state = rolled_back(latest, current)
-    if state.n_images == state.rolled_back_to and latest.with_name("previous.pt").exists():
+    if state.n_images == state.record.rolled_back_to and latest.with_name("previous.pt").exists():
         source = latest.with_name("previous.pt")
         state = rolled_back(source, current)
-    state.recoveries, state.lr_scale, state.rolled_back_to = recoveries, lr_scale, state.n_images
+    state.record.recoveries, state.record.rolled_back_to = recoveries, state.n_images
+    state.lr_scale = lr_scale
     state.generator.manual_seed(cfg.train.seed + RECOVERY_SEED_STRIDE * recoveries)
     shard.barrier()  # every rank has read the checkpoints before rank 0 changes latest.pt
     if shard.is_main:  # not save_latest: previous.pt stays the checkpoint before this one
@@ -238,7 +227,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                  progress: bool = True, shard: Shard | None = None) -> TrainState:
     """Train ``cfg`` in ``run_dir`` until the schedule ends (or ``stop_at`` images).
 
-    ``time_budget`` stops the run once ``state.train_seconds`` (wall-clock seconds spent in
+    ``time_budget`` stops the run once ``state.record.train_seconds`` (wall-clock seconds spent in
     training iterations, not in evaluations, grids or checkpoints) reaches it. ``shard``: this
     process's rank in a data-parallel run (``distributed.process_group``); default one process.
     """
@@ -270,15 +259,15 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         save_samples(state, run_dir / "samples" / "0000.0k-init.png")
     budget, stop, rewound = math.inf if time_budget is None else time_budget, False, False
     with _stop_on_signals() as signals:
-        while state.n_images < end and state.train_seconds < budget and not stop:
+        while state.n_images < end and state.record.train_seconds < budget and not stop:
             before, growth, started = state.n_images, state.growth, time.perf_counter()
             x_data = data_batch(state, stream)
             start = source_batch(sources, state.n_images, state.growth, state.device, shard)
             metrics = (train_step(state, x_data) if start is None
                        else train_step(state, x_data, start))
             seconds, stop = shard.agree(time.perf_counter() - started, bool(signals))
-            state.train_seconds += seconds
-            if (reason := divergence(metrics["loss"], state.watch)) is not None:
+            state.record.train_seconds += seconds
+            if (reason := divergence(metrics["loss"], state.record.loss_watch)) is not None:
                 state = _recover(state, run_dir, runlog, metrics, reason)
                 bar.n = state.n_images
                 averager = _Averager()  # its iterations belong to the discarded trajectory
@@ -288,25 +277,26 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             bar.set_postfix_str(f"stage {growth.stage} {growth.resolution}px β={growth.beta:.2f} "
                                 f"E(data)={metrics['e_data']:.3f} "
                                 f"E(samples)={metrics['e_sample']:.3f}", refresh=False)
-            final = state.n_images >= end or state.train_seconds >= budget
+            final = state.n_images >= end or state.record.train_seconds >= budget
             row = None
             if main:
                 row = _maintain(state, before, growth, run_dir, runlog, averager, final,
                                 evaluator)
-            elif evaluator is not None and evaluates(before, state.n_images, cfg.growth, cfg.eval, final):
+            elif evaluator is not None and evaluates(before, state.n_images, cfg.growth,
+                                                     cfg.eval, final):
                 row, _ = evaluator(state)  # its part of rank 0's evaluation
             rewound = False  # by the FID watch, at this iteration
             if row is not None and cfg.eval.fid_watch:
                 failed_at = state.n_images
-                state = fidwatch.watch(state, row, run_dir, runlog)
+                state = watch(state, row, run_dir, runlog)
                 rewound = state.n_images != failed_at
                 if rewound:
                     bar.n, averager = state.n_images, _Averager()
     bar.close()
-    if main and state.n_images < end and state.train_seconds >= budget:
+    if main and state.n_images < end and state.record.train_seconds >= budget:
         log.warning("the time budget ran out at %d of %d images (%.0f s of training): the "
                     "schedule and its lr decay are unfinished", state.n_images, end,
-                    state.train_seconds)
+                    state.record.train_seconds)
     if rewound and main:  # the last grid showed the evaluation that was rolled back
         save_samples(state, run_dir / "samples" / "final.png")
     if stop and main:  # the last iteration was not a final one: save it
@@ -332,12 +322,12 @@ def _maintain(state: TrainState, before: int, growth: Growth, run_dir: Path, run
         row = {"n_images": now, "kimg": now / 1000, "stage": growth.stage,
                "resolution": growth.resolution, "beta": growth.beta,
                "lr": growth.lr * state.lr_scale,  # as stepped: after rollbacks scaled it
-               **averager.pop(), "loss_spike": state.watch.pop_peak(),
-               "train_seconds": state.train_seconds, "time": time.time()}
+               **averager.pop(), "loss_spike": state.record.loss_watch.pop_peak(),
+               "train_seconds": state.record.train_seconds, "time": time.time()}
         runlog.write(row)
     if evaluator is not None and evaluates(before, now, state.cfg.growth, state.cfg.eval, final):
         evaluation, improved = evaluator(state)
-        runlog.write({**evaluation, "train_seconds": state.train_seconds})
+        runlog.write({**evaluation, "train_seconds": state.record.train_seconds})
         if improved:  # the file carries its FID, so a resumed run keeps comparing with it
             atomic_save({**state_dict(state), "eval": evaluation},
                         run_dir / "checkpoints" / "best.pt")

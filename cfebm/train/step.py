@@ -1,101 +1,39 @@
 """Coarse-to-fine maximum-likelihood training of the expanding EBM (Algorithm 1, Eq. 2).
 
 ``TrainState`` holds everything a run needs to continue exactly: the network, its EMA, the
-optimiser, the number of images seen (the only progress state; stage and β derive from it), the
-random generator and the divergence-recovery record. ``train_step`` is one iteration of
-Algorithm 1; the loop with its files, progress bar and checkpoints lives in ``loop.py``.
+optimiser, the number of images seen (the only progress state; stage and β derive from it),
+the random generator and the run's own record (``RunRecord``: recoveries, the FID watch, the
+time spent). ``train_step`` is one iteration of Algorithm 1; the loop with its files, progress
+bar and checkpoints lives in ``loop.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from cfebm import speed
-from cfebm.config import ADAM_BETAS, Config, SamplerConfig
+from cfebm import runtime
+from cfebm.chains import sample_negatives, translation_chain
+from cfebm.config import ADAM_BETAS, Config
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
-from cfebm.distributed import Shard
-from cfebm.divergence import LossWatch
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
+from cfebm.runtime import CompiledEnergy, resolve_device
 from cfebm.sampling import (
     Generator,
-    LangevinStep,
     Slice,
-    cascade,
     draw,
-    energy_of,
-    init_noise,
-    init_uniform,
-    langevin_cfg,
-    smooth_init,
 )
-from cfebm.speed import CompiledEnergy
-from cfebm.translation import translation_chain
+from cfebm.train.distributed import Shard
+from cfebm.train.recovery import LossWatch
 
 log = logging.getLogger(__name__)
-
-
-def sampling_schedule(growth: Growth, cfg: SamplerConfig, *, steps: int | None = None,
-                      cascade: bool = False) -> list[tuple[int, int]]:
-    """(resolution, Langevin steps) of the chains that sample the model of ``growth``.
-
-    Algorithm 2 at its resolution with its T, or every stage up to it in turn (A.8) when
-    ``cascade`` is asked for or the model trains with cascade chains (``cfg.init``). ``steps``
-    replaces T everywhere. (During a fade, ``sample_negatives`` also runs the smooth
-    initialisation's coarse chain before these.)
-    """
-    pairs = (list(growth.cascade) if cascade or cfg.init != "noise"
-             else [(growth.resolution, growth.n_steps)])
-    return [(r, t if steps is None else steps) for r, t in pairs]
-
-
-def sample_negatives(
-    net: EnergyNet, growth: Growth, n: int, cfg: SamplerConfig, *,
-    coarse: Sequence[EnergyNet] = (), generator: Generator = None,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-    steps: int | None = None, eta0: float | None = None, cascade_all: bool = False,
-    callback: Callable[[LangevinStep], None] | None = None,
-) -> Tensor:
-    """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1]:
-    the model of ``growth`` sampled exactly as it trains. Call inside ``frozen(net)``.
-
-    ``cfg.init == "noise"`` (the paper): while a new block fades in (β < 1) and ``cfg.smooth``
-    is set, the chains start from the coarse energy's samples (``smooth_init``), otherwise from
-    U(−1, 1); then T(s) steps of E(s)(·; β). ``"cascade"``: U(−1, 1) at the first resolution and
-    T steps at every stage up to this one, the coarse scales by ``net`` itself; ``"frozen"``
-    (A.8, Table 9(e)): the coarse scales by ``coarse``, the frozen copies of finished stages.
-    ``steps``, ``eta0`` (the test-time noise) and ``cascade_all`` (the cascade for any model) change the final
-    chains for inference; training uses none of them.
-    """
-    schedule = sampling_schedule(growth, cfg, steps=steps, cascade=cascade_all)
-    channels, beta = net.cfg.image_channels, growth.beta
-    last = energy_of(net, beta, autocast)
-    if len(schedule) > 1:
-        frozen_copies = coarse if cfg.init == "frozen" else ()
-        energies = [energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0, autocast)
-                    for k in range(len(schedule) - 1)] + [last]
-        x = init_uniform(n, channels, schedule[0][0], generator=generator, device=device)
-        return cascade(energies, x, [t for _, t in schedule], cfg, eta0=eta0,
-                       generator=generator, callback=callback)
-    first = growth.cascade[0][0]  # the first stage's resolution, where nested noise begins
-    if growth.fading and cfg.smooth:
-        x = smooth_init(energy_of(net, 1.0, autocast), n, channels, growth.resolution, beta,
-                        growth.n_steps_coarse, cfg, first=first, generator=generator,
-                        device=device, callback=callback)
-    else:
-        x = init_noise(n, channels, growth.resolution, cfg.start_noise, first=first,
-                       generator=generator, device=device)
-    return langevin_cfg(last, x, schedule[0][1], cfg, eta0=eta0, generator=generator,
-                        callback=callback)
 
 
 def cd_loss(e_data: Tensor, e_sample: Tensor) -> Tensor:
@@ -120,9 +58,20 @@ def update_ema(ema: EnergyNet, net: EnergyNet, decay: float) -> None:
         b_ema.copy_(b)
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device named in ``train.device`` ("auto": CUDA when available) for one process."""
-    return Shard().device(name)
+@dataclass
+class RunRecord:
+    """What the run keeps about its own course, beside the training state proper: the recovery
+    from divergence (``recovery``) and the FID watch (``evaluation``) read and write it, and it
+    travels in the checkpoint so that a resumed run judges as an uninterrupted one would."""
+
+    loss_watch: LossWatch    # the recent losses that tell a spike; new_state sets the config's
+    recoveries: int = 0      # divergences rolled back so far
+    rolled_back_to: int | None = None  # images of the checkpoint the last recovery loaded
+    # the FID watch: the last kept FIDs at each resolution it compares with, and its rollbacks
+    # in a row
+    watch_reference: dict[int, list[float]] = field(default_factory=dict)
+    watch_retries: int = 0
+    train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)
 
 
 @dataclass
@@ -133,25 +82,18 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     n_images: int = 0
-    recoveries: int = 0      # divergences rolled back so far
-    lr_scale: float = 1.0    # halved at each recovery
-    rolled_back_to: int | None = None  # images of the checkpoint the last recovery loaded
-    # eval.fid_watch (fidwatch.py): images of the data stream skipped by its rollbacks (the
-    # batch at n_images is the stream's at n_images + data_skip), the last kept FIDs at each
-    # resolution that it compares with, and its rollbacks in a row.
+    lr_scale: float = 1.0    # halved at each recovery from a divergence
+    # images of the data stream skipped by the FID watch's rollbacks (the batch at n_images is
+    # the stream's at n_images + data_skip)
     data_skip: int = 0
-    watch_reference: dict[int, list[float]] = field(default_factory=dict)
-    watch_retries: int = 0
-    # The recent losses that tell a spike (divergence.py); new_state sets the config's.
-    watch: LossWatch = field(default_factory=lambda: LossWatch(0.0, 0.0))
-    train_seconds: float = 0.0  # wall-clock time spent in training iterations (a measurement)
+    record: RunRecord = field(default_factory=lambda: RunRecord(LossWatch(0.0)))
     # sampler.init="frozen" (A.8): a frozen copy of the model as each finished stage ended,
     # which samples that stage's resolution in the cascade; coarse[k] is stage k's.
     coarse: list[EnergyNet] = field(default_factory=list)
-    # This process's part of a data-parallel run (cfebm.distributed); not saved: a run resumes
+    # This process's part of a data-parallel run (cfebm.train.distributed); not saved: a run resumes
     # on any number of processes.
     shard: Shard = field(default_factory=Shard)
-    # train.compile: the network as the Langevin chains call it, compiled (speed.py); not saved.
+    # train.compile: the network as the Langevin chains call it, compiled (runtime.py); not saved.
     compiled: CompiledEnergy | None = None
 
     @property
@@ -182,7 +124,7 @@ class TrainState:
                      batch)
 
     def autocast(self) -> AbstractContextManager:
-        return speed.autocast(self.cfg.train.precision, self.device)
+        return runtime.autocast(self.cfg.train.precision, self.device)
 
 
 def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
@@ -196,9 +138,9 @@ def new_state(cfg: Config, device: torch.device | None = None) -> TrainState:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.growth.lr[0],
                                  betas=ADAM_BETAS)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    compiled = speed.compiled_energy(net, cfg, device)
-    watch = LossWatch(cfg.run.spike_factor)
-    return TrainState(cfg, net, ema, optimizer, generator, watch=watch, compiled=compiled)
+    compiled = runtime.compiled_energy(net, cfg, device)
+    record = RunRecord(LossWatch(cfg.run.spike_factor))
+    return TrainState(cfg, net, ema, optimizer, generator, record=record, compiled=compiled)
 
 
 def ema_of(net: EnergyNet) -> EnergyNet:
@@ -218,7 +160,7 @@ def match_config(state: TrainState) -> None:
     elif train.ema_decay == 0 and state.ema is not None:
         log.info("train.ema_decay 0: dropping the run's EMA; the trained weights sample")
         state.ema = None
-    state.compiled = speed.compiled_energy(state.net, state.cfg, state.device)  # compiles lazily
+    state.compiled = runtime.compiled_energy(state.net, state.cfg, state.device)  # compiles lazily
 
 
 def freeze_finished_stages(state: TrainState) -> None:
@@ -237,7 +179,7 @@ def freeze_finished_stages(state: TrainState) -> None:
 
 def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
     """The next batch of real images at the stage's resolution, (n, C, r, r) in [−1, 1]: this
-    rank's slice of the global batch (``cfebm.distributed``)."""
+    rank's slice of the global batch (``cfebm.train.distributed``)."""
     growth, cfg, shard = state.growth, state.cfg, state.shard
     batch, generator = growth.batch_size, state.chains(growth.batch_size)
     x = shard.read_batch(stream, state.n_images + state.data_skip, batch)
@@ -253,7 +195,7 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
     """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics.
 
     ``start`` (n, C, r, r): source images for a translation run, where the chains start (Eq. 4,
-    ``translation.translation_chain``); None starts them from noise. In a data-parallel run
+    ``chains.translation_chain``); None starts them from noise. In a data-parallel run
     ``x_data`` and ``start`` are this rank's slice of the global batch; the gradients and
     metrics are averaged over the ranks, and the images seen grow by the global batch.
     """

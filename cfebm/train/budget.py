@@ -3,7 +3,7 @@
 A preset's stage lengths are sized for a reference machine: ``fmnist32`` fills 30 minutes on
 two AVX-512 cores with native bf16. On a slower machine the same schedule would stop wherever the
 budget ran out, often inside a coarse stage, with no model at the resolution the preset is for
-(two AVX2 cores without bf16 run a 32² iteration about 5× slower; benchmarks/RESULTS.md).
+(two AVX2 cores without bf16 run a 32² iteration about 5× slower; docs/notebook/budgets.md).
 
 ``fit_schedule`` predicts the schedule's time from one timed training iteration per stage and
 phase (mid-fade and grown), with the in-training evaluations the run will make
@@ -17,7 +17,7 @@ proportions and its learning-rate decay to 0 intact. A schedule that fits is lef
 on the reference machine a preset trains exactly as measured.
 
 Both choices were measured on two AVX2 cores, 30 minutes of ``fmnist32``
-(benchmarks/RESULTS.md, "Smaller batches for a short budget" and "Where a short budget's
+(docs/notebook/budgets.md, "Smaller batches for a short budget" and "Where a short budget's
 images go"). Smaller batches with more iterations for the same time: FMNIST-FID 130.3 and
 101.8 at batch 16 (seeds 0 and 1) and 137.5 at 32 against 170.4 and 157.5 at the recipe's 64.
 One factor for all stages against an equal share of the time for each stage (which keeps the
@@ -34,12 +34,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from cfebm.chains import sample_negatives
 from cfebm.config import Config, EvalConfig, GrowthConfig
 from cfebm.growth import stage_starts
 from cfebm.model import frozen
 from cfebm.sampling import init_uniform
-from cfebm.training import new_state, sample_negatives, train_step
-from cfebm.training_eval import evaluates
+from cfebm.train.evaluation import evaluates
+from cfebm.train.step import new_state, train_step
 
 SLACK = 0.9  # share of the budget a shortened schedule's iterations fill: grids, checkpoints, logs
 MIN_BATCH = 16  # the smallest batch a fitted schedule halves a stage's batch to
