@@ -188,6 +188,7 @@ def langevin(
     *,
     clamp: tuple[float, float] | None = (-1.0, 1.0),
     mask: Tensor | None = None,
+    constraint: Callable[[Tensor], Tensor] | None = None,
     generator: Generator = None,
     callback: Callable[[LangevinStep], None] | None = None,
 ) -> Tensor:
@@ -202,6 +203,10 @@ def langevin(
         clamp: after every step, clamp x into this range; None disables it.
         mask: 1 where a pixel is known and held fixed, 0 where it is sampled; broadcastable to x.
             Known pixels keep their initial value exactly.
+        constraint: the orthogonal projection onto a set of images the chain must stay in
+            (``AveragePooled``: a fixed low-resolution image), applied to the start and after
+            every step, after the clamp, so it holds exactly (pixels may then leave the clamp's
+            range by a little).
         generator: source of the noise ε (on x's device).
         callback: called with a ``LangevinStep`` after each step.
 
@@ -214,6 +219,8 @@ def langevin(
     step_sizes = _per_step(step_size, n_steps, "step_size")
     noise_stds = _per_step(noise_std, n_steps, "noise_std")
     x = x.detach().clone()
+    if constraint is not None:
+        x = constraint(x)
     known = None if mask is None else mask.to(dtype=torch.bool, device=x.device).expand_as(x)
     x_known = None if known is None else x.clone()
     for i in range(n_steps):
@@ -230,9 +237,31 @@ def langevin(
             x = x.clamp_(*clamp)
         if known is not None:
             x = torch.where(known, x_known, x)
+        if constraint is not None:
+            x = constraint(x)
         if callback is not None:
             callback(LangevinStep(i, x, grad, e.detach(), h, sigma))
     return x
+
+
+@dataclass(frozen=True)
+class AveragePooled:
+    """The linear constraint avgpool_f(x) = y of super-resolution, as its orthogonal projection:
+    P(x) = x + up_f(y − avgpool_f(x)), with up_f nearest-neighbour upsampling by f = R / r.
+
+    y: (N, C, r, r); x: (N, C, R, R), R a power-of-two multiple of r. avgpool_f(up_f(v)) = v,
+    so avgpool_f(P(x)) = y exactly (to float rounding), and P moves each f×f block by one
+    constant, the least change that does it (up_f = f²·avgpool_fᵀ). A Langevin chain projected
+    after every step samples the energy's density restricted to the images whose pooled image
+    is y (exactly so for a Gaussian energy; tests/test_superres.py).
+    """
+
+    y: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        residual = self.y.to(x) - downsample(x, self.y.shape[-1])
+        factor = x.shape[-1] // self.y.shape[-1]
+        return x + residual.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
 
 
 def _per_step(value: float | Tensor, n_steps: int, name: str) -> list[float]:
@@ -259,7 +288,7 @@ def langevin_cfg(
 
     ``eta0`` overrides the config's η0 (the test-time noise level of Fig. 16). The result lies
     in [−1, 1]: clamped after every step, or only at the end when ``cfg.clamp_every_step`` is
-    off.
+    off; a ``constraint`` (``langevin``'s) is projected onto last, so that it holds exactly.
     """
     eta0 = cfg.eta0 if eta0 is None else eta0
     every_step = cfg.clamp_every_step
@@ -268,8 +297,12 @@ def langevin_cfg(
         noise_schedule(cfg.noise_schedule, n_steps, eta0),
         clamp=(-1.0, 1.0) if every_step else None, generator=generator, **kwargs,
     )
+    if every_step:
+        return x
     # The authors clamp once, at the end of each scale's chain (upsampling keeps the range).
-    return x if every_step else x.clamp_(-1.0, 1.0)
+    constraint = kwargs.get("constraint")
+    x = x.clamp_(-1.0, 1.0)
+    return x if constraint is None else constraint(x)
 
 
 # ------------------------------------------------------------------------------------------------

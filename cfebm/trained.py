@@ -46,7 +46,7 @@ from cfebm.files import (
 from cfebm.growth import Growth, growth_at
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.runtime import resolve_device
-from cfebm.sampling import Generator, LangevinStep, Streams, langevin_cfg
+from cfebm.sampling import AveragePooled, Generator, LangevinStep, Streams, langevin_cfg
 from cfebm.share import (
     CARD_FILE,
     CONFIG_FILE,
@@ -170,7 +170,8 @@ class TrainedModel:
 
     def sample_batches(
         self, n: int | None = None, *, start: Tensor | None = None, steps: int | None = None,
-        noise: float | None = None, mask: Tensor | None = None, seed: int = 0,
+        noise: float | None = None, mask: Tensor | None = None,
+        pooled: Tensor | None = None, seed: int = 0,
         generator: torch.Generator | None = None, cascade: bool = False,
         translation: bool = False, callback: Callable[[LangevinStep], None] | None = None,
         batch_size: int = 250, progress: bool = False,
@@ -186,6 +187,9 @@ class TrainedModel:
             noise: the test-time η0 of the model's noise schedule (default: training's;
                 Fig. 16).
             mask: with ``start``, 1 where a pixel is known and kept exactly, broadcastable.
+            pooled: with ``start``, low-resolution images y (N, C, r, r), r a power-of-two
+                fraction of R, that every sample average-pools to exactly (super-resolution:
+                ``sampling.AveragePooled`` projects the chain after every step).
             seed: seeds one stream per 50 chains, so the samples do not depend on
                 ``batch_size`` (up to the float round-off of convolutions of another size).
                 ``generator`` instead runs everything as one batch from it.
@@ -207,12 +211,14 @@ class TrainedModel:
             self.check_images(start, "start")
             if mask is not None:
                 _check_mask(mask, start)
-                if translation:
-                    raise ValueError("translation chains take no mask")
+            if translation and (mask is not None or pooled is not None):
+                raise ValueError("translation chains take no mask or pooled images")
+            if pooled is not None:
+                _check_pooled(pooled, start)
             total = len(start)
         else:
-            if mask is not None:
-                raise ValueError("a mask needs start images")
+            if mask is not None or pooled is not None:
+                raise ValueError("a mask or pooled images need start images")
             total = n
         if total < 1:
             raise ValueError(f"need at least one chain, got {total}")
@@ -223,8 +229,9 @@ class TrainedModel:
             for begin, size, gen in chunks:
                 if start is not None:
                     rows = mask if mask is None or len(mask) == 1 else mask[begin:begin + size]
+                    low = None if pooled is None else AveragePooled(pooled[begin:begin + size])
                     x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback,
-                                    translation)
+                                    translation, low)
                 else:
                     x = self._from_noise(size, steps, noise, gen, cascade, callback)
                 bar.update(size)
@@ -239,7 +246,8 @@ class TrainedModel:
             yield begin, size, Streams.for_chains(seed, begin, size, self.device)
 
     def _chain(self, start: Tensor, steps: int | None, noise: float | None, mask: Tensor | None,
-               generator: Generator, callback, translation: bool = False) -> Tensor:
+               generator: Generator, callback, translation: bool = False,
+               constraint: AveragePooled | None = None) -> Tensor:
         start = start.to(self.device)
         with frozen(self.net):  # the spectral-norm weights are computed once for the chain
             if translation:
@@ -250,7 +258,7 @@ class TrainedModel:
                                 self.growth.n_steps if steps is None else steps,
                                 self.cfg.sampler, eta0=noise, generator=generator,
                                 mask=None if mask is None else mask.to(self.device),
-                                callback=callback)
+                                constraint=constraint, callback=callback)
 
     def _from_noise(self, n: int, steps: int | None, noise: float | None,
                     generator: Generator, cascade: bool, callback) -> Tensor:
@@ -301,6 +309,17 @@ class TrainedModel:
         return (f"TrainedModel({self.source or 'in memory'}: {self.resolution}x{self.resolution}"
                 f", {self.channels} channel(s), beta {self.beta:.2f}, {self.weights} weights, "
                 f"{self.n_images:,} images)")
+
+
+def _check_pooled(pooled: Tensor, start: Tensor) -> None:
+    """One low-resolution image per start image, of the same channels, at a power-of-two
+    fraction of the start's side."""
+    r, side = pooled.shape[-1], start.shape[-1]
+    if (pooled.dim() != 4 or len(pooled) != len(start) or pooled.shape[1] != start.shape[1]
+            or pooled.shape[-2] != r or side % r or (side // r) & (side // r - 1)):
+        raise ValueError(f"pooled images must be (N, C, r, r) with N, C of start "
+                         f"{tuple(start.shape)} and {side} / r a power of two, got "
+                         f"{tuple(pooled.shape)}")
 
 
 def _check_mask(mask: Tensor, start: Tensor) -> None:

@@ -1,4 +1,4 @@
-"""`cfebm denoise / inpaint / interpolate / noise-sweep` and `cfebm sample --trajectory`: every
+"""`cfebm denoise / inpaint / superres / interpolate / noise-sweep` and `cfebm sample --trajectory`: every
 command writes valid images, from the test split and from a folder of the user's own images,
 and each bad input is one line with exit code 2."""
 
@@ -33,6 +33,7 @@ def _valid_png(path, rows: int):
     (["denoise", "--sigma", "0.3"], 3),
     (["inpaint", "--mask", "centre", "--completions", "2"], 4),
     (["inpaint", "--mask", "pixels", "--missing", "0.3", "--completions", "1"], 3),
+    (["superres", "--factor", "2", "--completions", "2"], 5),
     (["interpolate", "--pairs", "1", "--points", "4"], 2),
     (["noise-sweep", "--n", "3", "--etas", "0,0.02"], 2),
 ])
@@ -107,9 +108,21 @@ def test_bad_inputs_are_one_line(tiny_checkpoint, tmp_path, capsys):
         (["denoise", "--images", str(small)], "1 of 1 images are smaller than the 16x16"),
         (["denoise", "--images", str(tmp_path / "nowhere")], "does not exist"),
         (["noise-sweep", "--noise", "0.1"], "takes its noise levels from --etas"),
+        (["superres", "--factor", "8"], "--factor 8 does not divide the model's 16x16"),
     ]
     for args, message in cases:
         assert main([args[0], tiny_checkpoint, *args[1:], "--out", str(tmp_path / "x.png"),
                      "--no-progress"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("cfebm: error: ") and "\n" not in err and message in err, err
+
+
+def test_superres_reports_every_method_at_its_factor(
+        tiny_checkpoint, tmp_path, capsys):
+    report = tmp_path / "sr.json"
+    assert main(["superres", tiny_checkpoint, "--n", "4", "--factor", "4", "--completions", "1",
+                 "--steps", "3", "--json", str(report), "--out", str(tmp_path / "sr.png"),
+                 "--no-progress"]) == 0
+    r = json.loads(report.read_text())
+    assert r["factor"] == 4 and {"psnr_EBM", "psnr_bicubic", "ssim_low-res"} <= set(r)
+    assert "from 4x4 (x4" in capsys.readouterr().out

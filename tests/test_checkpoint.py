@@ -2,6 +2,7 @@
 divergence test's boundary. (Whole-run round trips are in test_training.py and
 test_recovery_resume.py.)"""
 
+import hashlib
 import os
 
 import pytest
@@ -50,6 +51,10 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, caplog):
     draws = [torch.rand(4, generator=load_state(tmp_path / "gpu.pt", device="cpu").generator)
              for _ in range(2)]
     assert torch.equal(draws[0], draws[1]) and "another device type" in caplog.text
+    # the seed is the state's SHA-256, first 8 bytes, little-endian, to 63 bits
+    digest = hashlib.sha256(ckpt["generator"].numpy().tobytes()).digest()
+    seed = int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    assert torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(seed)))
     assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
 
 

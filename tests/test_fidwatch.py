@@ -97,6 +97,7 @@ def test_a_rollback_restores_the_kept_state_and_reads_fresh_data(tmp_path, monke
     # rolled back to the evaluation 32 images before it, and is kept the third time
     assert rollbacks == [(n, n - 32) for n in range(160, 385, 32) for _ in range(2)]
     assert final.n_images == 384 and final.data_skip == 32 * len(rollbacks)
+    assert final.record.recoveries == 0  # a watch's rollback keeps the run's recovery count
     assert final.lr_scale == 1.0  # rollbacks keep the lr
     assert {g["lr"] for g in final.optimizer.param_groups} == {cfg.growth.lr[1] * final.lr_scale}
     assert [e["lr"] for e in events if "lr" in e][-1] == cfg.growth.lr[1] * final.lr_scale

@@ -1,4 +1,4 @@
-"""Image restoration with a trained energy: denoising and inpainting.
+"""Image restoration with a trained energy: denoising, inpainting and super-resolution.
 
 Sec. 4.1 and Figures 5, 6 and 11 of Zhao, Xie & Li, "Learning Energy-Based Generative Models via
 Coarse-to-Fine Expanding and Sampling", ICLR 2021. Both run the model's own short-run Langevin
@@ -8,6 +8,8 @@ toward the images the model has learned, and the short run keeps it near the obs
 - Denoising (Fig. 5): the chain starts at x + σ·ε (the paper's σ = 0.2) and runs a few steps.
 - Inpainting (Fig. 6, 11): known pixels are held exactly at every step (mask 1 = known), unknown
   ones start from U(−1, 1); chains with different noise give different completions.
+- Super-resolution (beyond the paper, issue 38): the low-resolution image fixes a linear
+  function of the image, its average pooling, held exactly by projecting after every step.
 
 Conventions: images are float (N, C, R, R) in [−1, 1] at the model's resolution; masks are
 (N or 1, 1 or C, R, R) of zeros and ones, 1 = known; a mask image on disk is white where known.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
@@ -223,6 +226,58 @@ def inpaint(model: TrainedModel, x: Tensor, mask: Tensor, *, completions: int = 
     out = model.sample(start=start, mask=known.float(), steps=steps, noise=noise, seed=seed,
                        batch_size=batch_size, progress=progress, callback=callback)
     return out.view(n, k, *x.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# Super-resolution (issue 38): the low-resolution image as a linear constraint
+
+
+def superresolve(model: TrainedModel, low: Tensor, *, completions: int = 1,
+                 steps: int | None = None, noise: float | None = None, seed: int = 0,
+                 batch_size: int = 250, progress: bool = False, callback=None) -> Tensor:
+    """Zero-shot super-resolution: images whose f×f average pooling is exactly ``low``, drawn by
+    the model's Langevin chains projected onto that constraint after every step
+    (``sampling.AveragePooled``), each from its own U(−1, 1) start. No training for the task:
+    the constraint does what the mask does for inpainting.
+
+    Args:
+        model: the trained model (side R).
+        low: low-resolution images (N, C, r, r) in [−1, 1], R / r a power of two.
+        completions: K chains per image (diverse completions).
+        steps, noise: Langevin steps and test-time η0 (defaults: the model's T and η0).
+        seed, batch_size, progress, callback: as in ``TrainedModel.sample``.
+
+    Returns:
+        (N, K, C, R, R): completion k of image i at [i, k]; avgpool to r of each is ``low[i]``.
+    """
+    if completions < 1:
+        raise ValueError(f"completions must be >= 1, got {completions}")
+    n, k, side = len(low), completions, model.resolution
+    g = torch.Generator().manual_seed(derived_seed("superres-start", seed))
+    start = (torch.rand((n * k, low.shape[1], side, side), generator=g) * 2 - 1).to(low)
+    out = model.sample(start=start, pooled=low.repeat_interleave(k, 0), steps=steps,
+                       noise=noise, seed=seed, batch_size=batch_size, progress=progress,
+                       callback=callback)
+    return out.view(n, k, low.shape[1], side, side)
+
+
+def upscale(low: Tensor, side: int, method: str) -> Tensor:
+    """A classical upscaling of ``low`` (N, C, r, r) in [−1, 1] to ``side``: "nearest" (blocks),
+    "bicubic" (torch, a = −0.75) or "lanczos" (PIL's Lanczos-3), clamped to [−1, 1]; the
+    baselines of ``superresolve``."""
+    if method == "nearest":
+        return low.repeat_interleave(side // low.shape[-1], -2).repeat_interleave(
+            side // low.shape[-1], -1)
+    if method == "bicubic":
+        up = F.interpolate(low, size=(side, side), mode="bicubic", align_corners=False)
+        return up.clamp(-1.0, 1.0)
+    if method != "lanczos":
+        raise ValueError(f"unknown upscaling {method!r}; choose nearest, bicubic or lanczos")
+    planes = (low.detach().float().cpu().flatten(0, 1).numpy() + 1.0) * 127.5
+    up = [np.asarray(Image.fromarray(p.astype(np.float32), mode="F").resize(
+        (side, side), Image.Resampling.LANCZOS)) for p in planes]
+    out = torch.from_numpy(np.stack(up)).view(*low.shape[:2], side, side) / 127.5 - 1.0
+    return out.clamp(-1.0, 1.0).to(low)
 
 
 # ------------------------------------------------------------------------------------------------

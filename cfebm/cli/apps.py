@@ -1,4 +1,5 @@
-"""``cfebm denoise``, ``inpaint``, ``interpolate`` and ``noise-sweep``: restoration and chains.
+"""``cfebm denoise``, ``inpaint``, ``superres``, ``interpolate`` and ``noise-sweep``: restoration
+and chains.
 
     cfebm denoise MODEL [--images DIR] [--sigma 0.2] [--steps K] --out denoise.png
     cfebm inpaint MODEL --mask centre|occlusion|pixels|right|bottom|MASK.png --completions 5
@@ -29,6 +30,7 @@ from cfebm.cli.common import (
     load_model,
     non_negative,
 )
+from cfebm.sampling import downsample
 
 
 def _images(args: argparse.Namespace, model):
@@ -99,6 +101,36 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         (f"PSNR {psnr.mean():.2f} dB   SSIM {ssim.mean():.3f}   diversity "
          f"{spread:.3f} (RMS between completions on the hidden pixels)"),
         f"wrote [masked | completions | original] to {path}"], report)
+
+
+def cmd_superres(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    truth, what = _images(args, model)
+    side = model.resolution
+    if side % args.factor or side // args.factor < 4:
+        raise CLIError(f"--factor {args.factor} does not divide the model's {side}x{side} into "
+                       "images of at least 4x4")
+    low = downsample(truth, side // args.factor)
+    out = restore.superresolve(model, low, completions=args.completions, steps=args.steps,
+                               noise=args.noise, seed=args.seed, batch_size=args.batch_size,
+                               progress=not args.no_progress)
+    k = args.completions
+    rows = {"low-res": restore.upscale(low, side, "nearest"),
+            "bicubic": restore.upscale(low, side, "bicubic")}
+    scores = {name: restore.psnr_ssim(x, truth) for name, x in rows.items()}
+    scores["EBM"] = restore.psnr_ssim(out.flatten(0, 1), truth.repeat_interleave(k, 0))
+    path = save_rows([*rows.values(), *out.transpose(0, 1), truth], args.out, scale=args.scale,
+                     labels=[*rows, *[f"EBM {i + 1}" for i in range(k)], "truth"])
+    report = {"model": str(args.model), "images": what, "factor": args.factor,
+              "completions": k, "steps": args.steps, "noise": args.noise, "grid": str(path),
+              **{f"{kind}_{name}": float(v[i].mean()) for name, v in scores.items()
+                 for i, kind in enumerate(("psnr", "ssim"))}}
+    _report(args, [
+        (f"super-resolved {what} from {side // args.factor}x{side // args.factor} "
+         f"(x{args.factor}, {k} completion(s) each) with {model}"),
+        *(f"{name:8s} PSNR {v[0].mean():6.2f} dB   SSIM {v[1].mean():.3f}"
+          for name, v in scores.items()),
+        f"wrote [low-res | bicubic | completions | truth] to {path}"], report)
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
@@ -173,6 +205,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="fraction of hidden pixels for --mask pixels")
     p.add_argument("--completions", type=count(1), default=5, help="completions per image")
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("superres", help="super-resolution: completions whose average pooling is "
+                       "exactly the low-resolution image", formatter_class=FORMATTER)
+    _common(p, "superres.png")
+    p.add_argument("--factor", type=int, choices=(2, 4, 8), default=2,
+                   help="the low-resolution image is the truth average-pooled by this factor")
+    p.add_argument("--completions", type=count(1), default=3, help="completions per image")
+    p.set_defaults(func=cmd_superres)
 
     p = sub.add_parser("interpolate", help="chains from interpolations between two initial "
                        "noises, with the same Langevin noise", formatter_class=FORMATTER)

@@ -16,7 +16,7 @@ GROUPS = {
     "train": ("train", "presets", "prepare"),
     "sample": ("sample", "interpolate", "noise-sweep"),
     "evaluate": ("eval", "fid-ref", "ais"),
-    "apply": ("denoise", "inpaint", "ood", "translate"),
+    "apply": ("denoise", "inpaint", "superres", "ood", "translate"),
     "share": ("export", "info"),
 }
 
@@ -55,6 +55,9 @@ EXAMPLES = {
         "cfebm denoise fmnist32-2h --images my_images/ --out mine.png   # your own images",
     ),
     "inpaint": ("cfebm inpaint fmnist32-2h --mask centre --completions 5 --out inpaint.png",),
+    "superres": (
+        "cfebm superres fmnist32-2h --factor 4 --completions 3 --out superres.png   # 8x8 -> 32x32",
+    ),
     "ood": ("cfebm ood fmnist32-2h --ood uniform constant interp digits --out runs/ood",),
     "translate": (
         "cfebm train --preset translate-fmnist --run-dir runs/tr   # sneakers to ankle boots",
