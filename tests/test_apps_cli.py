@@ -33,7 +33,7 @@ def _valid_png(path, rows: int):
     (["denoise", "--sigma", "0.3"], 3),
     (["inpaint", "--mask", "centre", "--completions", "2"], 4),
     (["inpaint", "--mask", "pixels", "--missing", "0.3", "--completions", "1"], 3),
-    (["superres", "--factor", "2", "--completions", "2"], 5),
+    (["superres", "--factor", "2", "--completions", "2"], 6),
     (["interpolate", "--pairs", "1", "--points", "4"], 2),
     (["noise-sweep", "--n", "3", "--etas", "0,0.02"], 2),
 ])

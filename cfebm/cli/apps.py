@@ -119,18 +119,24 @@ def cmd_superres(args: argparse.Namespace) -> None:
             "bicubic": restore.upscale(low, side, "bicubic")}
     scores = {name: restore.psnr_ssim(x, truth) for name, x in rows.items()}
     scores["EBM"] = restore.psnr_ssim(out.flatten(0, 1), truth.repeat_interleave(k, 0))
-    path = save_rows([*rows.values(), *out.transpose(0, 1), truth], args.out, scale=args.scale,
-                     labels=[*rows, *[f"EBM {i + 1}" for i in range(k)], "truth"])
+    mean = [out.mean(1)] if k > 1 else []  # the posterior mean: what PSNR rewards
+    if mean:
+        scores["EBM mean"] = restore.psnr_ssim(mean[0], truth)
+    path = save_rows([*rows.values(), *out.transpose(0, 1), *mean, truth], args.out,
+                     scale=args.scale, labels=[*rows, *[f"EBM {i + 1}" for i in range(k)],
+                                               *["EBM mean"] * len(mean), "truth"])
     report = {"model": str(args.model), "images": what, "factor": args.factor,
               "completions": k, "steps": args.steps, "noise": args.noise, "grid": str(path),
-              **{f"{kind}_{name}": float(v[i].mean()) for name, v in scores.items()
+              **{f"{kind}_{name.replace(' ', '_')}": float(v[i].mean())
+                 for name, v in scores.items()
                  for i, kind in enumerate(("psnr", "ssim"))}}
     _report(args, [
         (f"super-resolved {what} from {side // args.factor}x{side // args.factor} "
          f"(x{args.factor}, {k} completion(s) each) with {model}"),
         *(f"{name:8s} PSNR {v[0].mean():6.2f} dB   SSIM {v[1].mean():.3f}"
           for name, v in scores.items()),
-        f"wrote [low-res | bicubic | completions | truth] to {path}"], report)
+        (f"wrote [low-res | bicubic | completions{' | their mean' if mean else ''} | truth] "
+         f"to {path}")], report)
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
