@@ -260,8 +260,7 @@ class AveragePooled:
 
     def __call__(self, x: Tensor) -> Tensor:
         residual = self.y.to(x) - downsample(x, self.y.shape[-1])
-        factor = x.shape[-1] // self.y.shape[-1]
-        return x + residual.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+        return x + upsample(residual, x.shape[-1] // self.y.shape[-1])
 
 
 def _per_step(value: float | Tensor, n_steps: int, name: str) -> list[float]:
@@ -309,9 +308,10 @@ def langevin_cfg(
 # Coarse-to-fine initialisation (Algorithm 1, smooth MCMC sampling)
 
 
-def upsample(x: Tensor) -> Tensor:
-    """2× nearest-neighbour upsampling, (N, C, r, r) -> (N, C, 2r, 2r)."""
-    return F.interpolate(x, scale_factor=2, mode="nearest")
+def upsample(x: Tensor, factor: int = 2) -> Tensor:
+    """Nearest-neighbour upsampling by an integer ``factor``: (N, C, r, r) -> (N, C, fr, fr),
+    each pixel a factor × factor block (so ``downsample`` undoes it exactly)."""
+    return F.interpolate(x, scale_factor=factor, mode="nearest")
 
 
 def downsample(x: Tensor, resolution: int) -> Tensor:

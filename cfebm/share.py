@@ -173,12 +173,20 @@ def _packaged_name(model: TrainedModel) -> str | None:
     return None
 
 
+def card_header(card: str) -> tuple[dict[str, str], re.Match]:
+    """A model card's header (the ``key: value`` lines between its ``---`` fences) and the
+    match that spans it."""
+    block = re.match(r"---\n(.*?)\n---\n", card, re.DOTALL)
+    if block is None:
+        raise ValueError("a model card opens with a --- header")
+    return dict(line.split(": ", 1) for line in block.group(1).splitlines()), block
+
+
 def _packaged_folder_card(card: str, header: dict[str, str]) -> str:
     """A packaged model's card as its export folder's README.md: the Hub's keys and the folder's
     file in its header, and its links to files of cfebm's source (which stay behind) written
     out as their paths there."""
-    block = re.match(r"---\n(.*?)\n---\n", card, re.DOTALL)
-    own = dict(line.split(": ", 1) for line in block.group(1).splitlines())
+    own, block = card_header(card)
 
     def source_path(m: re.Match) -> str:
         text, where = m.group(1), os.path.normpath(f"cfebm/weights/{m.group(2)}")

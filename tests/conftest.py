@@ -8,7 +8,9 @@ Markers (declared in pyproject.toml):
           -m "not slow" while iterating).
 """
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,18 @@ def tiny_run(tmp_path_factory) -> Path:
 def tiny_checkpoint(tiny_run) -> str:
     """The tiny run's final checkpoint (``tiny_run``), as a path string."""
     return str(tiny_run / "checkpoints" / "latest.pt")
+
+
+def card_header(card: str) -> dict[str, str]:
+    """A model card's machine-readable header: the `key: value` lines between its `---`
+    fences (YAML as the Hub reads it, one line per key)."""
+    block = re.match(r"---\n(.*?)\n---\n", card, re.DOTALL)
+    assert block, "a model card opens with a --- header"
+    return dict(line.split(": ", 1) for line in block.group(1).splitlines())
+
+
+def card_config(card: str) -> dict:
+    """The resolved config a model card states: the JSON block under its `## Config` heading."""
+    block = re.search(r"\n## Config\n.*?```json\n(.*?)\n```", card, re.DOTALL)
+    assert block, "a model card ends with its config as a ```json block under ## Config"
+    return json.loads(block.group(1))

@@ -2,13 +2,12 @@
 beside it (cfebm/weights/<name>.md) whose facts are the file's, and a preset's name is no model."""
 
 import hashlib
-import json
-import re
 import shlex
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from conftest import card_config, card_header
 from safetensors import safe_open
 
 from cfebm.cli import main
@@ -18,20 +17,6 @@ from cfebm.share import PRETRAINED, model_card
 from cfebm.trained import EXPORT_FORMAT, load
 
 WEIGHTS = Path(str(resources.files("cfebm") / "weights"))
-
-
-def header(card: str) -> dict[str, str]:
-    """The card's machine-readable header: the `key: value` lines between its `---` fences."""
-    block = re.match(r"---\n(.*?)\n---\n", card, re.DOTALL)
-    assert block, "a model card opens with a --- header"
-    return dict(line.split(": ", 1) for line in block.group(1).splitlines())
-
-
-def card_config(card: str) -> dict:
-    """The resolved config the card states: the JSON block under its `## Config` heading."""
-    block = re.search(r"\n## Config\n.*?```json\n(.*?)\n```", card, re.DOTALL)
-    assert block, "a model card ends with its config as a ```json block under ## Config"
-    return json.loads(block.group(1))
 
 
 def test_every_packaged_export_is_named_and_has_a_card():
@@ -53,7 +38,7 @@ def test_the_card_describes_its_file(name):
     """Name, preset, size and sha256 in the header are the file's; the stated config is the
     export's, resolved (defaults filled in as loading fills them)."""
     card = model_card(name)
-    facts = header(card)
+    facts = card_header(card)
     blob = (WEIGHTS / PRETRAINED[name]).read_bytes()
     assert (facts["name"], facts["file"]) == (name, PRETRAINED[name])
     assert facts["preset"] in preset_names()
@@ -69,7 +54,7 @@ def test_the_card_describes_its_file(name):
 def test_the_cards_train_command_gives_the_models_config(name):
     """`cfebm train --preset P --set ...` as the card writes it resolves to the export's config:
     the preset named is the recipe, and the card's overrides are all that differs."""
-    facts = header(model_card(name))
+    facts = card_header(model_card(name))
     argv = shlex.split(facts["train"])
     assert argv[:2] == ["cfebm", "train"]
     preset = argv[argv.index("--preset") + 1]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import card_config, card_header
 from safetensors.torch import load_file
 
 from cfebm.cli import build_parser, main
@@ -25,20 +26,6 @@ from cfebm.share import FOLDER_FILES, model_card, split_sizes
 from cfebm.trained import TrainedModel, load
 
 REPO = "someone/tiny-ebm"
-
-
-def header(card: str) -> dict[str, str]:
-    """The card's header: the `key: value` lines between its `---` fences (YAML as the Hub
-    reads it, one line per key)."""
-    block = re.match(r"---\n(.*?)\n---\n", card, re.DOTALL)
-    assert block, "a model card opens with a --- header"
-    return dict(line.split(": ", 1) for line in block.group(1).splitlines())
-
-
-def card_config(card: str) -> dict:
-    block = re.search(r"\n## Config\n.*?```json\n(.*?)\n```", card, re.DOTALL)
-    assert block, "the card ends with its config as a ```json block under ## Config"
-    return json.loads(block.group(1))
 
 
 def tensors(model: TrainedModel) -> dict[str, torch.Tensor]:
@@ -98,7 +85,7 @@ def test_the_trained_weights_export_as_a_folder_too(run, tmp_path):
 
 def test_the_card_states_the_files_facts(run, folder):
     card = (folder / "README.md").read_text()
-    facts = header(card)
+    facts = card_header(card)
     blob = (folder / "model.safetensors").read_bytes()
     assert facts["file"] == "model.safetensors" and facts["library_name"] == "cfebm"
     assert int(facts["bytes"]) == len(blob)
@@ -129,7 +116,7 @@ def test_the_cards_train_command_gives_the_models_config(tmp_path):
     model = TrainedModel(EnergyNet(cfg.model), cfg, 1234)
     card = (model.export(tmp_path / "m") / "README.md").read_text()
     args = build_parser().parse_args(train_command(card))
-    assert args.command == "train" and args.preset == header(card)["preset"] == "fmnist32"
+    assert args.command == "train" and args.preset == card_header(card)["preset"] == "fmnist32"
     assert apply_overrides(load_preset(args.preset), args.set) == cfg
     assert len(args.set) <= len(sets)
     # its splits, by cfebm.data's rules: 1,000 of Fashion-MNIST's 60,000 training images held
@@ -159,7 +146,7 @@ def test_the_packaged_model_exports_with_its_own_card(tmp_path, capsys):
     out = tmp_path / "fmnist32-2h"
     assert main(["export", "fmnist32-2h", "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
-    facts, packaged = header(card), header(model_card("fmnist32-2h"))
+    facts, packaged = card_header(card), card_header(model_card("fmnist32-2h"))
     blob = (out / "model.safetensors").read_bytes()
     assert facts["sha256"] == hashlib.sha256(blob).hexdigest() and facts["library_name"] == "cfebm"
     assert {k: facts[k] for k in ("train", "eval", "fmnist_fid")} == {

@@ -29,6 +29,7 @@ from torch import Tensor
 from cfebm.config import DataConfig
 from cfebm.data import DataError, load_images, to_float
 from cfebm.runtime import derived_seed
+from cfebm.sampling import upsample
 from cfebm.trained import TrainedModel
 
 MASKS = ("occlusion", "centre", "pixels", "right", "bottom")
@@ -266,8 +267,7 @@ def upscale(low: Tensor, side: int, method: str) -> Tensor:
     "bicubic" (torch, a = −0.75) or "lanczos" (PIL's Lanczos-3), clamped to [−1, 1]; the
     baselines of ``superresolve``."""
     if method == "nearest":
-        return low.repeat_interleave(side // low.shape[-1], -2).repeat_interleave(
-            side // low.shape[-1], -1)
+        return upsample(low, side // low.shape[-1])
     if method == "bicubic":
         up = F.interpolate(low, size=(side, side), mode="bicubic", align_corners=False)
         return up.clamp(-1.0, 1.0)

@@ -9,21 +9,10 @@
 - ``domains``: the two image domains of unpaired translation.
 """
 
-from cfebm.data.images import (
-    DATASETS,
-    SPLITS,
-    BatchStream,
-    DataError,
-    ImageSet,
-    LazyImages,
-    TensorImages,
-    downsample,
-    fake_images,
-    load_images,
-    random_hflip,
-    to_float,
-    to_uint8,
-)
+from cfebm.data.images import DATASETS, SPLITS, BatchStream, fake_images, load_images
+from cfebm.data.readers import DataError
+from cfebm.data.sets import ImageSet, LazyImages, TensorImages, random_hflip, to_float, to_uint8
+from cfebm.sampling import downsample
 
 __all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages",
            "TensorImages", "downsample", "fake_images", "load_images", "random_hflip", "to_float",

@@ -31,8 +31,8 @@ from torch import Tensor
 
 from cfebm.config import Config, DataConfig
 from cfebm.data import readers
-from cfebm.data.images import ImageSet, LazyImages, TensorImages, _match_channels, to_float
 from cfebm.data.readers import CLASS_NAMES, DataError, resize_uint8
+from cfebm.data.sets import ImageSet, LazyImages, TensorImages, match_channels, to_float
 
 FMNIST_PAIRS = {"sneaker2ankleboot": (7, 9), "tshirt2dress": (0, 3)}
 TEXTURE_PAIRS = {"grass2gravel": ("grass", "gravel")}
@@ -100,7 +100,7 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
         files = [cyclegan_files(data, split, d) for d in "AB"]
         return tuple(cyclegan_images(f, data, resolution, channels) for f in files)
     if pair in TEXTURE_PAIRS:
-        return tuple(TensorImages(_match_channels(texture_crops(name, split, resolution)
+        return tuple(TensorImages(match_channels(texture_crops(name, split, resolution)
                                                   [:data.limit or None], channels), name=name)
                      for name in TEXTURE_PAIRS[pair])
     classes = fmnist_classes(pair)
@@ -108,7 +108,7 @@ def pair_images(pair: str, data: DataConfig, split: str, resolution: int,
     out = []
     for k in classes:
         keep = (labels == k).nonzero().squeeze(1)[:data.limit or None]
-        out.append(TensorImages(_match_channels(x[keep], channels), labels[keep],
+        out.append(TensorImages(match_channels(x[keep], channels), labels[keep],
                                 name=f"fashion_mnist class {k}"))
     return tuple(out)
 

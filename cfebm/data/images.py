@@ -28,17 +28,10 @@ from cfebm.data.sets import (
     ImageSet,
     LazyImages,
     TensorImages,
-    _match_channels,
-    random_hflip,
-    to_float,
+    match_channels,
     to_uint8,
 )
 from cfebm.runtime import derived_seed
-from cfebm.sampling import downsample
-
-__all__ = ["DATASETS", "SPLITS", "BatchStream", "DataError", "ImageSet", "LazyImages",
-           "TensorImages", "downsample", "fake_images", "load_images", "random_hflip", "to_float",
-           "to_uint8"]
 
 DATASETS = ("fashion_mnist", "folder", "digits", "cifar10", "cifar100", "svhn", "celeba", "lsun",
             "fake")
@@ -125,7 +118,7 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
                                   n_classes=10 if name == "cifar10" else 100)
     else:
         x, labels = readers.svhn(root, download, files, resolution, rows)
-    return TensorImages(_match_channels(x, image_channels), labels, name=name)
+    return TensorImages(match_channels(x, image_channels), labels, name=name)
 
 
 def split_rows(cfg: DataConfig, split: str) -> readers.Rows:

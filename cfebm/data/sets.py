@@ -36,7 +36,7 @@ def random_hflip(x: Tensor, generator: torch.Generator | Slice) -> Tensor:
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
-def _match_channels(x: Tensor, channels: int) -> Tensor:
+def match_channels(x: Tensor, channels: int) -> Tensor:
     """uint8 (N, C, H, W) -> ``channels``: gray is replicated, RGB -> L uses PIL's luma."""
     if x.shape[1] == channels:
         return x
