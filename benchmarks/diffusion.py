@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "model": f"diffusion (UNet2DModel, {parameters:,} parameters, DDIM {args.ddim_steps})",
         "machine": facts, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "args": vars(args), "precision": precision, "parameters": parameters,
+        "args": vars(args), "trained_with": trained.get("args", vars(args)),
+        "precision": precision, "parameters": parameters,
         "unet_config": dict(UNET), "schedule": schedule_config(trained["betas"]),
         "steps": trained["steps"], "images_seen": trained["images"],
         "train_seconds": trained["train_seconds"], "sample_n": n,
