@@ -1,6 +1,7 @@
 """The chains of a model as it trains: Algorithm 1's negatives (noise, the smooth start during
-a fade, the A.8 cascade) and Eq. (4)'s translation chains from source images. Training and
-sampling both call these, so a model samples exactly as it trained.
+a fade, the A.8 cascade) and Eq. (4)'s translation chains from source images. ``as_trained``
+chooses between the two; training, the run's sample grids and ``TrainedModel.sample`` all call
+it, so a model samples exactly as it trained.
 
 Translation (Sec. 3.3): a translation run learns the energy E_Y of the target domain with Algorithm 1 unchanged except
 where its negatives start: the short-run chain of Eq. (4) starts at a source image,
@@ -121,3 +122,28 @@ def translation_chain(
     return langevin_cfg(energy_of(net, beta, autocast), x,
                         growth.n_steps if steps is None else steps, cfg, eta0=eta0,
                         generator=generator, callback=callback)
+
+
+def as_trained(
+    net: EnergyNet, growth: Growth, n: int, cfg: SamplerConfig, *,
+    source: Tensor | None = None, coarse: Sequence[EnergyNet] = (), generator: Generator = None,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    steps: int | None = None, eta0: float | None = None, cascade_all: bool = False,
+    callback: Callable[[LangevinStep], None] | None = None,
+) -> Tensor:
+    """The ``n`` chains of the model of ``growth`` as it trains, (n, C, r, r) in [−1, 1]: a
+    translation run's from its ``source`` images (n, C, r, r) in [−1, 1] (Eq. 4,
+    ``translation_chain``), a generation run's from noise (Algorithm 1, ``sample_negatives``;
+    ``coarse``, ``device`` and ``cascade_all`` serve only these). Call inside ``frozen(net)``.
+
+    ``steps`` and ``eta0`` change the final chains for inference; training uses neither.
+    """
+    if source is None:
+        return sample_negatives(net, growth, n, cfg, coarse=coarse, generator=generator,
+                                device=device, autocast=autocast, steps=steps, eta0=eta0,
+                                cascade_all=cascade_all, callback=callback)
+    if len(source) != n:
+        raise ValueError(f"{n} chains need {n} source images, got {len(source)}")
+    return translation_chain(net, growth, source, cfg, generator=generator, autocast=autocast,
+                             steps=steps, eta0=eta0, callback=callback)

@@ -4,10 +4,10 @@
 (``.safetensors``, written by ``TrainedModel.export`` or ``cfebm export``), an export folder as
 a model hub takes it (``model.safetensors``, ``config.json`` and a ``README.md`` model card), a
 Hugging Face Hub repo id of such a folder, or a packaged pretrained model by name, and returns a
-``TrainedModel``. Every command and application goes
-through it, so "sample this model as it was trained" is decided in one place
-(``chains.sample_negatives``) and the model's resolution, fading factor β, precision and
-frozen coarse copies travel with it.
+``TrainedModel``. Every command and application goes through it, so "sample this model as it
+was trained" is decided in one place (``chains.as_trained``: Algorithm 1's chains from noise,
+or a translation run's from its sources) and the model's resolution, fading factor β, precision
+and frozen coarse copies travel with it.
 
 A checkpoint written at a stage boundary (``stage0-8x8.pt``) holds a net whose new block has not
 trained yet (β = 0 there, which equals the finished coarse stage on pooled input exactly), so it
@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cfebm import __version__, runtime
-from cfebm.chains import sample_negatives, sampling_schedule, translation_chain
+from cfebm.chains import as_trained, sampling_schedule
 from cfebm.config import (
     Config,
     ConfigError,
@@ -227,13 +227,14 @@ class TrainedModel:
         with tqdm(total=total, unit="img", desc="sampling", disable=not progress,
                   dynamic_ncols=True) as bar:
             for begin, size, gen in chunks:
-                if start is not None:
+                if start is not None and not translation:
                     rows = mask if mask is None or len(mask) == 1 else mask[begin:begin + size]
                     low = None if pooled is None else AveragePooled(pooled[begin:begin + size])
                     x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback,
-                                    translation, low)
+                                    low)
                 else:
-                    x = self._from_noise(size, steps, noise, gen, cascade, callback)
+                    source = None if start is None else start[begin:begin + size]
+                    x = self._as_trained(size, source, steps, noise, gen, cascade, callback)
                 bar.update(size)
                 yield x
 
@@ -246,27 +247,24 @@ class TrainedModel:
             yield begin, size, Streams.for_chains(seed, begin, size, self.device)
 
     def _chain(self, start: Tensor, steps: int | None, noise: float | None, mask: Tensor | None,
-               generator: Generator, callback, translation: bool = False,
-               constraint: AveragePooled | None = None) -> Tensor:
+               generator: Generator, callback, constraint: AveragePooled | None = None) -> Tensor:
         start = start.to(self.device)
         with frozen(self.net):  # the spectral-norm weights are computed once for the chain
-            if translation:
-                return translation_chain(self.net, self.growth, start, self.cfg.sampler,
-                                         generator=generator, autocast=self.autocast,
-                                         steps=steps, eta0=noise, callback=callback)
             return langevin_cfg(self.energy, start,
                                 self.growth.n_steps if steps is None else steps,
                                 self.cfg.sampler, eta0=noise, generator=generator,
                                 mask=None if mask is None else mask.to(self.device),
                                 constraint=constraint, callback=callback)
 
-    def _from_noise(self, n: int, steps: int | None, noise: float | None,
+    def _as_trained(self, n: int, source: Tensor | None, steps: int | None, noise: float | None,
                     generator: Generator, cascade: bool, callback) -> Tensor:
+        """``n`` chains from noise, or translation chains from ``source`` (``chains.as_trained``)."""
+        source = None if source is None else source.to(self.device)
         with frozen(self.net):
-            return sample_negatives(self.net, self.growth, n, self.cfg.sampler,
-                                    coarse=self.coarse, generator=generator, device=self.device,
-                                    autocast=self.autocast, steps=steps, eta0=noise,
-                                    cascade_all=cascade, callback=callback)
+            return as_trained(self.net, self.growth, n, self.cfg.sampler, source=source,
+                              coarse=self.coarse, generator=generator, device=self.device,
+                              autocast=self.autocast, steps=steps, eta0=noise,
+                              cascade_all=cascade, callback=callback)
 
     def export(self, path: str | Path) -> Path:
         """Write the inference weights (these weights, the frozen coarse copies, the config) for

@@ -14,11 +14,11 @@ from test_recovery_resume import assert_same_run, poison_batch
 
 from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
-from cfebm.chains import translation_chain
+from cfebm.chains import as_trained, translation_chain
 from cfebm.cli import main
 from cfebm.cli.train import translation_runs
 from cfebm.config import apply_overrides, load_preset
-from cfebm.data import downsample, to_float
+from cfebm.data import downsample, to_float, to_uint8
 from cfebm.data.domains import domains, texture_crops
 from cfebm.data.readers import DataError
 from cfebm.files import read
@@ -27,7 +27,9 @@ from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import upsample
 from cfebm.train import loop
 from cfebm.train.data import training_data
+from cfebm.train.step import new_state
 from cfebm.trained import TrainedModel
+from cfebm.viz import save_grid
 
 
 def textures(*overrides):
@@ -108,6 +110,31 @@ def test_a_mid_fade_model_translates_with_its_training_chain():
     assert {tuple(s.shape[-2:]) for s in result.trajectory.states} == {(16, 16)}
     with pytest.raises(ValueError, match="mask"):
         model.sample(start=x, translation=True, mask=torch.ones(1, 1, 16, 16))
+
+
+def test_a_translation_run_grid_is_its_test_sources_each_row_followed_by_their_chains(tmp_path):
+    """Mid-fade (β = ¼), the run's sample grid holds rows of 8 source-domain test crops, each
+    followed by the training chains (Eq. 4) started at them from the grid's seed."""
+    cfg = textures("run.n_grid=16", "growth.n_steps=[3,2]")
+    state = new_state(cfg)
+    state.n_images = 128 + 16
+    grid = np.asarray(Image.open(loop.save_samples(state, tmp_path / "grid.png")))
+
+    crops = texture_crops("grass", "test", 16)[:8]
+    with frozen(state.net):
+        chains = translation_chain(state.net, state.growth, to_float(crops), cfg.sampler,
+                                   generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+    assert not torch.equal(to_uint8(chains), crops)
+    expected = save_grid(torch.cat([to_float(crops), chains]), tmp_path / "expected.png",
+                         nrow=8, scale=8)
+    assert np.array_equal(grid, np.asarray(Image.open(expected)))
+    assert np.array_equal(grid[16:16 + 128:8, 16:16 + 128:8], crops[0, 0].numpy())
+
+
+def test_translation_chains_run_one_chain_per_source_image():
+    cfg = textures()
+    with frozen(net := EnergyNet(cfg.model)), pytest.raises(ValueError, match="5 source images"):
+        as_trained(net, growth_at(383, cfg.growth), 5, cfg.sampler, source=sources(6))
 
 
 # ------------------------------------------------------------------------------------------------

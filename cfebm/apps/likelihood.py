@@ -1,7 +1,7 @@
 """Log-likelihood bounds of a trained model on its test split (paper Appendix A.7, Table 10).
 
-Glue between a ``TrainedModel`` and ``cfebm.metrics.ais`` (see its docstring for the
-estimators, the box and the units): the model's energy as trained (its fading factor β, its
+Glue between a ``TrainedModel`` and ``cfebm.metrics.ais`` (see its modules' docstrings for
+the estimators, the box and the units): the model's energy as trained (its fading factor β, its
 precision, at its resolution), its held-out images, uniformly dequantised by default.
 
 The reverse chains start at these held-out images. A trained EBM has no exact samples, and

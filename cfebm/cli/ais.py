@@ -54,7 +54,7 @@ def cmd_ais(args: argparse.Namespace) -> None:
 def describe(r: dict) -> str:
     """The report as aligned lines: log Z both ways, the upper bound and the reverse estimate
     with their standard errors over the images, the gap with its paired one, acceptance, time.
-    Each line says what its number bounds (``cfebm.metrics.ais``'s module docstring)."""
+    Each line says what its number bounds (``cfebm.metrics.ais.bounds``'s module docstring)."""
     d, n = r["dims"], r["n"]
     kernel = f"HMC ({r['leapfrog']} leapfrog)" if r["transition"] == "hmc" else "MALA"
     domain = f"[-1,1]^{d}" if r["base"] == "uniform" else f"R^{d}"

@@ -2,7 +2,7 @@
 
 Each kernel leaves its target exp(−E) exactly invariant, restricted to [−1, 1]ᴰ for the uniform
 base: proposals are reflected at the walls and whatever still lies outside is rejected (the
-module docstring of ``cfebm.metrics.ais`` explains why). Nothing is clamped.
+module docstring of ``cfebm.metrics.ais.anneal`` explains why). Nothing is clamped.
 """
 
 from __future__ import annotations

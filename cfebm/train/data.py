@@ -4,26 +4,20 @@ images, where its chains start.
 
 The source batch at images seen n is the n-th position of its own ``BatchStream`` (seeded
 apart from the target stream), a pure function of progress, so a resumed run draws exactly the
-sources an uninterrupted one would have. The chains themselves are ``chains.translation_chain``.
+sources an uninterrupted one would have. The chains themselves are ``chains.as_trained``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-
 import torch
 from torch import Tensor
 
-from cfebm.chains import translation_chain
 from cfebm.config import Config
 from cfebm.data import BatchStream, ImageSet, load_images, to_float
 from cfebm.data.domains import domains, grid_sources
 from cfebm.growth import Growth
-from cfebm.model import EnergyNet, frozen
 from cfebm.runtime import derived_seed
-from cfebm.sampling import Generator, downsample
+from cfebm.sampling import downsample
 from cfebm.train.distributed import Shard
 
 
@@ -54,15 +48,9 @@ def source_batch(stream: BatchStream | None, n_images: int, growth: Growth,
     return downsample(to_float(x), growth.resolution)
 
 
-def translation_grid(net: EnergyNet, growth: Growth, cfg: Config, *, generator: Generator,
-                     device: torch.device,
-                     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
-                     ) -> Tensor:
-    """Source test images and their translations interleaved row by row for a sample grid:
-    (2·n, C, r, r) with n = ``run.n_grid`` // 2, rows of 8 sources then their 8 outputs."""
-    source = downsample(grid_sources(cfg, cfg.run.n_grid // 2).to(device), growth.resolution)
-    with frozen(net):
-        out = translation_chain(net, growth, source, cfg.sampler, generator=generator,
-                                autocast=autocast)
-    rows = [t for pair in zip(source.split(8), out.split(8)) for t in pair]
-    return torch.cat(rows)
+def grid_source(cfg: Config, growth: Growth, device: torch.device) -> Tensor | None:
+    """Where a translation run's sample-grid chains start: ``run.n_grid`` // 2 source test
+    images (n, C, r, r) in [−1, 1] at the stage's resolution; None for a generation run."""
+    if not translating(cfg):
+        return None
+    return downsample(grid_sources(cfg, cfg.run.n_grid // 2).to(device), growth.resolution)

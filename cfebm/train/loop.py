@@ -37,14 +37,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cfebm.chains import sample_negatives
+from cfebm.chains import as_trained
 from cfebm.config import Config, to_dict
 from cfebm.data import BatchStream
 from cfebm.files import atomic_save, keep_as
 from cfebm.growth import Growth, crossed, total_images
 from cfebm.model import frozen
 from cfebm.train.checkpoint import load_state, rolled_back, save_state, state_dict
-from cfebm.train.data import source_batch, training_data, translating, translation_grid
+from cfebm.train.data import grid_source, source_batch, training_data
 from cfebm.train.distributed import Shard
 from cfebm.train.evaluation import TrainingEval, best_fid, evaluates, watch
 from cfebm.train.recovery import divergence
@@ -158,19 +158,22 @@ def open_run(cfg: Config, run_dir: Path, resume: bool, shard: Shard | None = Non
 
 
 def save_samples(state: TrainState, path: Path, growth: Growth | None = None) -> Path:
-    """A grid of what the sampler of ``growth`` (default: now) produces, from a fixed seed."""
+    """A grid of what the sampler of ``growth`` (default: now) produces, from a fixed seed; for
+    a translation run, rows of 8 source test images, each followed by their translations."""
     cfg, device = state.cfg, state.device
     growth = growth or state.growth
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + GRID_SEED_OFFSET)
     net = state.sampling_net()
-    if translating(cfg):  # rows of source test images, each followed by its translations
-        x = translation_grid(net, growth, cfg, generator=generator, device=device,
-                             autocast=state.autocast)
-        return save_grid(x, path, nrow=8, scale=max(1, 128 // growth.resolution))
+    source = grid_source(cfg, growth, device)
+    n = cfg.run.n_grid if source is None else len(source)
     with frozen(net):
-        x = sample_negatives(net, growth, cfg.run.n_grid, cfg.sampler, coarse=state.coarse,
-                             generator=generator, device=device, autocast=state.autocast)
-    return save_grid(x, path, scale=max(1, 128 // growth.resolution))
+        x = as_trained(net, growth, n, cfg.sampler, source=source, coarse=state.coarse,
+                       generator=generator, device=device, autocast=state.autocast)
+    scale = max(1, 128 // growth.resolution)
+    if source is None:
+        return save_grid(x, path, scale=scale)
+    rows = [t for pair in zip(source.split(8), x.split(8)) for t in pair]
+    return save_grid(torch.cat(rows), path, nrow=8, scale=scale)
 
 
 def save_latest(state: TrainState, run_dir: Path) -> None:

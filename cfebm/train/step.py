@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cfebm import runtime
-from cfebm.chains import sample_negatives, translation_chain
+from cfebm.chains import as_trained
 from cfebm.config import ADAM_BETAS, Config
 from cfebm.data import BatchStream, downsample, random_hflip, to_float
 from cfebm.growth import Growth, growth_at
@@ -194,8 +194,8 @@ def data_batch(state: TrainState, stream: BatchStream) -> Tensor:
 def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -> dict[str, float]:
     """One iteration of Algorithm 1 on the batch ``x_data`` (n, C, r, r); returns its metrics.
 
-    ``start`` (n, C, r, r): source images for a translation run, where the chains start (Eq. 4,
-    ``chains.translation_chain``); None starts them from noise. In a data-parallel run
+    ``start`` (n, C, r, r): source images for a translation run, where the chains start (Eq. 4);
+    None starts them from noise (``chains.as_trained`` runs either). In a data-parallel run
     ``x_data`` and ``start`` are this rank's slice of the global batch; the gradients and
     metrics are averaged over the ranks, and the images seen grow by the global batch.
     """
@@ -205,14 +205,9 @@ def train_step(state: TrainState, x_data: Tensor, start: Tensor | None = None) -
     # Smooth MCMC sampling: negatives from the current (and, while fading, coarse) energy.
     freeze_finished_stages(state)
     with frozen(net):
-        generator = state.chains(n * state.shard.world)
-        if start is None:
-            x_sample = sample_negatives(state.compiled or net, growth, n, cfg.sampler,
-                                        coarse=state.coarse, generator=generator,
-                                        device=state.device, autocast=state.autocast)
-        else:
-            x_sample = translation_chain(state.compiled or net, growth, start, cfg.sampler,
-                                         generator=generator, autocast=state.autocast)
+        x_sample = as_trained(state.compiled or net, growth, n, cfg.sampler, source=start,
+                              coarse=state.coarse, generator=state.chains(n * state.shard.world),
+                              device=state.device, autocast=state.autocast)
 
     # Optimize the energy function with Eq. (2): one forward pass over data and samples.
     for group in state.optimizer.param_groups:
