@@ -191,6 +191,10 @@ class EnergyNet(nn.Module):
     def forward(self, x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
         """Energies (N,) of x (N, C, r, r). ``beta`` may be a 0-dim tensor, which always takes the
         fading path (for ``torch.compile``: one graph for every β; see ``runtime.py``)."""
+        return self.energy_of(self.trunk(x, beta))
+
+    def trunk(self, x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
+        """The features that enter the top block: (N, 4c, 4, 4) for x (N, C, r, r)."""
         r = self._check_input(x, beta)
         h = self.blocks[f"{r}x{r}"](self.from_rgb[f"{r}x{r}"](x))
         if isinstance(beta, Tensor) or beta < 1.0:
@@ -200,9 +204,13 @@ class EnergyNet(nn.Module):
         while r > 8:
             r //= 2
             h = self.blocks[f"{r}x{r}"](h)
+        return h
+
+    def energy_of(self, h: Tensor) -> Tensor:
+        """Energies (N,) of the trunk's features h (N, 4c, 4, 4)."""
         features = self.top(h).float()
         # The head sets the energy's scale: it runs in fp32 even under bf16 autocast.
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(h.device.type, enabled=False):
             return self.head(features).squeeze(1)
 
     def _check_input(self, x: Tensor, beta: float | Tensor) -> int:

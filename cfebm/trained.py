@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
@@ -157,6 +158,25 @@ class TrainedModel:
         self.check_images(x)
         with frozen(self.net), self.autocast():
             return self.net(x, self.beta)
+
+    def energy_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """E(x) as ``energy`` gives it, (N,) float32, and the features the network's top block
+        reads, flattened: (N, 4c·4·4) float32. One forward pass, no gradients."""
+        self.check_images(x)
+        with torch.no_grad(), frozen(self.net), self.autocast():
+            h = self.net.trunk(x, self.beta)
+            return self.net.energy_of(h), h.flatten(1).float()
+
+    def coarse_energy(self, x: Tensor, resolution: int) -> Tensor:
+        """E_r(pool(x)): the energy the network gives ``x`` (N, C, R, R) average-pooled to a
+        coarser ``resolution`` r it was trained at (β = 1 there), (N,) float32, no gradients."""
+        self.check_images(x)
+        if resolution >= self.resolution or resolution not in self.net.resolutions:
+            raise ValueError(f"resolution must be one of the coarser scales "
+                             f"{[r for r in self.net.resolutions if r < self.resolution]}, "
+                             f"got {resolution}")
+        with torch.no_grad(), frozen(self.net), self.autocast():
+            return self.net(F.avg_pool2d(x, self.resolution // resolution))
 
     def schedule(self, *, steps: int | None = None,
                  cascade: bool = False) -> list[tuple[int, int]]:

@@ -117,6 +117,28 @@ def test_fashion_mnist_reads_root_before_system_copy(tmp_path):
     assert np.array_equal(images.images[:, 0, 2:30, 2:30].numpy(), x)
 
 
+def test_mnist_reads_its_own_files_not_fashion_mnists(tmp_path, monkeypatch):
+    """MNIST's IDX files under root/MNIST/raw are read (padded to 32 px like Fashion-MNIST's);
+    a root holding only Fashion-MNIST files is not taken for MNIST."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6, dtype=np.uint8)
+    for name, images in (("MNIST", x), ("FashionMNIST", 255 - x)):
+        raw = tmp_path / name / "raw"
+        raw.mkdir(parents=True)
+        _write_idx(raw / "train-images-idx3-ubyte", images)
+        _write_idx(raw / "train-labels-idx1-ubyte", y)
+    cfg = _cfg(dataset="mnist", root=str(tmp_path), validation=0)
+    digits = load_images(cfg, split="train", resolution=32, image_channels=1)
+    assert np.array_equal(digits.images[:, 0, 2:30, 2:30].numpy(), x)
+    assert digits.labels.tolist() == y.tolist() and digits.images[:, :, :2].sum() == 0
+    only_fashion = tmp_path / "only"
+    (tmp_path / "FashionMNIST").rename(only_fashion)
+    with pytest.raises(DataError, match="MNIST train-"):
+        load_images(_cfg(dataset="mnist", root=str(only_fashion)), split="train",
+                    resolution=32, image_channels=1)
+
+
 def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -372,7 +394,7 @@ def test_svhn_round_trips_pixels_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"dataset": "mnist"}, "fashion_mnist, folder"),
+    ({"dataset": "emnist"}, "fashion_mnist, mnist, folder"),
     ({"dataset": "cifar10"}, "CIFAR-10 files"),
     ({"dataset": "cifar100"}, "CIFAR-100 files"),
     ({"dataset": "svhn"}, "SVHN file"),

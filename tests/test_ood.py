@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from cfebm.apps.ood import build_set, evaluate_ood, ood_metrics, score
+from cfebm.apps.ood_scores import SCORES, Detector, Gaussian
 from cfebm.cli import main
 from cfebm.trained import load
 
@@ -149,11 +150,79 @@ def test_scores_are_oriented_and_the_gradient_score_is_the_gradient_norm(tiny_mo
 
 def test_cli_writes_the_table_csv_and_histograms(tiny_model, tmp_path, capsys):
     out = tmp_path / "ood"
-    assert main(["ood", tiny_model.source, "--ood", "uniform", "constant", "interp",
-                 "--n", "50", "--out", str(out), "--no-progress"]) == 0
+    assert main(["ood", tiny_model.source, "--ood", "uniform", "constant", "interp", "vflip",
+                 "invert", "--n", "50", "--out", str(out), "--no-progress", "--score",
+                 "all"]) == 0
     printed = capsys.readouterr().out
-    assert "| energy |" in printed and "Average" in printed
+    assert "| energy |" in printed and "| ratio+features |" in printed and "Average" in printed
+    assert "fitted on" in printed and "validation images of fake: held out" in printed
     rows = (out / "ood.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 3 and rows[0].startswith("score,set,auroc")
-    for kind in ("energy", "grad_norm"):
+    assert len(rows) == 1 + len(SCORES) * 5 and rows[0].startswith("score,set,auroc")
+    for kind in SCORES:
         Image.open(out / f"ood_hist_{kind}.png").verify()
+
+
+def test_the_default_score_is_the_fitted_ratio_and_features(tiny_model, tmp_path, capsys):
+    assert main(["ood", tiny_model.source, "--ood", "uniform", "--n", "20", "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| ratio+features |" in printed and "| energy |" not in printed
+
+
+# ------------------------------------------------------------------------------------------------
+# The multi-scale scores (issue 38)
+
+
+def test_the_gaussian_distance_is_the_mahalanobis_distance_of_its_fit():
+    """With many samples Ledoit–Wolf barely shrinks, so the fitted distance of a point is the
+    closed-form √((f − μ)ᵀ Σ⁻¹ (f − μ)) of the generating Gaussian, to sampling error."""
+    g = torch.Generator().manual_seed(0)
+    cov = torch.tensor([[4.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    chol = torch.linalg.cholesky(cov)
+    samples = mean + torch.randn(200_000, 2, generator=g, dtype=torch.float64) @ chol.T
+    fit = Gaussian.fit(samples)
+    points = torch.tensor([[1.0, -2.0], [3.0, -2.0], [1.0, 0.0], [-1.0, -5.0]],
+                          dtype=torch.float64)
+    d = points - mean
+    exact = torch.einsum("nd,de,ne->n", d, torch.linalg.inv(cov), d).sqrt()
+    torch.testing.assert_close(fit.distance(points), exact, atol=0.02, rtol=0.01)
+
+
+def test_the_ratio_is_the_energy_minus_the_coarse_energy_of_the_pooled_image(tiny_model):
+    """−E_16(x) + E_8(avgpool₂ x), with E_8 the same network at 8² (β = 1), per image; the
+    features' distance is zero only at the fitted mean and grows away from it."""
+    x = torch.rand(6, tiny_model.channels, 16, 16) * 2 - 1
+    detector = Detector.fit(tiny_model)
+    with torch.no_grad():
+        coarse = tiny_model.net(torch.nn.functional.avg_pool2d(x, 2), 1.0)
+    torch.testing.assert_close(detector.score(x, "ratio", batch_size=4),
+                               -tiny_model.energy(x) + coarse)
+    _, features = tiny_model.energy_and_features(x)
+    assert features.shape == (6, 4 * tiny_model.cfg.model.channels * 16)
+    at_mean = detector.gaussian.distance(detector.gaussian.mean[None])
+    assert at_mean.item() == 0.0
+    assert (detector.gaussian.distance(features) > 0).all()
+
+
+def test_standardised_scores_have_unit_spread_on_the_images_that_set_it(tiny_model):
+    images = build_set("interp", tiny_model, 40, seed=3).images
+    detector = Detector.fit(tiny_model, images)
+    held = images[20:]
+    for kind in ("ratio", "features"):
+        z = detector.standard(kind, detector.score(held, kind).double())
+        assert abs(z.mean().item()) < 1e-6 and abs(z.std().item() - 1) < 1e-6
+    combined = detector.score(held, "ratio+features")
+    expected = (detector.standard("ratio", detector.score(held, "ratio").double())
+                + detector.weight * detector.standard("features",
+                                                      detector.score(held, "features").double()))
+    torch.testing.assert_close(combined, expected.float())
+
+
+def test_fitted_scores_refuse_an_unfitted_detector_and_a_model_without_coarser_scale(
+        tiny_model):
+    x = torch.zeros(2, tiny_model.channels, 16, 16)
+    with pytest.raises(ValueError, match="needs a fitted detector"):
+        Detector(tiny_model).score(x, "features")
+    with pytest.raises(ValueError, match="coarser scales"):
+        Detector(tiny_model, coarse=16).score(x, "ratio")

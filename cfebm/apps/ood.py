@@ -5,15 +5,16 @@ dataset is the in-distribution set, and each out-of-distribution set is ranked a
 AUROC, AUPR (in-distribution as the positive class, and as the negative) and the false-positive
 rate at 95% true positives, all from scikit-learn.
 
-Scores, each oriented so that **higher means more in-distribution**:
-- ``"energy"``: −E(x), the paper's (low energy = likely).
-- ``"grad_norm"``: +‖∇ₓE(x)‖₂, the score of the authors' code (REFERENCE §5.6): it ranks by
-  ‖∇ₓf(x)‖₂ with f = −E (the same norm) and labels in-distribution 1, so a larger gradient norm
-  counts as more in-distribution.
+Scores (``ood_scores``), each oriented so that **higher means more in-distribution**: the
+paper's −E(x), the authors' code's +‖∇ₓE(x)‖₂, a likelihood ratio across the model's scales, a
+Gaussian on the network's features fitted to validation images, and the default, the ratio and
+the features together.
 
 Sets: ``uniform`` U(−1, 1); ``constant`` (one random value per image and channel, so colour
 images get a random colour); ``interp`` (the midpoint of two random held-out images, as in the
-paper's Interp); any dataset name ``cfebm.data`` loads, or a folder of images; each is read at the
+paper's Interp); ``vflip`` and ``invert`` (held-out images upside down, and with their
+intensities negated); any dataset name ``cfebm.data`` loads (``mnist`` for a Fashion-MNIST
+model: the field's hard case, Nalisnick et al. 2019), or a folder of images; each is read at the
 model's resolution and channel count (``load_images`` resizes and converts) and the conversion
 is reported.
 """
@@ -29,36 +30,18 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from cfebm.apps.ood_scores import DEFAULT_SCORE, FITTED, Detector
 from cfebm.config import DataConfig
 from cfebm.data import DATASETS, DataError, load_images, to_float
 from cfebm.trained import TrainedModel
 
-SCORES = ("energy", "grad_norm")
-SYNTHETIC = ("uniform", "constant", "interp")
+SYNTHETIC = ("uniform", "constant", "interp", "vflip", "invert")
 
 
-def score(model: TrainedModel, x: Tensor, kind: str = "energy", *, batch_size: int = 500,
-          progress: bool = False) -> Tensor:
-    """OOD scores of images ``x`` (N, C, R, R) in [−1, 1]: (N,) float32, higher = more
-    in-distribution; ``kind`` ``"energy"`` gives −E(x), ``"grad_norm"`` +‖∇ₓE(x)‖₂ per image
-    (the authors' orientation, REFERENCE §5.6)."""
-    if kind not in SCORES:
-        raise ValueError(f"unknown score {kind!r}; choose one of {', '.join(SCORES)}")
-    model.check_images(x)
-    out = []
-    for start in tqdm(range(0, len(x), batch_size), disable=not progress, unit="batch",
-                      desc=f"scoring ({kind})", dynamic_ncols=True):
-        xb = x[start:start + batch_size].to(model.device)
-        if kind == "energy":
-            with torch.no_grad():
-                out.append(-model.energy(xb).cpu())
-            continue
-        xb = xb.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(model.energy(xb).sum(), xb)
-        out.append(grad.flatten(1).norm(dim=1).cpu())
-    return torch.cat(out).float()
+AXIS_LABELS = {"energy": "−E(x)", "grad_norm": "‖∇ₓE(x)‖", "ratio": "−E_R(x) + E_r(pool x)",
+               "features": "−Mahalanobis distance of features",
+               "ratio+features": "z(ratio) + w·z(features)"}
 
 
 @dataclass(frozen=True)
@@ -92,8 +75,12 @@ def build_set(name: str, model: TrainedModel, n: int, seed: int = 0,
         value = torch.rand(n, c, 1, 1, generator=g) * 2 - 1
         return OODSet(name, value.expand(n, c, r, r).clone(),
                       "one random value in [-1, 1] per image and channel")
-    if name == "interp":
+    if name in ("interp", "vflip", "invert"):
         x = in_distribution(model, 10 * n).images if held_out is None else held_out
+        if name == "vflip":
+            return OODSet(name, x[:n].flip(-2), "held-out in-distribution images upside down")
+        if name == "invert":
+            return OODSet(name, -x[:n], "held-out in-distribution images, intensities inverted")
         i, j = (torch.randint(len(x), (n,), generator=g) for _ in range(2))
         return OODSet(name, 0.5 * (x[i] + x[j]), "midpoints of random pairs of held-out "
                       "in-distribution images")
@@ -108,6 +95,18 @@ def build_set(name: str, model: TrainedModel, n: int, seed: int = 0,
     pick = torch.randperm(len(images), generator=g)[:n].sort().values
     return OODSet(Path(name).name or name, to_float(images.get_batch(pick)),
                   f"{name}: {len(pick)} test images resized to {r}x{r}, {c} channel(s)")
+
+
+def score(model: TrainedModel, x: Tensor, kind: str = DEFAULT_SCORE, *,
+          detector: Detector | None = None, batch_size: int = 500,
+          progress: bool = False) -> Tensor:
+    """OOD scores (N,) float32 of images ``x`` (N, C, R, R) in [−1, 1], higher = more
+    in-distribution; a fitted ``kind`` (see ``ood_scores``) fits a ``Detector`` on the
+    validation split unless one is given."""
+    if detector is None:
+        fit = kind in FITTED
+        detector = Detector.fit(model, batch_size=batch_size) if fit else Detector(model)
+    return detector.score(x, kind, batch_size=batch_size, progress=progress)
 
 
 def ood_metrics(score_in: Tensor, score_out: Tensor) -> dict[str, float]:
@@ -176,7 +175,7 @@ class OODReport:
             ax.hist(scores[s.name].numpy(), bins=bins, alpha=0.5, density=True, label=s.name)
             ax.set_title(f"{s.name}: AUROC {self.metrics[kind][s.name]['auroc']:.3f}",
                          fontsize=8)
-            ax.set_xlabel("−E(x)" if kind == "energy" else "‖∇ₓE(x)‖", fontsize=8)
+            ax.set_xlabel(AXIS_LABELS[kind], fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
         fig.suptitle(f"OOD scores ({kind}): higher = more in-distribution", fontsize=9)
@@ -188,15 +187,19 @@ class OODReport:
 
 
 def evaluate_ood(model: TrainedModel, set_names: Sequence[str], *, n: int = 1000,
-                 kinds: Sequence[str] = SCORES, seed: int = 0, batch_size: int = 500,
-                 progress: bool = False) -> OODReport:
-    """Score the model's test split and each named set with each score kind."""
+                 kinds: Sequence[str] = (DEFAULT_SCORE,), seed: int = 0, batch_size: int = 500,
+                 detector: Detector | None = None, progress: bool = False) -> OODReport:
+    """Score the model's test split and each named set with each score kind; a fitted score
+    fits ``detector`` on the validation split first unless one is given."""
+    if detector is None:
+        fit = any(kind in FITTED for kind in kinds)
+        detector = Detector.fit(model, batch_size=batch_size) if fit else Detector(model)
     in_set = in_distribution(model, n)
     sets = [build_set(name, model, n, seed, held_out=in_set.images) for name in set_names]
     scores, metrics = {}, {}
     for kind in kinds:
-        scores[kind] = {s.name: score(model, s.images, kind, batch_size=batch_size,
-                                      progress=progress) for s in [in_set, *sets]}
+        scores[kind] = {s.name: detector.score(s.images, kind, batch_size=batch_size,
+                                               progress=progress) for s in [in_set, *sets]}
         metrics[kind] = {s.name: ood_metrics(scores[kind][in_set.name], scores[kind][s.name])
                          for s in sets}
     return OODReport(in_set, sets, scores, metrics)

@@ -58,7 +58,10 @@ EXAMPLES = {
     "superres": (
         "cfebm superres fmnist32-2h --factor 4 --completions 3 --out superres.png   # 8x8 -> 32x32",
     ),
-    "ood": ("cfebm ood fmnist32-2h --ood uniform constant interp digits --out runs/ood",),
+    "ood": (
+        "cfebm ood fmnist32-2h --ood uniform constant interp vflip invert --out runs/ood",
+        "cfebm ood fmnist32-2h --ood mnist --score all   # MNIST files in ~/.cache/cfebm/data",
+    ),
     "translate": (
         "cfebm train --preset translate-fmnist --run-dir runs/tr   # sneakers to ankle boots",
         "cfebm translate runs/tr --n 16 --out runs/tr/translated",

@@ -1,21 +1,30 @@
 """``cfebm ood``: rank out-of-distribution sets against the model's test split (Table 4).
 
-    cfebm ood fmnist32-2h --ood uniform constant interp digits my_images/ --out runs/ood
+    cfebm ood fmnist32-2h --ood uniform constant interp vflip invert mnist my_images/
+
+The default score, ``ratio+features``, is fitted to the validation split of the model's dataset
+first (a few seconds); ``--score all`` reports every score (``cfebm.apps.ood_scores``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from cfebm.apps.ood import SCORES, SYNTHETIC, evaluate_ood
+from cfebm.apps.ood import SYNTHETIC, evaluate_ood
+from cfebm.apps.ood_scores import DEFAULT_SCORE, FITTED, SCORES, Detector
 from cfebm.cli.common import FORMATTER, add_model, count, load_model
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
     model = load_model(args)
-    kinds = SCORES if args.score == "both" else (args.score,)
+    kinds = SCORES if args.score == "all" else (args.score,)
+    detector = Detector(model, coarse=args.ratio_resolution)
+    if any(kind in FITTED for kind in kinds):
+        detector = Detector.fit(model, coarse=args.ratio_resolution, batch_size=args.batch_size)
+        print(f"fitted on {detector.fitted_on}")
     report = evaluate_ood(model, args.ood, n=args.n, kinds=kinds, seed=args.seed,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, detector=detector,
+                          progress=not args.no_progress)
     for metric in ("auroc", "fpr95"):
         print(report.table(metric) + "\n")
     print(f"in-distribution: {report.in_set.how}")
@@ -31,9 +40,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_model(p)
     p.add_argument("--ood", nargs="+", default=list(SYNTHETIC), metavar="SET",
                    help=f"{', '.join(SYNTHETIC)}, a dataset name or an image folder")
-    p.add_argument("--score", choices=(*SCORES, "both"), default="both",
-                   help="energy: −E(x) (the paper); grad_norm: +‖∇E(x)‖ (the authors' "
-                   "code); both higher = more in-distribution")
+    p.add_argument("--score", choices=(*SCORES, "all"), default=DEFAULT_SCORE,
+                   help="energy: −E(x) (the paper); grad_norm: +‖∇E(x)‖ (the authors' code); "
+                   "ratio: −E_R(x) + E_r(pool x); features: a Gaussian on the network's "
+                   "features; ratio+features (default): both; all higher = more "
+                   "in-distribution")
+    p.add_argument("--ratio-resolution", type=count(8), default=0, metavar="R",
+                   help="the ratio's coarse scale r (default: half the model's resolution)")
     p.add_argument("--n", type=count(2), default=1000, help="images per set")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sets")
     p.add_argument("--batch-size", type=count(1), default=500, help="images per batch")

@@ -33,7 +33,7 @@ from cfebm.data.sets import (
 )
 from cfebm.runtime import derived_seed
 
-DATASETS = ("fashion_mnist", "folder", "digits", "cifar10", "cifar100", "svhn", "celeba", "lsun",
+DATASETS = ("fashion_mnist", "mnist", "folder", "digits", "cifar10", "cifar100", "svhn", "celeba", "lsun",
             "fake")
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +111,8 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
                           center_crop=cfg.center_crop, num_workers=cfg.num_workers)
     if name == "fashion_mnist":
         x, labels = readers.fashion_mnist(root, download, files, resolution, rows)
+    elif name == "mnist":
+        x, labels = readers.mnist(root, download, files, resolution, rows)
     elif name == "digits":
         x, labels = readers.digits(files, resolution, rows)
     elif name in ("cifar10", "cifar100"):

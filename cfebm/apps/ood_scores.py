@@ -1,0 +1,165 @@
+"""Out-of-distribution scores of a trained energy, each oriented higher = more in-distribution.
+
+- ``"energy"``: −E(x), the paper's score (Sec. 4.2).
+- ``"grad_norm"``: +‖∇ₓE(x)‖₂, the authors' code's (REFERENCE §5.6).
+- ``"ratio"``: −E_R(x) + E_r(pool x), a likelihood ratio across the model's own scales
+  (Ren et al., NeurIPS 2019, with the coarse energy as the background model): the coarse energy
+  sees only ``avgpool(x)``, so the ratio discounts what an image's low-frequency statistics
+  alone make likely (a plain digit on black is "simple" at every scale). r defaults to R/2
+  (``RATIO_FACTOR``), which beat R/4 on validation (docs/notebook/ood.md).
+- ``"features"``: minus the Mahalanobis distance of the features the energy's top block reads
+  (the (4c, 4, 4) map of the 8² block, flattened) from a Gaussian fitted to validation images:
+  mean and Ledoit–Wolf covariance (Lee et al., NeurIPS 2018). It keeps *where* things are in the
+  image, which a scalar energy does not.
+- ``"ratio+features"`` (``DEFAULT_SCORE``): the two above, each standardised by its spread over
+  held-out validation images, ``z(ratio) + FEATURE_WEIGHT · z(features)``. The weight was chosen
+  on validation sets (docs/notebook/ood.md); its test numbers are on the results page.
+
+The fitted scores need a ``Detector``: ``Detector.fit(model)`` reads the validation split of the
+model's dataset (``data.validation`` images held out of training; for a model trained without one,
+the last 5,000 training images, which it has seen: the card says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cfebm.data import load_images, to_float
+from cfebm.trained import TrainedModel
+
+SCORES = ("energy", "grad_norm", "ratio", "features", "ratio+features")
+FITTED = ("features", "ratio+features")
+DEFAULT_SCORE = "ratio+features"
+RATIO_FACTOR = 2          # the ratio's coarse scale r = R / RATIO_FACTOR
+FEATURE_WEIGHT = 1.0      # of z(features) against z(ratio) in the default score (validation)
+FIT_IMAGES = 2000         # validation images the Gaussian is fitted to
+SCALE_IMAGES = 1000       # further validation images that standardise the scores
+FALLBACK_VALIDATION = 5000
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """A Gaussian over feature vectors, as its mean (D,) and a whitening matrix W (D, D) with
+    W Wᵀ = the precision: the Mahalanobis distance of f is ‖(f − mean) W‖."""
+
+    mean: Tensor
+    whiten: Tensor
+
+    @classmethod
+    def fit(cls, features: Tensor) -> Gaussian:
+        """Mean and Ledoit–Wolf shrunk covariance of ``features`` (N, D), N ≥ 2."""
+        lw = LedoitWolf().fit(features.double().numpy())
+        whiten = np.linalg.cholesky(lw.precision_)
+        return cls(torch.from_numpy(lw.location_), torch.from_numpy(whiten))
+
+    def distance(self, features: Tensor) -> Tensor:
+        """Mahalanobis distances (N,) float64 of ``features`` (N, D)."""
+        return ((features.double() - self.mean) @ self.whiten).norm(dim=1)
+
+
+@dataclass
+class Detector:
+    """The scores of one model, with what the fitted ones learnt from validation images.
+
+    Attributes:
+        model: the trained model.
+        gaussian: the features' Gaussian (None until fitted).
+        spread: score kind -> (mean, standard deviation) over held-out validation images.
+        coarse: the ratio's coarse resolution r (0: R / ``RATIO_FACTOR``).
+        weight: of z(features) in ``"ratio+features"``.
+        fitted_on: where the fitting images came from (for reports).
+    """
+
+    model: TrainedModel
+    gaussian: Gaussian | None = None
+    spread: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    coarse: int = 0
+    weight: float = FEATURE_WEIGHT
+    fitted_on: str = ""
+
+    @classmethod
+    def fit(cls, model: TrainedModel, images: Tensor | None = None, *,
+            coarse: int = 0, batch_size: int = 500) -> Detector:
+        """Fit the features' Gaussian to the first ``FIT_IMAGES`` of ``images`` (N, C, R, R) in
+        [−1, 1] (default: the validation split of the model's dataset) and standardise the
+        ratio and features scores over the next ``SCALE_IMAGES``."""
+        how = f"{len(images)} given images" if images is not None else ""
+        if images is None:
+            images, how = validation_images(model, FIT_IMAGES + SCALE_IMAGES)
+        if len(images) < 4:
+            raise ValueError(f"need at least 4 images to fit the detector, got {len(images)}")
+        split = min(FIT_IMAGES, len(images) // 2)
+        detector = cls(model, coarse=coarse, fitted_on=how)
+        _, features = detector._energies_and_features(images[:split], batch_size)
+        detector.gaussian = Gaussian.fit(features)
+        for kind in ("ratio", "features"):
+            held = detector.score(images[split:], kind, batch_size=batch_size).double()
+            detector.spread[kind] = (held.mean().item(), held.std().item())
+        return detector
+
+    def score(self, x: Tensor, kind: str = DEFAULT_SCORE, *, batch_size: int = 500,
+              progress: bool = False) -> Tensor:
+        """Scores (N,) float32 of images ``x`` (N, C, R, R) in [−1, 1], higher = more
+        in-distribution (see the module docstring for ``kind``)."""
+        if kind not in SCORES:
+            raise ValueError(f"unknown score {kind!r}; choose one of {', '.join(SCORES)}")
+        if kind in FITTED and self.gaussian is None:
+            raise ValueError(f"score {kind!r} needs a fitted detector: Detector.fit(model)")
+        self.model.check_images(x)
+        parts = []
+        for start in tqdm(range(0, len(x), batch_size), disable=not progress, unit="batch",
+                          desc=f"scoring ({kind})", dynamic_ncols=True):
+            parts.append(self._score_batch(x[start:start + batch_size], kind))
+        return torch.cat(parts).float()
+
+    def _score_batch(self, x: Tensor, kind: str) -> Tensor:
+        x = x.to(self.model.device)
+        if kind == "energy":
+            with torch.no_grad():
+                return -self.model.energy(x).cpu().double()
+        if kind == "grad_norm":
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.model.energy(x).sum(), x)
+            return grad.flatten(1).norm(dim=1).cpu().double()
+        energy, features = self._energies_and_features(x, len(x))
+        coarse = self.coarse or self.model.resolution // RATIO_FACTOR
+        ratio = -energy + self.model.coarse_energy(x, coarse).cpu().double()
+        if kind == "ratio":
+            return ratio
+        near = -self.gaussian.distance(features)
+        if kind == "features":
+            return near
+        return self.standard("ratio", ratio) + self.weight * self.standard("features", near)
+
+    def standard(self, kind: str, s: Tensor) -> Tensor:
+        """Scores ``s`` of ``kind`` standardised by their spread over held-out validation
+        images (mean 0, standard deviation 1 there)."""
+        mean, sd = self.spread[kind]
+        return (s - mean) / sd
+
+    def _energies_and_features(self, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        out = [self.model.energy_and_features(x[i:i + batch_size].to(self.model.device))
+               for i in range(0, len(x), batch_size)]
+        return (torch.cat([e for e, _ in out]).cpu().double(),
+                torch.cat([f for _, f in out]).cpu())
+
+
+def validation_images(model: TrainedModel, n: int) -> tuple[Tensor, str]:
+    """The first ``n`` images (N, C, R, R) in [−1, 1] of the validation split of the model's
+    dataset, and where they came from. A model trained with ``data.validation = 0`` saw every
+    training image; its validation split is then the last ``FALLBACK_VALIDATION`` of them."""
+    held = model.cfg.data.validation
+    data = dataclasses.replace(model.cfg.data, validation=held or FALLBACK_VALIDATION, limit=0)
+    images = load_images(data, split="validation", resolution=model.resolution,
+                         image_channels=model.channels)
+    x = to_float(images.get_batch(torch.arange(min(n, len(images)))))
+    seen = ("held out of training" if held else
+            "the last training images, which this model trained on (data.validation = 0)")
+    return x, f"{len(x)} validation images of {data.dataset}: {seen}"
