@@ -18,6 +18,7 @@ of guided against unguided chains, timed in the same process.
 
     OMP_NUM_THREADS=1 python benchmarks/steer.py fmnist32-2h --weights 1,3,10 --n-val 40 \\
         --n 200 --json runs/steer.json --grid docs/steer_fmnist32_2h.png
+    OMP_NUM_THREADS=1 python benchmarks/steer.py fmnist32-2h --weight 3 --n 200   # no sweep
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
     parser.add_argument("--weights", default="1,3,10", help="guidance weights λ to sweep")
+    parser.add_argument("--weight", type=float, help="no sweep: report the test split at this "
+                        "λ (a point on the trade-off, not a choice)")
     parser.add_argument("--n-val", type=int, default=40, help="samples per class per weight")
     parser.add_argument("--n", type=int, default=200, help="test samples per class")
     parser.add_argument("--json", help="write the results as JSON")
@@ -133,9 +136,11 @@ def main() -> None:
     started = time.time()
     model, (net, info) = load(args.model), guides.load_classifier(args.classifier)
     extractor = FMNISTFeatures(device=model.device)
-    weights = [float(w) for w in args.weights.split(",")]
-    weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val)
-    print(f"chosen on validation: λ = {weight:g}", flush=True)
+    weight, sweep_rows = args.weight, []
+    if weight is None:
+        weights = [float(w) for w in args.weights.split(",")]
+        weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val)
+        print(f"chosen on validation: λ = {weight:g}", flush=True)
     summary, rows = report(model, net, extractor, weight, args.n)
     if args.grid:
         save_rows(rows, args.grid, labels=list(CLASS_NAMES), scale=1)

@@ -2,7 +2,7 @@
 
     cfebm sample MODEL --n 64 --out samples.png [--steps T] [--noise η0] [--cascade]
     cfebm sample MODEL --n 8 --trajectory chains/ --every 5     (Fig. 10: strip, GIF, energies)
-    cfebm sample MODEL --class sneaker --guidance 3             (steered: cfebm.guides)
+    cfebm sample MODEL --class sneaker --guidance 10            (steered: cfebm.guides)
     cfebm sample A --and B      cfebm sample A --not B --not-weight 0.5
     cfebm export runs/f32/checkpoints/latest.pt --out f32.safetensors
     cfebm export runs/f32 --out f32-model      (a folder: model.safetensors, config.json, README.md)
@@ -84,8 +84,9 @@ def add_steering(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="steer toward a Fashion-MNIST class (sneaker, ankle-boot, t-shirt, ...) "
                    "with the packaged noise-trained guide classifier: adds λ·(−log p(class|x))")
-    p.add_argument("--guidance", type=non_negative, default=3.0,
-                   help="λ, the weight of --class")
+    p.add_argument("--guidance", type=non_negative, default=10.0,
+                   help="λ, the weight of --class (10: chosen on the validation split for "
+                   "fmnist32-2h, docs/notebook/steering.md)")
     p.add_argument("--and", dest="and_models", metavar="MODEL", action="append", default=[],
                    help="also a model's energy (product of experts, A AND B); same resolution "
                    "and channels; repeatable")
