@@ -28,6 +28,7 @@ from cfebm.config import SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet
 from cfebm.sampling import (
+    Energy,
     Generator,
     LangevinStep,
     cascade,
@@ -38,6 +39,7 @@ from cfebm.sampling import (
     init_uniform,
     langevin_cfg,
     smooth_init,
+    steered,
     upsample,
 )
 
@@ -62,7 +64,7 @@ def sample_negatives(
     device: torch.device | str = "cpu",
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     steps: int | None = None, eta0: float | None = None, cascade_all: bool = False,
-    callback: Callable[[LangevinStep], None] | None = None,
+    callback: Callable[[LangevinStep], None] | None = None, guide: Energy | None = None,
 ) -> Tensor:
     """The MCMC samples of one training iteration (Algorithm 1), (n, C, r, r) in [−1, 1]:
     the model of ``growth`` sampled exactly as it trains. Call inside ``frozen(net)``.
@@ -73,21 +75,23 @@ def sample_negatives(
     T steps at every stage up to this one, the coarse scales by ``net`` itself; ``"frozen"``
     (A.8, Table 9(e)): the coarse scales by ``coarse``, the frozen copies of finished stages.
     ``steps``, ``eta0`` (the test-time noise) and ``cascade_all`` (the cascade for any model) change the final
-    chains for inference; training uses none of them.
+    chains for inference, and ``guide`` (x at any scale -> (N,), ``cfebm.guides``) is added to
+    the energy of every chain they run; training uses none of them.
     """
     schedule = sampling_schedule(growth, cfg, steps=steps, cascade=cascade_all)
     channels, beta = net.cfg.image_channels, growth.beta
-    last = energy_of(net, beta, autocast)
+    last = steered(energy_of(net, beta, autocast), guide)
     if len(schedule) > 1:
         frozen_copies = coarse if cfg.init == "frozen" else ()
-        energies = [energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0, autocast)
+        energies = [steered(energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0,
+                                      autocast), guide)
                     for k in range(len(schedule) - 1)] + [last]
         x = init_uniform(n, channels, schedule[0][0], generator=generator, device=device)
         return cascade(energies, x, [t for _, t in schedule], cfg, eta0=eta0,
                        generator=generator, callback=callback)
     first = growth.cascade[0][0]  # the first stage's resolution, where nested noise begins
     if growth.fading and cfg.smooth:
-        x = smooth_init(energy_of(net, 1.0, autocast), n, channels, growth.resolution, beta,
+        x = smooth_init(steered(energy_of(net, 1.0, autocast), guide), n, channels, growth.resolution, beta,
                         growth.n_steps_coarse, cfg, first=first, generator=generator,
                         device=device, callback=callback)
     else:
@@ -102,24 +106,26 @@ def translation_chain(
     generator: Generator = None,
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     steps: int | None = None, eta0: float | None = None,
-    callback: Callable[[LangevinStep], None] | None = None,
+    callback: Callable[[LangevinStep], None] | None = None, guide: Energy | None = None,
 ) -> Tensor:
     """Chains of Eq. (4) from ``source`` (N, C, r, r) in [−1, 1], r = the stage's resolution:
     the smooth coarse start while fading (module docstring), then T(s) Langevin steps of
     E(s)(·; β). Returns (N, C, r, r) in [−1, 1]. Call inside ``frozen(net)``.
 
-    ``steps`` and ``eta0`` change the final chain (inference); training uses neither.
+    ``steps`` and ``eta0`` change the final chain and ``guide`` is added to both chains'
+    energies (inference); training uses none of them.
     """
     if source.shape[-1] != growth.resolution:
         raise ValueError(f"source images must be {growth.resolution}x{growth.resolution} at "
                          f"this stage, got {tuple(source.shape)}")
     beta, x = growth.beta, source
     if growth.fading and cfg.smooth:
-        coarse = langevin_cfg(energy_of(net, 1.0, autocast), downsample(source, x.shape[-1] // 2),
+        coarse = langevin_cfg(steered(energy_of(net, 1.0, autocast), guide),
+                              downsample(source, x.shape[-1] // 2),
                               coarse_step_count(growth.n_steps_coarse, beta), cfg,
                               generator=generator, callback=callback)
         x = ((1.0 - beta) * upsample(coarse) + beta * source).clamp(-1.0, 1.0)
-    return langevin_cfg(energy_of(net, beta, autocast), x,
+    return langevin_cfg(steered(energy_of(net, beta, autocast), guide), x,
                         growth.n_steps if steps is None else steps, cfg, eta0=eta0,
                         generator=generator, callback=callback)
 
@@ -130,20 +136,21 @@ def as_trained(
     device: torch.device | str = "cpu",
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     steps: int | None = None, eta0: float | None = None, cascade_all: bool = False,
-    callback: Callable[[LangevinStep], None] | None = None,
+    callback: Callable[[LangevinStep], None] | None = None, guide: Energy | None = None,
 ) -> Tensor:
     """The ``n`` chains of the model of ``growth`` as it trains, (n, C, r, r) in [−1, 1]: a
     translation run's from its ``source`` images (n, C, r, r) in [−1, 1] (Eq. 4,
     ``translation_chain``), a generation run's from noise (Algorithm 1, ``sample_negatives``;
     ``coarse``, ``device`` and ``cascade_all`` serve only these). Call inside ``frozen(net)``.
 
-    ``steps`` and ``eta0`` change the final chains for inference; training uses neither.
+    ``steps``, ``eta0`` and ``guide`` (an energy term added to every chain, ``cfebm.guides``)
+    change the chains for inference; training uses none of them.
     """
     if source is None:
         return sample_negatives(net, growth, n, cfg, coarse=coarse, generator=generator,
                                 device=device, autocast=autocast, steps=steps, eta0=eta0,
-                                cascade_all=cascade_all, callback=callback)
+                                cascade_all=cascade_all, callback=callback, guide=guide)
     if len(source) != n:
         raise ValueError(f"{n} chains need {n} source images, got {len(source)}")
     return translation_chain(net, growth, source, cfg, generator=generator, autocast=autocast,
-                             steps=steps, eta0=eta0, callback=callback)
+                             steps=steps, eta0=eta0, callback=callback, guide=guide)

@@ -380,6 +380,14 @@ def energy_of(net: Callable[..., Tensor], beta: float,
     return energy
 
 
+def steered(energy: Energy, guide: Energy | None) -> Energy:
+    """E(x) + G(x): ``energy`` steered by an additive term G (``cfebm.guides``), evaluated on
+    the same x; ``energy`` itself when G is None."""
+    if guide is None:
+        return energy
+    return lambda x: energy(x) + guide(x)
+
+
 def cascade(
     energies: Sequence[Energy], x: Tensor, n_steps: Sequence[int], cfg: SamplerConfig, *,
     eta0: float | None = None, generator: Generator = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -45,9 +45,18 @@ from cfebm.files import (
     read,
 )
 from cfebm.growth import Growth, growth_at
+from cfebm.guides import Guide, listed, summed
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.runtime import resolve_device
-from cfebm.sampling import AveragePooled, Generator, LangevinStep, Streams, langevin_cfg
+from cfebm.sampling import (
+    AveragePooled,
+    Energy,
+    Generator,
+    LangevinStep,
+    Streams,
+    langevin_cfg,
+    steered,
+)
 from cfebm.share import (
     CARD_FILE,
     CONFIG_FILE,
@@ -194,7 +203,8 @@ class TrainedModel:
         pooled: Tensor | None = None, seed: int = 0,
         generator: torch.Generator | None = None, cascade: bool = False,
         translation: bool = False, callback: Callable[[LangevinStep], None] | None = None,
-        batch_size: int = 250, progress: bool = False,
+        guide: Guide | Sequence[Guide] | None = None, batch_size: int = 250,
+        progress: bool = False,
     ) -> Iterator[Tensor]:
         """Langevin chains of the model, batch by batch: (B, C, R, R) in [−1, 1] each.
 
@@ -220,6 +230,10 @@ class TrainedModel:
                 for a fully grown model the same as without. Takes no ``mask``.
             callback: sees every Langevin step of every batch (with ``translation`` mid-fade,
                 the coarse chain's steps at R/2 first).
+            guide: a ``cfebm.guides.Guide`` or several, added to the energy of every chain
+                (steered sampling: a class, another model AND / NOT, a reference image); at a
+                coarse scale each sees the state resized to its own resolution
+                (``cfebm.guides``). Weight 0 gives the unguided chains bit for bit.
             batch_size: chains per batch (rounded up to a multiple of 50).
             progress: show a progress bar.
         """
@@ -242,6 +256,9 @@ class TrainedModel:
             total = n
         if total < 1:
             raise ValueError(f"need at least one chain, got {total}")
+        for g in listed(guide):
+            g.check(self.channels, self.resolution)
+        extra = summed(guide)
         chunks = [(0, total, generator)] if generator is not None else list(
             self._stream_batches(total, seed, batch_size))
         with tqdm(total=total, unit="img", desc="sampling", disable=not progress,
@@ -251,10 +268,11 @@ class TrainedModel:
                     rows = mask if mask is None or len(mask) == 1 else mask[begin:begin + size]
                     low = None if pooled is None else AveragePooled(pooled[begin:begin + size])
                     x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback,
-                                    low)
+                                    low, extra)
                 else:
                     source = None if start is None else start[begin:begin + size]
-                    x = self._as_trained(size, source, steps, noise, gen, cascade, callback)
+                    x = self._as_trained(size, source, steps, noise, gen, cascade, callback,
+                                         extra)
                 bar.update(size)
                 yield x
 
@@ -267,24 +285,26 @@ class TrainedModel:
             yield begin, size, Streams.for_chains(seed, begin, size, self.device)
 
     def _chain(self, start: Tensor, steps: int | None, noise: float | None, mask: Tensor | None,
-               generator: Generator, callback, constraint: AveragePooled | None = None) -> Tensor:
+               generator: Generator, callback, constraint: AveragePooled | None = None,
+               guide: Energy | None = None) -> Tensor:
         start = start.to(self.device)
         with frozen(self.net):  # the spectral-norm weights are computed once for the chain
-            return langevin_cfg(self.energy, start,
+            return langevin_cfg(steered(self.energy, guide), start,
                                 self.growth.n_steps if steps is None else steps,
                                 self.cfg.sampler, eta0=noise, generator=generator,
                                 mask=None if mask is None else mask.to(self.device),
                                 constraint=constraint, callback=callback)
 
     def _as_trained(self, n: int, source: Tensor | None, steps: int | None, noise: float | None,
-                    generator: Generator, cascade: bool, callback) -> Tensor:
+                    generator: Generator, cascade: bool, callback,
+                    guide: Energy | None = None) -> Tensor:
         """``n`` chains from noise, or translation chains from ``source`` (``chains.as_trained``)."""
         source = None if source is None else source.to(self.device)
         with frozen(self.net):
             return as_trained(self.net, self.growth, n, self.cfg.sampler, source=source,
                               coarse=self.coarse, generator=generator, device=self.device,
                               autocast=self.autocast, steps=steps, eta0=noise,
-                              cascade_all=cascade, callback=callback)
+                              cascade_all=cascade, callback=callback, guide=guide)
 
     def export(self, path: str | Path) -> Path:
         """Write the inference weights (these weights, the frozen coarse copies, the config) for

@@ -27,6 +27,7 @@ from cfebm.cli.help import commands, epilog, overview
 from cfebm.config import ConfigError
 from cfebm.data import DataError
 from cfebm.files import CheckpointError
+from cfebm.guides import GuideError
 from cfebm.metrics.reference import EvalError
 from cfebm.train.distributed import DistributedError
 from cfebm.train.loop import RunError
@@ -34,7 +35,7 @@ from cfebm.train.loop import RunError
 DESCRIPTION = ("Energy-based models learned by coarse-to-fine expanding and sampling (Zhao, Xie "
                "& Li, ICLR 2021).")
 USER_ERRORS = (CLIError, ConfigError, CheckpointError, DataError, DistributedError, EvalError,
-               RunError, FileNotFoundError)
+               GuideError, RunError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

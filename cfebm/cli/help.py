@@ -37,7 +37,7 @@ EXAMPLES = {
     ),
     "sample": (
         "cfebm sample fmnist32-2h --n 64 --out samples.png   # as trained (Algorithm 2)",
-        "cfebm sample runs/f32 --n 8 --trajectory chains/ --every 5   # chains as strips, a GIF",
+        "cfebm sample fmnist32-2h --class sneaker --n 16 --out sneakers.png   # steered (--and B)",
     ),
     "interpolate": ("cfebm interpolate fmnist32-2h --pairs 2 --points 11 --out interpolate.png",),
     "noise-sweep": ("cfebm noise-sweep fmnist32-2h --n 8 --etas 0,0.015,0.03 --out sweep.png",),
