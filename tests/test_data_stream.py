@@ -92,5 +92,5 @@ def test_tensor_images_validates_and_batches():
     assert (images.resolution, images.channels) == (8, 1)
     with pytest.raises(ValueError):
         TensorImages(torch.zeros(2, 3, 8, 8))  # float, not uint8
-    assert set(DATASETS) == {"fashion_mnist", "folder", "digits", "cifar10", "cifar100", "svhn",
-                             "celeba", "lsun", "fake"}
+    assert set(DATASETS) == {"fashion_mnist", "mnist", "folder", "digits", "cifar10", "cifar100",
+                             "svhn", "celeba", "lsun", "fake"}
