@@ -39,18 +39,32 @@ def test_a_checkpoint_from_before_train_seconds_loads_with_zero(tmp_path):
     assert load_state(tmp_path / "old.pt", device="cpu").record.train_seconds == 0.0
 
 
+def test_a_checkpoint_from_before_the_fid_watch_loads_with_an_empty_watch(tmp_path):
+    """Files written before the FID watch existed have no "fid_watch": no reference FIDs, no
+    retries."""
+    ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
+    del ckpt["fid_watch"]
+    atomic_save(ckpt, tmp_path / "old.pt")
+    record = load_state(tmp_path / "old.pt", device="cpu").record
+    assert (record.watch_reference, record.watch_retries) == ({}, 0)
+
+
 def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, caplog):
     """A CUDA generator's state (16 bytes: seed and Philox offset) cannot be a CPU generator's
-    (5,056 bytes); loading such a file on the CPU seeds the chains from it, the same way twice."""
+    (5,056 bytes); loading such a file on the CPU seeds the chains from it, the same way twice,
+    and says so. The device asked for wins over the run's ``train.device = "cuda"``."""
     ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
     ckpt["generator"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0],
                                      dtype=torch.uint8)
+    ckpt["config"]["train"]["device"] = "cuda"
     atomic_save(ckpt, tmp_path / "gpu.pt")
     with pytest.raises(RuntimeError):  # the case the loader has to handle
         torch.Generator().set_state(ckpt["generator"])
-    draws = [torch.rand(4, generator=load_state(tmp_path / "gpu.pt", device="cpu").generator)
-             for _ in range(2)]
-    assert torch.equal(draws[0], draws[1]) and "another device type" in caplog.text
+    states = [load_state(tmp_path / "gpu.pt", device="cpu") for _ in range(2)]
+    assert {s.device for s in states} == {torch.device("cpu")}
+    draws = [torch.rand(4, generator=s.generator) for s in states]
+    assert torch.equal(draws[0], draws[1])
+    assert "saved on another device type than cpu;" in caplog.text
     # the seed is the state's SHA-256, first 8 bytes, little-endian, to 63 bits
     digest = hashlib.sha256(ckpt["generator"].numpy().tobytes()).digest()
     seed = int.from_bytes(digest[:8], "little") & (2**63 - 1)

@@ -18,6 +18,7 @@ fade in (β = images in stage / 64); batches of 16, so call k of ``train_step`` 
 """
 
 import json
+import logging
 import os
 import signal
 
@@ -257,16 +258,19 @@ def test_sigint_mid_stage_saves_the_last_iteration_and_resumes_exactly(tmp_path,
                         straight.optimizer.state_dict()["state"], "adam")
 
 
-def test_an_ema_switched_on_at_resume_starts_at_the_weights_it_resumes_from(tmp_path):
+def test_an_ema_switched_on_at_resume_starts_at_the_weights_it_resumes_from(tmp_path, caplog):
     """Resuming with ``train.ema_decay`` newly set starts the EMA at the checkpoint's weights:
     one iteration later it is decay·w(32) + (1 − decay)·w(48), parameter by parameter; set to
-    0 on a later resume, the EMA is dropped and the trained weights sample."""
+    0 on a later resume, the EMA is dropped and the trained weights sample. Each resume says
+    what it did to the EMA."""
+    caplog.set_level(logging.INFO, logger="cfebm.train.step")
     loop.run_training(tiny("train.ema_decay=0"), tmp_path, stop_at=32, progress=False)
     before = read(tmp_path / "checkpoints" / "latest.pt")
     assert before["ema"] is None
     decay = 0.9
     state = loop.run_training(tiny(f"train.ema_decay={decay}"), tmp_path, resume=True,
                               stop_at=48, progress=False)
+    assert "train.ema_decay 0.9: starting the EMA at the current weights" in caplog.messages
     assert state.ema is not None and state.n_images == 48
     after = dict(state.net.named_parameters())
     for name, p_ema in state.ema.named_parameters():
@@ -277,6 +281,8 @@ def test_an_ema_switched_on_at_resume_starts_at_the_weights_it_resumes_from(tmp_
     state = loop.run_training(tiny("train.ema_decay=0"), tmp_path, resume=True, stop_at=64,
                               progress=False)
     assert state.ema is None and state.sampling_net() is state.net
+    assert ("train.ema_decay 0: dropping the run's EMA; the trained weights sample"
+            in caplog.messages)
 
 
 def test_compile_switched_off_at_resume_leaves_no_compiled_energy(tmp_path):

@@ -1,4 +1,5 @@
 import math
+import re
 import weakref
 
 import pytest
@@ -10,6 +11,7 @@ from cfebm.config import ConfigError, ModelConfig, SamplerConfig
 from cfebm.growth import Growth
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import (
+    Slice,
     Streams,
     cascade,
     coarse_step_count,
@@ -191,6 +193,32 @@ def test_nested_noise_pools_to_the_uniform_noise_of_the_first_resolution():
                        init_uniform(4, 1, 8, generator=torch.Generator().manual_seed(1)))
 
 
+def test_nested_noise_is_the_documented_blend_of_the_generators_uniform_draws():
+    """x_r = c + (1 − |c|)·(u − up(pool(u))) / 1.5 with c = up(x_{r/2}): U(−1, 1) at the first
+    resolution, then one U(−1, 1) draw u per doubling, in that order from the generator
+    (up: 2× nearest, written out here with repeat_interleave)."""
+    def up(t):
+        return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    g = torch.Generator().manual_seed(5)
+    expected = torch.rand(3, 2, 4, 4, generator=g) * 2 - 1
+    for r in (8, 16):
+        u = torch.rand(3, 2, r, r, generator=g) * 2 - 1
+        pooled = u.unfold(2, 2, 2).unfold(3, 2, 2).mean((-2, -1))
+        c = up(expected)
+        expected = c + (1 - c.abs()) * (u - up(pooled)) / 1.5
+    x = init_noise(3, 2, 16, "nested", first=4, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "nested"])
+def test_start_noise_is_made_on_the_device_asked_for(kind):
+    """Every draw on ``device``, checked without a GPU on PyTorch's "meta" device (shapes only),
+    which the CPU-default device never matches."""
+    x = init_noise(2, 1, 16, kind, first=4, device="meta")
+    assert x.device.type == "meta" and x.shape == (2, 1, 16, 16)
+
+
 def test_nested_noise_keeps_its_coarse_spread_where_uniform_noise_loses_it():
     """Pooled to 8², U(−1, 1) at 32² has std 0.577/4 (means of 16 draws); nested noise keeps
     the std of U(−1, 1) at 8², 1/√3."""
@@ -248,6 +276,23 @@ def test_cascade_passes_the_test_time_noise_to_every_scale():
     x = cascade([energy, energy], x0, [3, 3], SamplerConfig(eta0=0.5), eta0=0.0,
                 generator=torch.Generator().manual_seed(2))
     assert torch.equal(x, upsample(x0))
+
+
+def test_the_cascade_chains_of_a_model_run_at_the_test_time_noise():
+    """``eta0`` reaches every scale of ``sampler.init = "cascade"``'s chains: each of the 3 + 2
+    steps draws noise of std 0 at η0 = 0; without it, the config's std falls linearly from
+    η0 = 0.5 to 0 at each scale (the default "std_linear" schedule)."""
+    net = EnergyNet(ModelConfig(channels=4, image_channels=1, max_resolution=16))
+    grown = Growth(1, 16, 1.0, 10, 4, 1e-3, n_steps=2, n_steps_coarse=3,
+                   cascade=((8, 3), (16, 2)))
+    cfg = SamplerConfig(init="cascade", eta0=0.5, noise_schedule="std_linear")
+    for eta0, stds in ((0.0, [0.0] * 5), (None, [0.5, 0.25, 0.0, 0.5, 0.0])):
+        seen = []
+        with frozen(net):
+            sample_negatives(net, grown, 2, cfg, eta0=eta0, generator=torch.Generator(),
+                             callback=seen.append)
+        assert [s.x.shape[-1] for s in seen] == [8] * 3 + [16] * 2
+        assert [s.noise_std for s in seen] == stds
 
 
 def test_a_single_chain_reports_each_step_to_the_callback():
@@ -367,6 +412,15 @@ def test_streams_give_each_chain_its_own_numbers_whatever_the_batch():
     assert not torch.equal(whole[:50], whole[50:100])
     with pytest.raises(ValueError, match="multiple of 50"):
         Streams.for_chains(7, 10, 50)
+
+
+def test_a_slice_outside_its_batch_is_refused_naming_its_rows():
+    """A data-parallel rank's rows [start, start + n) must lie inside the global batch."""
+    assert Slice(torch.Generator(), 2, 2, 4).n == 2
+    for start, n in ((3, 2), (-1, 2)):
+        message = f"rows [{start}, {start + n}) are not in a batch of 4"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Slice(torch.Generator(), start, n, 4)
 
 
 @pytest.mark.parametrize("base, drift_matches", [(8, True), (0, False)])

@@ -6,6 +6,8 @@ closed form (1 − β)·up(pool(x)) + β·x; masked pixels never move; domains c
 or classes they are defined by; a stopped and resumed run equals the straight one bit for bit.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,31 @@ def test_training_chain_runs_algorithm_1s_coarse_steps_then_the_fine_chain():
         translation_chain(net, growth_at(128 + 16, cfg.growth), sources(), cfg.sampler,
                           callback=lambda step: sizes.append(step.x.shape[-1]))
     assert sizes == [8] * 3 + [16] * 2   # ⌊4·(1−0.25)⌋ = 3 coarse steps
+
+
+def test_every_energy_of_a_translation_chain_runs_under_the_runs_precision():
+    """A run's autocast (bf16 where it is native) is entered once per Langevin step, for the
+    step's one gradient: the fade's 3 coarse steps and the 2 fine ones."""
+    cfg = textures("growth.n_steps=[4,2]")
+    net, entered = EnergyNet(cfg.model), []
+
+    def autocast():
+        entered.append(True)
+        return contextlib.nullcontext()
+
+    with frozen(net):
+        translation_chain(net, growth_at(128 + 16, cfg.growth), sources(), cfg.sampler,
+                          autocast=autocast)
+    assert len(entered) == 3 + 2
+
+
+def test_a_translation_chain_refuses_sources_not_at_the_stages_resolution():
+    cfg = textures()
+    net, x = EnergyNet(cfg.model), sources()
+    with frozen(net):
+        for wrong in (downsample(x, 8), x[..., :8]):  # 8×8 images; 16 rows of 8 pixels
+            with pytest.raises(ValueError, match="must be 16x16"):
+                translation_chain(net, growth_at(383, cfg.growth), wrong, cfg.sampler)
 
 
 def test_a_mid_fade_model_translates_with_its_training_chain():
