@@ -115,7 +115,7 @@ def translation_chain(
     ``steps`` and ``eta0`` change the final chain and ``guide`` is added to both chains'
     energies (inference); training uses none of them.
     """
-    if source.shape[-1] != growth.resolution:
+    if source.ndim != 4 or source.shape[-2:] != (growth.resolution, growth.resolution):
         raise ValueError(f"source images must be {growth.resolution}x{growth.resolution} at "
                          f"this stage, got {tuple(source.shape)}")
     beta, x = growth.beta, source

@@ -111,7 +111,7 @@ def test_a_translation_chain_refuses_sources_not_at_the_stages_resolution():
     cfg = textures()
     net, x = EnergyNet(cfg.model), sources()
     with frozen(net):
-        for wrong in (downsample(x, 8), x[..., :8]):  # 8×8 images; 16 rows of 8 pixels
+        for wrong in (downsample(x, 8), x[..., :8], x[..., :8, :]):  # 8², 16 rows of 8, 8 of 16
             with pytest.raises(ValueError, match="must be 16x16"):
                 translation_chain(net, growth_at(383, cfg.growth), wrong, cfg.sampler)
 
