@@ -39,7 +39,6 @@ from cfebm.sampling import (
     init_uniform,
     langevin_cfg,
     smooth_init,
-    steered,
     upsample,
 )
 
@@ -80,18 +79,18 @@ def sample_negatives(
     """
     schedule = sampling_schedule(growth, cfg, steps=steps, cascade=cascade_all)
     channels, beta = net.cfg.image_channels, growth.beta
-    last = steered(energy_of(net, beta, autocast), guide)
+    last = energy_of(net, beta, autocast, guide)
     if len(schedule) > 1:
         frozen_copies = coarse if cfg.init == "frozen" else ()
-        energies = [steered(energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0,
-                                      autocast), guide)
+        energies = [energy_of(frozen_copies[k] if k < len(frozen_copies) else net, 1.0,
+                              autocast, guide)
                     for k in range(len(schedule) - 1)] + [last]
         x = init_uniform(n, channels, schedule[0][0], generator=generator, device=device)
         return cascade(energies, x, [t for _, t in schedule], cfg, eta0=eta0,
                        generator=generator, callback=callback)
     first = growth.cascade[0][0]  # the first stage's resolution, where nested noise begins
     if growth.fading and cfg.smooth:
-        x = smooth_init(steered(energy_of(net, 1.0, autocast), guide), n, channels, growth.resolution, beta,
+        x = smooth_init(energy_of(net, 1.0, autocast, guide), n, channels, growth.resolution, beta,
                         growth.n_steps_coarse, cfg, first=first, generator=generator,
                         device=device, callback=callback)
     else:
@@ -120,12 +119,12 @@ def translation_chain(
                          f"this stage, got {tuple(source.shape)}")
     beta, x = growth.beta, source
     if growth.fading and cfg.smooth:
-        coarse = langevin_cfg(steered(energy_of(net, 1.0, autocast), guide),
+        coarse = langevin_cfg(energy_of(net, 1.0, autocast, guide),
                               downsample(source, x.shape[-1] // 2),
                               coarse_step_count(growth.n_steps_coarse, beta), cfg,
                               generator=generator, callback=callback)
         x = ((1.0 - beta) * upsample(coarse) + beta * source).clamp(-1.0, 1.0)
-    return langevin_cfg(steered(energy_of(net, beta, autocast), guide), x,
+    return langevin_cfg(energy_of(net, beta, autocast, guide), x,
                         growth.n_steps if steps is None else steps, cfg, eta0=eta0,
                         generator=generator, callback=callback)
 

@@ -191,7 +191,7 @@ class EnergyNet(nn.Module):
     def forward(self, x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
         """Energies (N,) of x (N, C, r, r). ``beta`` may be a 0-dim tensor, which always takes the
         fading path (for ``torch.compile``: one graph for every β; see ``runtime.py``)."""
-        return self.energy_of(self.trunk(x, beta))
+        return self.energy_from(self.trunk(x, beta))
 
     def trunk(self, x: Tensor, beta: float | Tensor = 1.0) -> Tensor:
         """The features that enter the top block: (N, 4c, 4, 4) for x (N, C, r, r)."""
@@ -206,7 +206,7 @@ class EnergyNet(nn.Module):
             h = self.blocks[f"{r}x{r}"](h)
         return h
 
-    def energy_of(self, h: Tensor) -> Tensor:
+    def energy_from(self, h: Tensor) -> Tensor:
         """Energies (N,) of the trunk's features h (N, 4c, 4, 4)."""
         features = self.top(h).float()
         # The head sets the energy's scale: it runs in fp32 even under bf16 autocast.

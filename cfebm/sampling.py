@@ -372,12 +372,14 @@ def smooth_init(
 
 
 def energy_of(net: Callable[..., Tensor], beta: float,
-              autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Energy:
-    """An energy net at fading factor ``beta`` as a function of x alone, run under ``autocast``."""
+              autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+              guide: Energy | None = None) -> Energy:
+    """An energy net at fading factor ``beta`` as a function of x alone, run under ``autocast``,
+    plus a ``guide`` term when one is given (``steered``)."""
     def energy(x: Tensor) -> Tensor:
         with autocast():
             return net(x, beta)
-    return energy
+    return steered(energy, guide)
 
 
 def steered(energy: Energy, guide: Energy | None) -> Energy:

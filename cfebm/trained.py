@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
@@ -54,6 +53,7 @@ from cfebm.sampling import (
     Generator,
     LangevinStep,
     Streams,
+    downsample,
     langevin_cfg,
     steered,
 )
@@ -174,7 +174,7 @@ class TrainedModel:
         self.check_images(x)
         with torch.no_grad(), frozen(self.net), self.autocast():
             h = self.net.trunk(x, self.beta)
-            return self.net.energy_of(h), h.flatten(1).float()
+            return self.net.energy_from(h), h.flatten(1).float()
 
     def coarse_energy(self, x: Tensor, resolution: int) -> Tensor:
         """E_r(pool(x)): the energy the network gives ``x`` (N, C, R, R) average-pooled to a
@@ -185,7 +185,7 @@ class TrainedModel:
                              f"{[r for r in self.net.resolutions if r < self.resolution]}, "
                              f"got {resolution}")
         with torch.no_grad(), frozen(self.net), self.autocast():
-            return self.net(F.avg_pool2d(x, self.resolution // resolution))
+            return self.net(downsample(x, resolution))
 
     def schedule(self, *, steps: int | None = None,
                  cascade: bool = False) -> list[tuple[int, int]]:

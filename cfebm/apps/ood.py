@@ -31,7 +31,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor
 
-from cfebm.apps.ood_scores import DEFAULT_SCORE, FITTED, Detector
+from cfebm.apps.ood_scores import DEFAULT_SCORE, Detector
 from cfebm.config import DataConfig
 from cfebm.data import DATASETS, DataError, load_images, to_float
 from cfebm.trained import TrainedModel
@@ -103,9 +103,7 @@ def score(model: TrainedModel, x: Tensor, kind: str = DEFAULT_SCORE, *,
     """OOD scores (N,) float32 of images ``x`` (N, C, R, R) in [−1, 1], higher = more
     in-distribution; a fitted ``kind`` (see ``ood_scores``) fits a ``Detector`` on the
     validation split unless one is given."""
-    if detector is None:
-        fit = kind in FITTED
-        detector = Detector.fit(model, batch_size=batch_size) if fit else Detector(model)
+    detector = detector or Detector.for_kinds(model, [kind], batch_size=batch_size)
     return detector.score(x, kind, batch_size=batch_size, progress=progress)
 
 
@@ -191,9 +189,7 @@ def evaluate_ood(model: TrainedModel, set_names: Sequence[str], *, n: int = 1000
                  detector: Detector | None = None, progress: bool = False) -> OODReport:
     """Score the model's test split and each named set with each score kind; a fitted score
     fits ``detector`` on the validation split first unless one is given."""
-    if detector is None:
-        fit = any(kind in FITTED for kind in kinds)
-        detector = Detector.fit(model, batch_size=batch_size) if fit else Detector(model)
+    detector = detector or Detector.for_kinds(model, kinds, batch_size=batch_size)
     in_set = in_distribution(model, n)
     sets = [build_set(name, model, n, seed, held_out=in_set.images) for name in set_names]
     scores, metrics = {}, {}

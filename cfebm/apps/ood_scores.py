@@ -23,6 +23,7 @@ the last 5,000 training images, which it has seen: the card says so).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,10 +100,21 @@ class Detector:
         detector = cls(model, coarse=coarse, fitted_on=how)
         _, features = detector._energies_and_features(images[:split], batch_size)
         detector.gaussian = Gaussian.fit(features)
-        for kind in ("ratio", "features"):
-            held = detector.score(images[split:], kind, batch_size=batch_size).double()
-            detector.spread[kind] = (held.mean().item(), held.std().item())
+        held = images[split:]
+        parts = [detector._ratio_and_features(held[i:i + batch_size])
+                 for i in range(0, len(held), batch_size)]
+        for k, kind in enumerate(("ratio", "features")):
+            s = torch.cat([p[k] for p in parts])
+            detector.spread[kind] = (s.mean().item(), s.std().item())
         return detector
+
+    @classmethod
+    def for_kinds(cls, model: TrainedModel, kinds: Sequence[str], *, coarse: int = 0,
+                  batch_size: int = 500) -> Detector:
+        """A detector for scoring ``kinds``: fitted (``fit``) when one of them needs it."""
+        if any(kind in FITTED for kind in kinds):
+            return cls.fit(model, coarse=coarse, batch_size=batch_size)
+        return cls(model, coarse=coarse)
 
     def score(self, x: Tensor, kind: str = DEFAULT_SCORE, *, batch_size: int = 500,
               progress: bool = False) -> Tensor:
@@ -128,15 +140,20 @@ class Detector:
             x = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.model.energy(x).sum(), x)
             return grad.flatten(1).norm(dim=1).cpu().double()
-        energy, features = self._energies_and_features(x, len(x))
-        coarse = self.coarse or self.model.resolution // RATIO_FACTOR
-        ratio = -energy + self.model.coarse_energy(x, coarse).cpu().double()
+        ratio, near = self._ratio_and_features(x)
         if kind == "ratio":
             return ratio
-        near = -self.gaussian.distance(features)
         if kind == "features":
             return near
         return self.standard("ratio", ratio) + self.weight * self.standard("features", near)
+
+    def _ratio_and_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The ratio's and (once fitted) the features' raw scores, (N,) float64 each."""
+        energy, features = self._energies_and_features(x.to(self.model.device), len(x))
+        coarse = self.coarse or self.model.resolution // RATIO_FACTOR
+        ratio = -energy + self.model.coarse_energy(x, coarse).cpu().double()
+        near = None if self.gaussian is None else -self.gaussian.distance(features)
+        return ratio, near
 
     def standard(self, kind: str, s: Tensor) -> Tensor:
         """Scores ``s`` of ``kind`` standardised by their spread over held-out validation

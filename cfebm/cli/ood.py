@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 
 from cfebm.apps.ood import SYNTHETIC, evaluate_ood
-from cfebm.apps.ood_scores import DEFAULT_SCORE, FITTED, SCORES, Detector
+from cfebm.apps.ood_scores import DEFAULT_SCORE, SCORES, Detector
 from cfebm.cli.common import FORMATTER, add_model, count, load_model
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
     model = load_model(args)
     kinds = SCORES if args.score == "all" else (args.score,)
-    detector = Detector(model, coarse=args.ratio_resolution)
-    if any(kind in FITTED for kind in kinds):
-        detector = Detector.fit(model, coarse=args.ratio_resolution, batch_size=args.batch_size)
+    detector = Detector.for_kinds(model, kinds, coarse=args.ratio_resolution,
+                                  batch_size=args.batch_size)
+    if detector.fitted_on:
         print(f"fitted on {detector.fitted_on}")
     report = evaluate_ood(model, args.ood, n=args.n, kinds=kinds, seed=args.seed,
                           batch_size=args.batch_size, detector=detector,
