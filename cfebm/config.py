@@ -145,7 +145,8 @@ class DataConfig:
     # (runs saved before the split existed read as 0).
     validation: int = 5_000
     center_crop: int = 0            # centre-crop to this many pixels before resizing (0 = off)
-    subset: str = ""                # dataset-specific choice, e.g. an LSUN category
+    subset: str = ""                # dataset-specific choice: an LSUN category, or the classes
+    #                                 to keep of a labelled dataset ("0,2,4,6"; "" = all)
     hflip: bool = False             # random horizontal flips
     num_workers: int = 0            # decoding threads for datasets read from disk
     cache: str = ""                 # a folder written by `cfebm prepare`: read images from it
@@ -397,7 +398,8 @@ def preset_overrides(name: str, within: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.key=value`` strings; values are parsed as TOML, else taken as strings."""
+    """Apply ``section.key=value`` strings; values are parsed as TOML, else taken as strings (and
+    always as strings for a text key: ``data.subset=7`` is the class "7", not the number)."""
     d = to_dict(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -411,6 +413,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        if isinstance(d[section][name], str) and not isinstance(value, str):
             value = raw.strip()
         d[section][name] = value
     return from_dict(d)

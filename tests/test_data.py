@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cfebm.config import DataConfig
+from cfebm.config import Config, DataConfig, apply_overrides
 from cfebm.data import (
     DataError,
     LazyImages,
@@ -137,6 +137,38 @@ def test_mnist_reads_its_own_files_not_fashion_mnists(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="MNIST train-"):
         load_images(_cfg(dataset="mnist", root=str(only_fashion)), split="train",
                     resolution=32, image_channels=1)
+
+
+def test_a_class_subset_keeps_those_classes_in_every_split(tmp_path):
+    """data.subset="1,3" keeps exactly the images labelled 1 or 3, in file order, in train,
+    validation and test; a subset of absent classes or of words is one line of error, and
+    --set takes a lone class as text."""
+    rng = np.random.default_rng(3)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    files = {}
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 5, n, np.uint8)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", x)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", y)
+        files[prefix] = x, y
+    cfg = _cfg(root=str(tmp_path), validation=4, subset="3,1")
+    train_x, train_y = files["train"]
+    expect = {"train": (train_x[:36], train_y[:36]), "validation": (train_x[36:], train_y[36:]),
+              "test": files["t10k"]}
+    for split, (x, y) in expect.items():
+        keep = np.isin(y, [1, 3])
+        images = load_images(cfg, split=split, resolution=32, image_channels=1)
+        assert images.labels.tolist() == y[keep].tolist()
+        assert np.array_equal(images.images[:, 0, 2:30, 2:30].numpy(), x[keep])
+    with pytest.raises(DataError, match="holds no image of classes 9"):
+        load_images(_cfg(root=str(tmp_path), subset="9"), split="test", resolution=32,
+                    image_channels=1)
+    with pytest.raises(DataError, match="list of class indices"):
+        load_images(_cfg(root=str(tmp_path), subset="tops"), split="test", resolution=32,
+                    image_channels=1)
+    assert apply_overrides(Config(), ["data.subset=7"]).data.subset == "7"
+    assert apply_overrides(Config(), ["data.subset=0,2"]).data.subset == "0,2"
 
 
 def test_fashion_mnist_missing_files(tmp_path, monkeypatch):

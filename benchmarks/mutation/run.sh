@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Mutation testing of cfebm's core modules with mutmut 3 (pinned in the `mutation` extra).
+# Mutation testing of cfebm with mutmut 3 (pinned in the `mutation` extra).
 #
-#   bash benchmarks/mutation/run.sh                  # model, sampling, growth, training, checkpoint
-#   bash benchmarks/mutation/run.sh cfebm/growth.py  # only these files (globs as in only_mutate)
-#   bash benchmarks/mutation/run.sh --sample 30      # 30 random mutants per module (< 1 h, 2 cores)
+#   bash benchmarks/mutation/run.sh --sample 30                  # 30 per module, every module
+#   bash benchmarks/mutation/run.sh --sample 30 'cfebm/apps/*'   # ... of one group (globs as in
+#                                                                #     only_mutate), fits an hour
+#   bash benchmarks/mutation/run.sh cfebm/growth.py              # every mutant of these files
 #
-# The full run takes hours on 2 cores; --sample K [--seed S] first lets mutmut generate every
-# mutant and learn which tests reach which function (running one mutant), then runs K mutants
-# per module drawn by sample.py, and summarize.py reports each module's rate with its 95%
-# interval and the size-weighted estimate over all mutants. MAX_CHILDREN (default 1) sets
-# mutmut's workers: 2 on an otherwise idle 2-core machine.
+# The full run takes many hours on 2 cores; --sample K [--seed S] first lets mutmut generate
+# every mutant and learn which tests reach which function (the instrumented pass over all the
+# selected tests, ~20 minutes, kept in MUTATION_DIR for later runs), then runs K mutants per
+# module drawn by sample.py (seeded per module, so a group's draw is the whole package's draw
+# there), and summarize.py reports each module's rate with its 95% interval and the
+# size-weighted estimate over all mutants. MAX_CHILDREN (default 1) sets mutmut's workers: 2 on
+# an otherwise idle 2-core machine.
 #
 # Works in a scratch copy (MUTATION_DIR, default /tmp/cfebm-mutation) so that mutmut's mutants/
-# never lands in the checkout; reruns there reuse mutmut's cache of finished mutants. One worker,
-# at the lowest priority: the machine is shared. Prints the per-module table of
-# benchmarks/RESULTS.md, section "Mutation testing" (summarize.py) and leaves mutmut's own results for `mutmut show NAME`.
+# never lands in the checkout; reruns there reuse mutmut's cache of finished mutants. At the
+# lowest priority: the machine may be shared. Prints the per-module table of
+# benchmarks/RESULTS.md, section "Mutation testing" (summarize.py) and leaves mutmut's own
+# results for `mutmut show NAME`.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${MUTATION_DIR:-/tmp/cfebm-mutation}"
@@ -51,9 +55,11 @@ mutmut=(nice -n 19 "$repo/.venv/bin/mutmut")
 children="${MAX_CHILDREN:-1}"
 start=$(date +%s)
 if (( sample > 0 )); then
-  # One real mutant of growth_at makes mutmut generate all mutants and collect test coverage.
-  "${mutmut[@]}" run --max-children "$children" "cfebm.growth.x_growth_at__mutmut_1" || true
-  "$py" "$repo/benchmarks/mutation/sample.py" mutants "$sample" "$seed" > names.txt
+  # A name that matches no mutant: mutmut generates every mutant and collects (or loads) the
+  # test coverage, then stops on "nothing matches" before running any.
+  "${mutmut[@]}" run --max-children "$children" "generate-only" > generate.log 2>&1 || true
+  grep -q "nothing matches" generate.log || { tail -20 generate.log; exit 1; }
+  "$py" "$repo/benchmarks/mutation/sample.py" mutants "$sample" "$seed" "$@" > names.txt
   echo "sampled $(wc -l < names.txt) mutants ($sample per module, seed $seed)"
   mapfile -t names < names.txt
   "${mutmut[@]}" run --max-children "$children" "${names[@]}" || true

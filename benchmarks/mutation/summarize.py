@@ -26,7 +26,9 @@ def main(path: str, only: str | None = None) -> None:
     with open(path) as f:
         lines = f.read().splitlines()
     for line in lines:
-        m = re.match(r"\s*(cfebm\.\w+)\.(\S+): (.+)$", line)
+        # cfebm.train.step.x_train_step__mutmut_54, cfebm.train.step.xǁTrainStateǁautocast__mutmut_5:
+        # the module is every dotted part before the function's (which starts with "x_" or "xǁ")
+        m = re.match(r"\s*(cfebm(?:\.\w+)*?)\.(xǁ\S+|x_\S+): (.+)$", line)
         if not m:
             continue
         module, name, status = m.group(1), m.group(2), m.group(3).strip()

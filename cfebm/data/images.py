@@ -61,8 +61,10 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
     numbers reported. ``fake`` draws each split from its own seed.
 
     Args:
-        cfg: which dataset, where its files are, ``limit``, ``validation``, ``subset`` (LSUN
-            category) and ``center_crop`` (folder, CelebA, LSUN). ``hflip`` is the caller's:
+        cfg: which dataset, where its files are, ``limit``, ``validation``, ``subset`` (LSUN's
+            category; for a labelled dataset the classes to keep, e.g. "0,2,4,6": every split
+            then holds only their images, ``limit`` counting files before the choice) and
+            ``center_crop`` (folder, CelebA, LSUN). ``hflip`` is the caller's:
             ``random_hflip``. ``cache``: read the same images from a folder ``cfebm prepare``
             wrote (cache.py).
         split: "train", "validation" or "test" (LSUN's test is its val set; a folder without
@@ -120,7 +122,23 @@ def load_images(cfg: DataConfig, *, split: str, resolution: int, image_channels:
                                   n_classes=10 if name == "cifar10" else 100)
     else:
         x, labels = readers.svhn(root, download, files, resolution, rows)
+    if cfg.subset:
+        keep = torch.isin(labels.long(), torch.tensor(classes_of(cfg.subset, name)))
+        if not keep.any():
+            raise DataError(f"the {split} split of {name} holds no image of classes "
+                            f"{cfg.subset} (data.subset)")
+        x, labels, name = x[keep], labels[keep], f"{name} classes {cfg.subset}"
     return TensorImages(match_channels(x, image_channels), labels, name=name)
+
+
+def classes_of(subset: str, dataset: str) -> list[int]:
+    """The class indices ``data.subset`` names for a labelled dataset: "0,2,4,6" -> [0, 2, 4, 6].
+    Raises a DataError (one line) for anything else."""
+    parts = [p.strip() for p in subset.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise DataError(f"data.subset for {dataset} is a list of class indices such as "
+                        f"'0,2,4,6', got {subset!r}")
+    return sorted({int(p) for p in parts})
 
 
 def split_rows(cfg: DataConfig, split: str) -> readers.Rows:
