@@ -94,7 +94,8 @@ class TrainingEval:
     """FID and KID of ``eval.n`` samples of the sampling network during training.
 
     Samples come from the sampler of the current stage (training's negatives: Algorithm 1 during
-    a fade, Algorithm 2 once grown), always from the same seed, so successive evaluations differ
+    a fade, Algorithm 2 once grown; chains from noise, since a translation run cannot evaluate:
+    config refuses ``eval.every`` with ``task.kind = "translate"``), always from the same seed, so successive evaluations differ
     only by the network. In a data-parallel run each rank samples its rows of every batch
     (``Shard.rows``, as in training) and all ranks score the gathered batches. The reference is
     the run's validation split (``data.validation`` images held out of the training files, at
