@@ -22,12 +22,9 @@ A ∩ B: T-shirt and dress; A − B: pullover, coat and shirt.)
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
-import torch
+from record import write_report
 from torch import Tensor
 
 from cfebm import guides
@@ -97,14 +94,11 @@ def main() -> None:
     if args.grid:
         save_rows([x[:10] for x in samples.values()], args.grid, labels=list(samples), scale=2)
     if args.json:
-        out = {"model_a": args.model_a, "model_b": args.model_b,
-               "classes": {k: sorted(v) for k, v in sets.items()}, "validation": rows,
-               "weight": chosen, "report": report, "n": args.n, "n_val": args.n_val,
-               "seconds": time.time() - started, "threads": torch.get_num_threads(),
-               "machine": platform.processor() or platform.machine(),
-               "date": time.strftime("%Y-%m-%d")}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_report(args.json, {
+            "model_a": args.model_a, "model_b": args.model_b,
+            "classes": {k: sorted(v) for k, v in sets.items()}, "validation": rows,
+            "weight": chosen, "report": report, "n": args.n, "n_val": args.n_val,
+            "seconds": time.time() - started})
 
 
 if __name__ == "__main__":

@@ -24,12 +24,10 @@ of guided against unguided chains, timed in the same process.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
+from record import write_report
 from torch import Tensor
 
 from cfebm import guides
@@ -145,13 +143,9 @@ def main() -> None:
     if args.grid:
         save_rows(rows, args.grid, labels=list(CLASS_NAMES), scale=1)
     if args.json:
-        out = {"model": args.model, "guide": info, "sweep": sweep_rows, "test": summary,
-               "n_val_per_class": args.n_val, "seconds": time.time() - started,
-               "threads": torch.get_num_threads(),
-               "machine": platform.processor() or platform.machine(),
-               "date": time.strftime("%Y-%m-%d")}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_report(args.json, {"model": args.model, "guide": info, "sweep": sweep_rows,
+                                 "test": summary, "n_val_per_class": args.n_val,
+                                 "seconds": time.time() - started})
 
 
 if __name__ == "__main__":

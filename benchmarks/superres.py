@@ -20,12 +20,10 @@ T; nothing is tuned, so no validation split is read. ``--baselines-only`` skips 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
+from record import write_report
 
 from cfebm.apps import restore
 from cfebm.apps.figures import save_rows
@@ -105,12 +103,9 @@ def main() -> None:
         labels = [f"x{f} {w}" for f in FACTORS for w in ("low-res", *METHODS)] + ["truth"]
         save_rows(grids, args.grid, labels=labels, scale=2)
     if args.json:
-        report = {"model": args.model, "n": args.n, "seed": args.seed,
-                  "completions": args.completions, "rows": rows,
-                  "seconds": time.time() - started, "machine": platform.processor() or
-                  platform.machine(), "date": time.strftime("%Y-%m-%d")}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, {"model": args.model, "n": args.n, "seed": args.seed,
+                                 "completions": args.completions, "rows": rows,
+                                 "seconds": time.time() - started})
 
 
 if __name__ == "__main__":
