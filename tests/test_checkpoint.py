@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-from cfebm import __version__
-from cfebm.config import load_preset
+from cfebm import __version__, runtime
+from cfebm.config import apply_overrides, load_preset
 from cfebm.files import CheckpointError, atomic_save, keep_as, read
 from cfebm.train.checkpoint import load_state, save_state, state_dict
-from cfebm.train.step import new_state
+from cfebm.train.step import match_config, new_state
 
 
 def test_progress_record_round_trips(tmp_path):
@@ -116,3 +116,14 @@ def test_keep_as_keeps_the_old_file_when_the_original_is_rewritten(tmp_path, mon
     keep_as(latest, previous)  # replaces the older copy
     assert torch.load(previous)["n"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "previous.pt"]
+
+
+def test_a_resumed_cpu_run_asking_for_cuda_graphs_compiles_without_them():
+    """train.cuda_graphs is a GPU switch: on a CPU the resumed run's Langevin energy is compiled
+    (lazily, nothing runs here) and replays no graphs, whatever the config asks."""
+    cfg = apply_overrides(load_preset("tiny"), ["train.compile=true", "train.cuda_graphs=true"])
+    state = new_state(cfg, torch.device("cpu"))
+    state.compiled = None
+    match_config(state)
+    assert isinstance(state.compiled, runtime.CompiledEnergy)
+    assert not runtime.cuda_graphs(cfg, state.device)

@@ -162,11 +162,12 @@ def test_cli_writes_the_table_csv_and_histograms(tiny_model, tmp_path, capsys):
         Image.open(out / f"ood_hist_{kind}.png").verify()
 
 
-def test_the_default_score_is_the_fitted_ratio_and_features(tiny_model, tmp_path, capsys):
+def test_the_default_score_is_the_fitted_ratio_features_and_upright(tiny_model, tmp_path,
+                                                                     capsys):
     assert main(["ood", tiny_model.source, "--ood", "uniform", "--n", "20", "--out",
                  str(tmp_path / "o"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| ratio+features |" in printed and "| energy |" not in printed
+    assert "| ratio+features+upright |" in printed and "| energy |" not in printed
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,14 +210,14 @@ def test_standardised_scores_have_unit_spread_on_the_images_that_set_it(tiny_mod
     images = build_set("interp", tiny_model, 40, seed=3).images
     detector = Detector.fit(tiny_model, images)
     held = images[20:]
-    for kind in ("ratio", "features"):
-        z = detector.standard(kind, detector.score(held, kind).double())
-        assert abs(z.mean().item()) < 1e-6 and abs(z.std().item() - 1) < 1e-6
-    combined = detector.score(held, "ratio+features")
-    expected = (detector.standard("ratio", detector.score(held, "ratio").double())
-                + detector.weight * detector.standard("features",
-                                                      detector.score(held, "features").double()))
-    torch.testing.assert_close(combined, expected.float())
+    z = {}
+    for kind in ("ratio", "features", "upright"):
+        z[kind] = detector.standard(kind, detector.score(held, kind).double())
+        assert abs(z[kind].mean().item()) < 1e-6 and abs(z[kind].std().item() - 1) < 1e-6
+    both = z["ratio"] + detector.weight * z["features"]
+    torch.testing.assert_close(detector.score(held, "ratio+features"), both.float())
+    torch.testing.assert_close(detector.score(held, "ratio+features+upright"),
+                               (both + detector.upright_weight * z["upright"]).float())
 
 
 def test_fitted_scores_refuse_an_unfitted_detector_and_a_model_without_coarser_scale(
@@ -226,3 +227,45 @@ def test_fitted_scores_refuse_an_unfitted_detector_and_a_model_without_coarser_s
         Detector(tiny_model).score(x, "features")
     with pytest.raises(ValueError, match="coarser scales"):
         Detector(tiny_model, coarse=16).score(x, "ratio")
+
+
+class TopHeavyEnergy(QuadraticEnergy):
+    """E(x) = a·(mean of the bottom half − mean of the top half): bright tops are likely."""
+
+    def energy(self, x):
+        h = x.shape[-2] // 2
+        return self.a * (x[..., h:, :].mean(dim=(1, 2, 3)) - x[..., :h, :].mean(dim=(1, 2, 3)))
+
+
+def test_the_upright_score_is_the_probability_of_the_image_against_its_flip():
+    """2×1 images: top t, bottom b give E = a(b − t), and E(flip) = a(t − b). With a = ln 3 / 4,
+    an image (1, −1) has E − E(flip) = −4a = −ln 3, so log p(x)/(p(x) + p(flip x)) =
+    −ln(1 + 1/3) = −ln(4/3); its flip scores −ln(1 + 3) = −ln 4; a flat image −ln 2."""
+    x = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.3, 0.3]]).reshape(3, 1, 2, 1)
+    detector = Detector(TopHeavyEnergy(np.log(3) / 4))
+    torch.testing.assert_close(detector.score(x, "upright", batch_size=2),
+                               torch.tensor([-np.log(4 / 3), -np.log(4), -np.log(2)]).float())
+    upright_images = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    upright_images[:, :, :2] += 1     # every top brighter than its bottom
+    m = ood_metrics(detector.score(upright_images, "upright"),
+                    detector.score(upright_images.flip(-2), "upright"))
+    assert m["auroc"] == 1.0
+
+
+def test_zero_weights_leave_the_default_score_ranking_as_the_ratio(tiny_model, tmp_path, capsys):
+    """With --weights 0 0 the default is z(ratio), an increasing affine map of the ratio, so
+    every AUROC equals the ratio's; a negative weight is refused by argparse's error line."""
+    tables = {}
+    for kind, extra in (("ratio", []), ("ratio+features+upright", ["--weights", "0", "0"])):
+        out = tmp_path / kind
+        assert main(["ood", tiny_model.source, "--ood", "interp", "vflip", "--n", "30",
+                     "--out", str(out), "--no-progress", "--score", kind, *extra]) == 0
+        rows = (out / "ood.csv").read_text().splitlines()[1:]
+        tables[kind] = [row.split(",")[1:] for row in rows]
+    assert tables["ratio"] == tables["ratio+features+upright"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["ood", tiny_model.source, "--weights", "-1", "0"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "cfebm ood: error: argument --weights: must be >= 0, got -1"

@@ -80,6 +80,9 @@ def test_training_chain_starts_at_source_and_fades_from_the_pooled_source():
         start = translation_chain(net, mid, x, cfg.sampler)
     expected = 0.75 * upsample(downsample(x, 8)) + 0.25 * x
     torch.testing.assert_close(start, expected, rtol=0, atol=1e-6)
+    unsmoothed = textures("growth.n_steps=[0,0]", "sampler.smooth=false")
+    with frozen(net):   # the ablation: mid-fade, the chain starts at the source itself
+        assert torch.equal(translation_chain(net, mid, x, unsmoothed.sampler), x)
 
 
 def test_training_chain_runs_algorithm_1s_coarse_steps_then_the_fine_chain():

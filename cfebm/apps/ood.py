@@ -7,8 +7,8 @@ rate at 95% true positives, all from scikit-learn.
 
 Scores (``ood_scores``), each oriented so that **higher means more in-distribution**: the
 paper's −E(x), the authors' code's +‖∇ₓE(x)‖₂, a likelihood ratio across the model's scales, a
-Gaussian on the network's features fitted to validation images, and the default, the ratio and
-the features together.
+Gaussian on the network's features fitted to validation images, a ratio against the image upside
+down, and the default, those three together.
 
 Sets: ``uniform`` U(−1, 1); ``constant`` (one random value per image and channel, so colour
 images get a random colour); ``interp`` (the midpoint of two random held-out images, as in the
@@ -41,7 +41,9 @@ SYNTHETIC = ("uniform", "constant", "interp", "vflip", "invert")
 
 AXIS_LABELS = {"energy": "−E(x)", "grad_norm": "‖∇ₓE(x)‖", "ratio": "−E_R(x) + E_r(pool x)",
                "features": "−Mahalanobis distance of features",
-               "ratio+features": "z(ratio) + w·z(features)"}
+               "upright": "−softplus(E(x) − E(flip x))",
+               "ratio+features": "z(ratio) + w·z(features)",
+               "ratio+features+upright": "z(ratio) + w·z(features) + u·z(upright)"}
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,17 @@
   (the (4c, 4, 4) map of the 8² block, flattened) from a Gaussian fitted to validation images:
   mean and Ledoit–Wolf covariance (Lee et al., NeurIPS 2018). It keeps *where* things are in the
   image, which a scalar energy does not.
-- ``"ratio+features"`` (``DEFAULT_SCORE``): the two above, each standardised by its spread over
-  held-out validation images, ``z(ratio) + FEATURE_WEIGHT · z(features)``. The weight was chosen
-  on validation sets (docs/notebook/ood.md); its test numbers are on the results page.
+- ``"upright"``: −softplus(E(x) − E(flip x)) = log p(x) / (p(x) + p(flip x)), with ``flip`` the
+  image upside down: the model's probability that ``x``, not its upside-down twin, is the
+  upright one. A likelihood ratio against the model itself marginalised over the vertical
+  flip, which discounts everything the flip leaves alone (intensity, texture, left–right
+  layout) and keeps what an upright image has that an upside-down one lacks. It carries no
+  information on data without an up (textures, top-down views): there use ``ratio+features``.
+- ``"ratio+features"``: the ratio and the features, each standardised by its spread over
+  held-out validation images, ``z(ratio) + FEATURE_WEIGHT · z(features)``.
+- ``"ratio+features+upright"`` (``DEFAULT_SCORE``): ``ratio+features`` +
+  ``UPRIGHT_WEIGHT · z(upright)``. Both weights were chosen on validation sets
+  (docs/notebook/ood.md); their test numbers are on the results page.
 
 The fitted scores need a ``Detector``: ``Detector.fit(model)`` reads the validation split of the
 model's dataset (``data.validation`` images held out of training; for a model trained without one,
@@ -35,11 +43,14 @@ from tqdm.auto import tqdm
 from cfebm.data import load_images, to_float
 from cfebm.trained import TrainedModel
 
-SCORES = ("energy", "grad_norm", "ratio", "features", "ratio+features")
-FITTED = ("features", "ratio+features")
-DEFAULT_SCORE = "ratio+features"
+SCORES = ("energy", "grad_norm", "ratio", "features", "upright", "ratio+features",
+          "ratio+features+upright")
+FITTED = ("features", "ratio+features", "ratio+features+upright")
+DEFAULT_SCORE = "ratio+features+upright"
+STANDARDISED = ("ratio", "features", "upright")   # the parts of the combined scores
 RATIO_FACTOR = 2          # the ratio's coarse scale r = R / RATIO_FACTOR
-FEATURE_WEIGHT = 1.0      # of z(features) against z(ratio) in the default score (validation)
+FEATURE_WEIGHT = 0.5      # of z(features) against z(ratio) in the combined scores (validation)
+UPRIGHT_WEIGHT = 0.25     # of z(upright) in the default score (validation)
 FIT_IMAGES = 2000         # validation images the Gaussian is fitted to
 SCALE_IMAGES = 1000       # further validation images that standardise the scores
 FALLBACK_VALIDATION = 5000
@@ -74,7 +85,8 @@ class Detector:
         gaussian: the features' Gaussian (None until fitted).
         spread: score kind -> (mean, standard deviation) over held-out validation images.
         coarse: the ratio's coarse resolution r (0: R / ``RATIO_FACTOR``).
-        weight: of z(features) in ``"ratio+features"``.
+        weight: of z(features) in the combined scores.
+        upright_weight: of z(upright) in ``"ratio+features+upright"``.
         fitted_on: where the fitting images came from (for reports).
     """
 
@@ -83,6 +95,7 @@ class Detector:
     spread: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     coarse: int = 0
     weight: float = FEATURE_WEIGHT
+    upright_weight: float = UPRIGHT_WEIGHT
     fitted_on: str = ""
 
     @classmethod
@@ -90,7 +103,7 @@ class Detector:
             coarse: int = 0, batch_size: int = 500) -> Detector:
         """Fit the features' Gaussian to the first ``FIT_IMAGES`` of ``images`` (N, C, R, R) in
         [−1, 1] (default: the validation split of the model's dataset) and standardise the
-        ratio and features scores over the next ``SCALE_IMAGES``."""
+        ratio, features and upright scores over the next ``SCALE_IMAGES``."""
         how = f"{len(images)} given images" if images is not None else ""
         if images is None:
             images, how = validation_images(model, FIT_IMAGES + SCALE_IMAGES)
@@ -101,10 +114,10 @@ class Detector:
         _, features = detector._energies_and_features(images[:split], batch_size)
         detector.gaussian = Gaussian.fit(features)
         held = images[split:]
-        parts = [detector._ratio_and_features(held[i:i + batch_size])
+        parts = [detector._parts(held[i:i + batch_size])
                  for i in range(0, len(held), batch_size)]
-        for k, kind in enumerate(("ratio", "features")):
-            s = torch.cat([p[k] for p in parts])
+        for kind in STANDARDISED:
+            s = torch.cat([p[kind] for p in parts])
             detector.spread[kind] = (s.mean().item(), s.std().item())
         return detector
 
@@ -140,20 +153,34 @@ class Detector:
             x = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.model.energy(x).sum(), x)
             return grad.flatten(1).norm(dim=1).cpu().double()
-        ratio, near = self._ratio_and_features(x)
-        if kind == "ratio":
-            return ratio
-        if kind == "features":
-            return near
-        return self.standard("ratio", ratio) + self.weight * self.standard("features", near)
+        if kind == "upright":
+            with torch.no_grad():
+                return upright(self.model.energy(x).cpu().double(), self._flipped_energy(x))
+        parts = self._parts(x)
+        if kind in parts:
+            return parts[kind]
+        z = self.standard("ratio", parts["ratio"]) + self.weight * self.standard(
+            "features", parts["features"])
+        if kind == "ratio+features":
+            return z
+        return z + self.upright_weight * self.standard("upright", parts["upright"])
 
-    def _ratio_and_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The ratio's and (once fitted) the features' raw scores, (N,) float64 each."""
-        energy, features = self._energies_and_features(x.to(self.model.device), len(x))
+    def _parts(self, x: Tensor) -> dict[str, Tensor]:
+        """The raw ``ratio``, ``upright`` and (once fitted) ``features`` scores, (N,) float64
+        each, of images ``x`` on the model's device."""
+        x = x.to(self.model.device)
+        energy, features = self._energies_and_features(x, len(x))
         coarse = self.coarse or self.model.resolution // RATIO_FACTOR
-        ratio = -energy + self.model.coarse_energy(x, coarse).cpu().double()
-        near = None if self.gaussian is None else -self.gaussian.distance(features)
-        return ratio, near
+        parts = {"ratio": -energy + self.model.coarse_energy(x, coarse).cpu().double(),
+                 "upright": upright(energy, self._flipped_energy(x))}
+        if self.gaussian is not None:
+            parts["features"] = -self.gaussian.distance(features)
+        return parts
+
+    def _flipped_energy(self, x: Tensor) -> Tensor:
+        """E(flip x) (N,) float64 of images ``x`` upside down."""
+        with torch.no_grad():
+            return self.model.energy(x.flip(-2)).cpu().double()
 
     def standard(self, kind: str, s: Tensor) -> Tensor:
         """Scores ``s`` of ``kind`` standardised by their spread over held-out validation
@@ -166,6 +193,12 @@ class Detector:
                for i in range(0, len(x), batch_size)]
         return (torch.cat([e for e, _ in out]).cpu().double(),
                 torch.cat([f for _, f in out]).cpu())
+
+
+def upright(energy: Tensor, flipped_energy: Tensor) -> Tensor:
+    """log p(x) / (p(x) + p(flip x)) = −softplus(E(x) − E(flip x)) from the energies (N,) of
+    images and of the same images upside down: in (−∞, 0], log ½ when the model cannot tell."""
+    return -torch.nn.functional.softplus(energy - flipped_energy)
 
 
 def validation_images(model: TrainedModel, n: int) -> tuple[Tensor, str]:

@@ -2,7 +2,7 @@
 
     cfebm ood fmnist32-2h --ood uniform constant interp vflip invert mnist my_images/
 
-The default score, ``ratio+features``, is fitted to the validation split of the model's dataset
+The default score, ``ratio+features+upright``, is fitted to the validation split of the model's dataset
 first (a few seconds); ``--score all`` reports every score (``cfebm.apps.ood_scores``).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from cfebm.apps.ood import SYNTHETIC, evaluate_ood
-from cfebm.apps.ood_scores import DEFAULT_SCORE, SCORES, Detector
-from cfebm.cli.common import FORMATTER, add_model, count, load_model
+from cfebm.apps.ood_scores import DEFAULT_SCORE, FEATURE_WEIGHT, SCORES, UPRIGHT_WEIGHT, Detector
+from cfebm.cli.common import FORMATTER, add_model, count, load_model, non_negative
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
@@ -20,6 +20,7 @@ def cmd_ood(args: argparse.Namespace) -> None:
     kinds = SCORES if args.score == "all" else (args.score,)
     detector = Detector.for_kinds(model, kinds, coarse=args.ratio_resolution,
                                   batch_size=args.batch_size)
+    detector.weight, detector.upright_weight = args.weights
     if detector.fitted_on:
         print(f"fitted on {detector.fitted_on}")
     report = evaluate_ood(model, args.ood, n=args.n, kinds=kinds, seed=args.seed,
@@ -43,8 +44,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score", choices=(*SCORES, "all"), default=DEFAULT_SCORE,
                    help="energy: −E(x) (the paper); grad_norm: +‖∇E(x)‖ (the authors' code); "
                    "ratio: −E_R(x) + E_r(pool x); features: a Gaussian on the network's "
-                   "features; ratio+features (default): both; all higher = more "
-                   "in-distribution")
+                   "features; upright: −softplus(E(x) − E(flip x)); ratio+features; "
+                   "ratio+features+upright (default): the three standardised and weighted; "
+                   "all higher = more in-distribution")
+    p.add_argument("--weights", nargs=2, type=non_negative, metavar=("A", "B"),
+                   default=(FEATURE_WEIGHT, UPRIGHT_WEIGHT),
+                   help="the default score's weights on z(features) and z(upright) (chosen on "
+                   "validation for fmnist32-2h; another model may want its own: "
+                   "docs/applications/ood.md)")
     p.add_argument("--ratio-resolution", type=count(8), default=0, metavar="R",
                    help="the ratio's coarse scale r (default: half the model's resolution)")
     p.add_argument("--n", type=count(2), default=1000, help="images per set")
