@@ -269,3 +269,42 @@ def test_zero_weights_leave_the_default_score_ranking_as_the_ratio(tiny_model, t
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "cfebm ood: error: argument --weights: must be >= 0, got -1"
+
+
+class ToyLadder(QuadraticEnergy):
+    """A two-scale energy on 2×2 images: the coarse energy a·m² of the image's mean m (the
+    background, fond of mid-grey), and the fine energy E_2(x) = a·m² + ‖x − m‖² (the coarse
+    energy plus the detail's)."""
+
+    resolution = 2
+
+    def coarse_energy(self, x, resolution):
+        assert resolution == 1
+        return self.a * x.mean(dim=(1, 2, 3)) ** 2
+
+    def energy(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return self.a * m**2 + (x - m[:, None, None, None]).pow(2).sum(dim=(1, 2, 3))
+
+    def energy_and_features(self, x):
+        return self.energy(x), x.flatten(1)
+
+
+def test_the_ratio_discounts_the_coarse_background_with_a_hand_computed_auroc():
+    """In: mean 0.5 with columns ±0.1 and ±0.4 (detail 0.04, 0.64). Out: mean 0 with columns
+    ±0.3 (detail 0.36), and flat grey 0 (detail 0). With a = 4 the energies are
+    in 1.04, 1.64 and out 0.36, 0: −E ranks both "simple" out images above both in images
+    (AUROC 0). The ratio −E_2(x) + E_1(pool x) = −detail: in −0.04, −0.64 against out −0.36,
+    0, so 1 of the 4 (in, out) pairs is ranked right: AUROC 1/4."""
+    def columns(mean, d):
+        return torch.tensor([[mean + d, mean - d], [mean + d, mean - d]]).reshape(1, 1, 2, 2)
+
+    x_in = torch.cat([columns(0.5, 0.1), columns(0.5, 0.4)])
+    x_out = torch.cat([columns(0.0, 0.3), columns(0.0, 0.0)])
+    detector = Detector(ToyLadder(4.0))
+    torch.testing.assert_close(detector.score(x_in, "ratio"), torch.tensor([-0.04, -0.64]))
+    torch.testing.assert_close(detector.score(x_out, "ratio"), torch.tensor([-0.36, 0.0]))
+    assert ood_metrics(detector.score(x_in, "energy"),
+                       detector.score(x_out, "energy"))["auroc"] == 0.0
+    assert ood_metrics(detector.score(x_in, "ratio"),
+                       detector.score(x_out, "ratio"))["auroc"] == pytest.approx(0.25)
