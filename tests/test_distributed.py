@@ -96,6 +96,23 @@ def test_slice_rows_are_the_global_draw_rows():
         draw(torch.randn, (2, 2), Slice(g, 0, 3, 6), "cpu")
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5])
+def test_the_ranks_rows_are_disjoint_cover_every_row_and_differ_by_at_most_one(world):
+    """For every n: concatenated in rank order, the ranks' rows are exactly 0 … n−1 (evaluation
+    shares them), and so are their images of a global batch (training reads them)."""
+    for n in range(14):
+        spans = [Shard(rank, world).rows(n) for rank in range(world)]
+        covered = [i for first, count in spans for i in range(first, first + count)]
+        assert covered == list(range(n)), (world, n)
+        counts = [count for _, count in spans]
+        assert max(counts) - min(counts) <= 1
+    batch = 6 * world
+    images = [i for rank in range(world)
+              for i in range(Shard(rank, world).start(batch),
+                             Shard(rank, world).start(batch) + Shard(rank, world).local_batch(batch))]
+    assert images == list(range(batch))
+
+
 def test_batch_that_does_not_split_is_refused_in_one_line():
     with pytest.raises(DistributedError, match="global batch 16 does not split over 3"):
         Shard(0, 3).check([16, 16])

@@ -137,3 +137,14 @@ def test_the_first_metrics_row_after_a_rollback_averages_only_iterations_after_i
     last = [r for r in rows if "e_data" in r][-1]
     assert last["n_images"] == 384 and len(kept) == (384 - 128) // 16
     assert last["loss"] == pytest.approx(sum(kept) / len(kept), rel=1e-6)
+
+
+def test_a_spike_is_still_caught_after_a_history_with_wild_outliers():
+    """The baseline is a median: a tenth of the history at |loss| 50 (a mean would put the
+    baseline near 5 and call 2.5 calm) leaves it at 0.2, so a window at 2.5 (12.5×) is a spike."""
+    watch = LossWatch(10.0)
+    history = [50.0 if k % 10 == 0 else 0.2 * (-1) ** k for k in range(HISTORY)]
+    assert all(watch.update(loss) is None for loss in history)
+    verdicts = [watch.update(2.5) for _ in range(WINDOW)]
+    assert all(v is None for v in verdicts[:-1])
+    assert verdicts[-1] is not None and "median 0.2" in verdicts[-1]
