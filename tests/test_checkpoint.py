@@ -31,12 +31,19 @@ def test_progress_record_round_trips(tmp_path):
     assert loaded.record.loss_watch.factor == state.record.loss_watch.factor
 
 
-def test_a_checkpoint_from_before_train_seconds_loads_with_zero(tmp_path):
-    """Files written before the training-time field existed have no "train_seconds"."""
+def test_a_checkpoint_without_the_later_fields_loads_as_a_fresh_run(tmp_path):
+    """Files written before a field existed lack it: no training time, no data to skip, no
+    rollback, an empty loss and FID watch, no frozen coarse copies."""
     ckpt = state_dict(new_state(load_preset("tiny"), torch.device("cpu")))
-    del ckpt["train_seconds"]
+    for key in ("train_seconds", "data_skip", "rolled_back_to", "loss_watch", "fid_watch",
+                "coarse"):
+        ckpt.pop(key, None)
     atomic_save(ckpt, tmp_path / "old.pt")
-    assert load_state(tmp_path / "old.pt", device="cpu").record.train_seconds == 0.0
+    loaded = load_state(tmp_path / "old.pt", device="cpu")
+    assert loaded.record.train_seconds == 0.0 and loaded.data_skip == 0
+    assert loaded.record.rolled_back_to is None and loaded.record.loss_watch.state() == []
+    assert loaded.record.watch_reference == {} and loaded.record.watch_retries == 0
+    assert loaded.coarse == []
 
 
 def test_a_checkpoint_from_before_the_fid_watch_loads_with_an_empty_watch(tmp_path):
