@@ -130,3 +130,18 @@ def test_prepare_command_writes_a_cache_that_train_reads(tmp_path, capsys):
     assert manifest["splits"]["train"]["n"] == 256 and manifest["key"]["resolution"] == 16
     assert main(["train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--stop-at",
                  "32", "--no-progress", "--set", f"data.cache={out}"]) == 0
+
+
+@pytest.mark.parametrize("change", [
+    {"center_crop": 12}, {"limit": 48}, {"validation": 0}, {"resolution": 32}, {"channels": 3},
+], ids=lambda change: next(iter(change)))
+def test_a_cache_is_refused_for_data_that_differs_in_any_one_field(tmp_path, change):
+    """Every field that changes the images (crop, count, the held-out split, size, channels)
+    is part of the cache's key: a cache of other images is never read as these."""
+    out = tmp_path / "cache"
+    prepare.prepare(DataConfig(dataset="fake", limit=64), out, resolution=16, channels=1,
+                    progress=False)
+    size = {"resolution": change.pop("resolution", 16), "image_channels": change.pop("channels", 1)}
+    cfg = DataConfig(**{"dataset": "fake", "limit": 64, "cache": str(out), **change})
+    with pytest.raises(DataError, match="prepared from other data"):
+        load_images(cfg, split="train", **size)
