@@ -7,6 +7,7 @@ or classes they are defined by; a stopped and resumed run equals the straight on
 """
 
 import contextlib
+import copy
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from cfebm.files import read
 from cfebm.growth import growth_at
 from cfebm.model import EnergyNet, frozen
 from cfebm.sampling import upsample
-from cfebm.train import loop
+from cfebm.train import loop, step
 from cfebm.train.data import training_data
 from cfebm.train.step import new_state
 from cfebm.trained import TrainedModel
@@ -408,3 +409,17 @@ def test_cli_translate_writes_what_the_library_computes(tmp_path, capsys):
     assert main(["translate", str(ckpt), "--input", str(tmp_path / "nothing"), "--out",
                  str(out)]) == 2
     assert "neither an image nor a folder" in capsys.readouterr().err
+
+
+def test_a_translation_runs_training_negatives_are_its_source_images():
+    """Eq. (4) in Algorithm 1's step: with no Langevin steps at a stage that is not fading, the
+    negatives are the source batch itself, so the step's E(samples) is the net's mean energy of
+    the sources (noise chains would give that of uniform noise)."""
+    state = new_state(textures("growth.n_steps=[0,0]"), torch.device("cpu"))
+    assert not state.growth.fading
+    x_data, start = (downsample(sources(seed=s), state.growth.resolution) for s in (1, 2))
+    twin = copy.deepcopy(state.net).train()   # the step's forward (train mode) on a copy
+    with torch.no_grad():
+        expected = twin(torch.cat([x_data, start]), state.growth.beta)[len(x_data):].mean()
+    metrics = step.train_step(state, x_data, start)
+    assert metrics["e_sample"] == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
