@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from test_recovery_resume import assert_same_run, poison_batch
 
+from cfebm import guides
 from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
 from cfebm.chains import as_trained, translation_chain
@@ -27,7 +28,7 @@ from cfebm.data.readers import DataError
 from cfebm.files import read
 from cfebm.growth import growth_at
 from cfebm.model import EnergyNet, frozen
-from cfebm.sampling import upsample
+from cfebm.sampling import step_size_at, upsample
 from cfebm.train import loop, step
 from cfebm.train.data import training_data
 from cfebm.train.step import new_state
@@ -423,3 +424,27 @@ def test_a_translation_runs_training_negatives_are_its_source_images():
         expected = twin(torch.cat([x_data, start]), state.growth.beta)[len(x_data):].mean()
     metrics = step.train_step(state, x_data, start)
     assert metrics["e_sample"] == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
+
+
+def test_a_guide_steers_a_translation_chain_as_it_steers_a_noise_chain():
+    """One noiseless step from the sources with a reference guide λ/2·‖x − ref‖² moves each
+    image by −h·(∇E(x) + λ(x − ref)), as for chains from noise."""
+    model, x = tiny_model(), sources()
+    ref = torch.full((1, 16, 16), 0.5)
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.energy(xr).sum(), xr)
+    h = step_size_at(16, model.cfg.sampler)
+    with frozen(model.net):
+        out = as_trained(model.net, model.growth, len(x), model.cfg.sampler, source=x, steps=1,
+                         eta0=0.0, guide=guides.summed(guides.reference(ref, 2.0)))
+    expected = (x - h * (grad + 2.0 * (x - ref))).clamp(-1, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_as_trained_with_its_defaults_draws_noise_chains_on_the_cpu():
+    model = tiny_model()
+    with frozen(model.net):
+        x = as_trained(model.net, model.growth, 3, model.cfg.sampler, steps=0)
+    assert x.shape == (3, 1, 16, 16) and x.device.type == "cpu"
+    assert x.min() >= -1 and x.max() <= 1 and len(x.flatten(1).unique(dim=0)) == 3
