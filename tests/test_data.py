@@ -489,3 +489,5 @@ def test_downsample_is_block_mean():
     for bad in (12, 32, 0):
         with pytest.raises(ValueError, match="power-of-two"):
             downsample(x, bad)
+    with pytest.raises(ValueError, match=r"cannot downsample \(16, 12\) images to 8x8"):
+        downsample(torch.zeros(1, 1, 16, 12), 8)
