@@ -60,9 +60,16 @@ if (( sample > 0 )); then
   "${mutmut[@]}" run --max-children "$children" "generate-only" > generate.log 2>&1 || true
   grep -q "nothing matches" generate.log || { tail -20 generate.log; exit 1; }
   "$py" "$repo/benchmarks/mutation/sample.py" mutants "$sample" "$seed" "$@" > names.txt
-  echo "sampled $(wc -l < names.txt) mutants ($sample per module, seed $seed)"
-  mapfile -t names < names.txt
-  "${mutmut[@]}" run --max-children "$children" "${names[@]}" || true
+  # mutmut reruns every mutant it is named, finished or not: name only those without a result,
+  # so that a stopped run resumes where it stopped.
+  "${mutmut[@]}" results --all true > results.txt
+  grep -Fxf names.txt <(sed -n 's/^ *\(.*\): not checked$/\1/p' results.txt) > todo.txt || true
+  echo "sampled $(wc -l < names.txt) mutants ($sample per module, seed $seed);" \
+       "$(wc -l < todo.txt) still to run"
+  mapfile -t names < todo.txt
+  if (( ${#names[@]} > 0 )); then
+    "${mutmut[@]}" run --max-children "$children" "${names[@]}" || true
+  fi
 else
   "${mutmut[@]}" run --max-children "$children" || true   # non-zero when mutants survive
 fi
