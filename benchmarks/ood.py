@@ -85,9 +85,10 @@ def raw_scores(detector: Detector, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every score's raw values (N,) for ``x``: energy, grad_norm, ratio@r for each coarser r,
     the features' and the upright score."""
     model = detector.model
-    out = {kind: detector.score(x, kind).double()
-           for kind in ("energy", "grad_norm", "features", "upright")}
-    for r in (r for r in model.net.resolutions if r < model.resolution):
+    out = detector.parts(x)
+    out["grad_norm"] = detector.score(x, "grad_norm").double()
+    out[f"ratio@{model.resolution // 2}"] = out.pop("ratio")   # the detector's r = R/2
+    for r in (r for r in model.net.resolutions if r < model.resolution // 2):
         out[f"ratio@{r}"] = out["energy"] + model.coarse_energy(x, r).double()
     return out
 

@@ -113,12 +113,9 @@ class Detector:
         detector = cls(model, coarse=coarse, fitted_on=how)
         _, features = detector._energies_and_features(images[:split], batch_size)
         detector.gaussian = Gaussian.fit(features)
-        held = images[split:]
-        parts = [detector._parts(held[i:i + batch_size])
-                 for i in range(0, len(held), batch_size)]
+        parts = detector.parts(images[split:], batch_size=batch_size)
         for kind in STANDARDISED:
-            s = torch.cat([p[kind] for p in parts])
-            detector.spread[kind] = (s.mean().item(), s.std().item())
+            detector.spread[kind] = (parts[kind].mean().item(), parts[kind].std().item())
         return detector
 
     @classmethod
@@ -156,7 +153,7 @@ class Detector:
         if kind == "upright":
             with torch.no_grad():
                 return upright(self.model.energy(x).cpu().double(), self._flipped_energy(x))
-        parts = self._parts(x)
+        parts = self._parts(x, flip=kind == "ratio+features+upright")
         if kind in parts:
             return parts[kind]
         z = self.standard("ratio", parts["ratio"]) + self.weight * self.standard(
@@ -165,14 +162,25 @@ class Detector:
             return z
         return z + self.upright_weight * self.standard("upright", parts["upright"])
 
-    def _parts(self, x: Tensor) -> dict[str, Tensor]:
-        """The raw ``ratio``, ``upright`` and (once fitted) ``features`` scores, (N,) float64
-        each, of images ``x`` on the model's device."""
+    def parts(self, x: Tensor, *, batch_size: int = 500) -> dict[str, Tensor]:
+        """The raw scores the combined ones are made of, (N,) float64 each, of images ``x``
+        (N, C, R, R) in [−1, 1], in batches: ``energy`` (−E), ``ratio``, ``upright`` and (once
+        fitted) ``features``. Three forward passes an image (x, its pooled and its flipped
+        copy), where scoring each kind apart would take six."""
+        self.model.check_images(x)
+        batches = [self._parts(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return {kind: torch.cat([b[kind] for b in batches]) for kind in batches[0]}
+
+    def _parts(self, x: Tensor, flip: bool = True) -> dict[str, Tensor]:
+        """``parts`` of one batch; ``upright`` (a forward pass of the flipped images) only with
+        ``flip``, which only the default score needs."""
         x = x.to(self.model.device)
         energy, features = self._energies_and_features(x, len(x))
         coarse = self.coarse or self.model.resolution // RATIO_FACTOR
-        parts = {"ratio": -energy + self.model.coarse_energy(x, coarse).cpu().double(),
-                 "upright": upright(energy, self._flipped_energy(x))}
+        parts = {"energy": -energy,
+                 "ratio": -energy + self.model.coarse_energy(x, coarse).cpu().double()}
+        if flip:
+            parts["upright"] = upright(energy, self._flipped_energy(x))
         if self.gaussian is not None:
             parts["features"] = -self.gaussian.distance(features)
         return parts

@@ -2,8 +2,8 @@
 
     cfebm ood fmnist32-2h --ood uniform constant interp vflip invert mnist my_images/
 
-The default score, ``ratio+features+upright``, is fitted to the validation split of the model's dataset
-first (a few seconds); ``--score all`` reports every score (``cfebm.apps.ood_scores``).
+The default score, ``ratio+features+upright``, is fitted to the validation split of the model's
+dataset first (a few seconds); ``--score all`` reports every score (``cfebm.apps.ood_scores``).
 """
 
 from __future__ import annotations
