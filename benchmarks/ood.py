@@ -166,12 +166,15 @@ def main() -> None:
         a, b = pick_weights(val)
         kinds = list(test)
         print(f"## {name} ({model})\n\nfitted on {detector.fitted_on}; validation in-"
-              f"distribution: {len(val_in)} further validation images; picked a = {a}, b = {b}\n")
+              f"distribution: {len(val_in)} further validation images; picked a = {a}, b = {b} "
+              f"(the library's fit, on its own sets: b = {detector.upright_weight})\n")
         print("### validation (selects)\n\n" + table(val, "auroc", kinds) + "\n")
         print("### test (reports)\n")
         for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
             print(table(test, metric, kinds) + "\n")
         results[str(name)] = {"picked_weights": [a, b], "fitted_on": detector.fitted_on,
+                              "fit_upright_weight": detector.upright_weight,
+                              "fit_choice": detector.choice,
                               "validation": val, "test": test}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ood.json").write_text(json.dumps(results, indent=1))

@@ -7,7 +7,14 @@ import torch
 from PIL import Image
 
 from cfebm.apps.ood import build_set, evaluate_ood, ood_metrics, score
-from cfebm.apps.ood_scores import SCORES, Detector, Gaussian
+from cfebm.apps.ood_scores import (
+    SCORES,
+    Detector,
+    Gaussian,
+    own_set,
+    pick_upright_weight,
+    upright_weight_aurocs,
+)
 from cfebm.cli import main
 from cfebm.trained import load
 
@@ -166,8 +173,9 @@ def test_the_default_score_is_the_fitted_ratio_features_and_upright(tiny_model, 
                                                                      capsys):
     assert main(["ood", tiny_model.source, "--ood", "uniform", "--n", "20", "--out",
                  str(tmp_path / "o"), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert "| ratio+features+upright |" in printed and "| energy |" not in printed
+    choice, results = capsys.readouterr().out.split("| score (auroc)")
+    assert "upright weight b = " in choice and "| default, b = 1.5 |" in choice
+    assert "| ratio+features+upright |" in results and "| energy |" not in results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,3 +316,86 @@ def test_the_ratio_discounts_the_coarse_background_with_a_hand_computed_auroc():
                        detector.score(x_out, "energy"))["auroc"] == 0.0
     assert ood_metrics(detector.score(x_in, "ratio"),
                        detector.score(x_out, "ratio"))["auroc"] == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------------------------------------
+# The upright weight b, chosen per model on validation images (issue 38)
+
+
+def test_the_upright_weight_aurocs_match_hand_counted_pairs():
+    """In: base 1, 2 (upright 0). Upside down: base 1.5, 3 with upright −1, −4, so at b = 0 one
+    of the four (in, out) pairs is ranked right (2 > 1.5): 1/4; at b = 1 the out scores are
+    0.5, −1 and all four are: 1. Interp: base 0, 1.5 at both b: 3 of 4."""
+    inside = {"base": torch.tensor([1.0, 2.0]), "upright": torch.zeros(2),
+              "energy": torch.zeros(2)}
+    outside = {"vflip": {"base": torch.tensor([1.5, 3.0]), "upright": torch.tensor([-1.0, -4.0]),
+                         "energy": torch.zeros(2)},
+               "interp": {"base": torch.tensor([0.0, 1.5]), "upright": torch.zeros(2),
+                          "energy": torch.zeros(2)}}
+    table = upright_weight_aurocs(inside, outside, weights=(0.0, 1.0))
+    assert table == {"energy": {"vflip": 0.5, "interp": 0.5},
+                     "0.0": {"vflip": 0.25, "interp": 0.75}, "1.0": {"vflip": 1.0, "interp": 0.75}}
+    assert pick_upright_weight(table) == 1.0
+    # An energy that ranks Interp perfectly (in 0 against out −1): no b keeps up with it, so
+    # the b with the best Interp wins, the smaller on the tie.
+    for o in outside.values():
+        o["energy"] = -torch.ones(2)
+    assert pick_upright_weight(upright_weight_aurocs(inside, outside, (0.0, 1.0))) == 0.0
+
+
+def test_the_pick_trades_no_interp_for_the_easy_sets_and_prefers_the_smaller_b_on_ties():
+    table = {"energy": {"vflip": 0.6, "invert": 1.0, "interp": 0.80},
+             "0.0": {"vflip": 0.80, "invert": 1.0, "interp": 0.82},
+             "0.5": {"vflip": 0.90, "invert": 1.0, "interp": 0.81},
+             "1.0": {"vflip": 0.90, "invert": 1.0, "interp": 0.805},
+             "1.5": {"vflip": 0.99, "invert": 1.0, "interp": 0.79}}
+    assert pick_upright_weight(table) == 0.5      # 1.5 is best on vflip but loses Interp
+
+
+def test_own_sets_are_the_named_transforms_of_the_images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 2, 4, 4, generator=g) * 2 - 1
+    assert torch.equal(own_set("vflip", x, g), x.flip(-2))
+    assert torch.equal(own_set("invert", x, g), -x)
+    mids = own_set("interp", x, g, n=7)
+    pairs = 0.5 * (x[:, None] + x[None])               # (5, 5, C, H, W): every midpoint
+    assert mids.shape == (7, 2, 4, 4)
+    assert all((pairs == m).flatten(2).all(-1).any() for m in mids)
+    constant = own_set("constant", x, g)
+    assert (constant == constant[..., :1, :1]).all() and constant.abs().max() <= 1
+    with pytest.raises(ValueError, match="unknown set 'hflip'"):
+        own_set("hflip", x, g)
+
+
+class UprightLadder(QuadraticEnergy):
+    """4×4 images: E(x) = ½‖x‖² + a·(bottom half's mean − top half's), the coarse energy the
+    top-heavy term alone (pooling keeps both halves' means) and sorted pixels as features, so
+    the ratio −½‖x‖² and the features cannot tell an image from its flip; only upright can."""
+
+    resolution = 4
+
+    def top_heavy(self, x):
+        return self.a * (x[..., 2:, :].mean(dim=(1, 2, 3)) - x[..., :2, :].mean(dim=(1, 2, 3)))
+
+    def coarse_energy(self, x, resolution):
+        assert resolution == 2
+        return self.top_heavy(x)
+
+    def energy(self, x):
+        return 0.5 * x.flatten(1).pow(2).sum(dim=1) + self.top_heavy(x)
+
+    def energy_and_features(self, x):
+        return self.energy(x), x.flatten(1).sort(dim=1).values
+
+
+def test_fit_chooses_an_upright_weight_where_only_the_flip_tells_the_images_apart():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(200, 1, 4, 4, generator=g) - 1
+    images[:, :, :2] += 1                              # every top brighter than its bottom
+    detector = Detector.fit(UprightLadder(8.0), images)
+    assert detector.choice["0.0"]["vflip"] == pytest.approx(0.5, abs=1e-3)   # blind to flips
+    assert detector.upright_weight > 0
+    assert detector.choice[str(detector.upright_weight)]["vflip"] == 1.0
+    assert pick_upright_weight(detector.choice) == detector.upright_weight
+    given = Detector.fit(UprightLadder(8.0), images, upright_weight=0.0)
+    assert given.upright_weight == 0.0 and given.choice == {}

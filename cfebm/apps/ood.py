@@ -31,12 +31,17 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor
 
-from cfebm.apps.ood_scores import DEFAULT_SCORE, Detector
+from cfebm.apps.ood_scores import DEFAULT_SCORE, Detector, labelled, own_set
 from cfebm.config import DataConfig
 from cfebm.data import DATASETS, DataError, load_images, to_float
 from cfebm.trained import TrainedModel
 
 SYNTHETIC = ("uniform", "constant", "interp", "vflip", "invert")
+SET_HOW = {"uniform": "U(-1, 1) per pixel",
+           "constant": "one random value in [-1, 1] per image and channel",
+           "interp": "midpoints of random pairs of held-out in-distribution images",
+           "vflip": "held-out in-distribution images upside down",
+           "invert": "held-out in-distribution images, intensities inverted"}
 
 
 AXIS_LABELS = {"energy": "−E(x)", "grad_norm": "‖∇ₓE(x)‖", "ratio": "−E_R(x) + E_r(pool x)",
@@ -71,21 +76,11 @@ def build_set(name: str, model: TrainedModel, n: int, seed: int = 0,
     """
     g = torch.Generator().manual_seed(seed)
     c, r = model.channels, model.resolution
-    if name == "uniform":
-        return OODSet(name, torch.rand(n, c, r, r, generator=g) * 2 - 1, "U(-1, 1) per pixel")
-    if name == "constant":
-        value = torch.rand(n, c, 1, 1, generator=g) * 2 - 1
-        return OODSet(name, value.expand(n, c, r, r).clone(),
-                      "one random value in [-1, 1] per image and channel")
+    if name in ("uniform", "constant"):
+        return OODSet(name, own_set(name, torch.empty(n, c, r, r), g), SET_HOW[name])
     if name in ("interp", "vflip", "invert"):
         x = in_distribution(model, 10 * n).images if held_out is None else held_out
-        if name == "vflip":
-            return OODSet(name, x[:n].flip(-2), "held-out in-distribution images upside down")
-        if name == "invert":
-            return OODSet(name, -x[:n], "held-out in-distribution images, intensities inverted")
-        i, j = (torch.randint(len(x), (n,), generator=g) for _ in range(2))
-        return OODSet(name, 0.5 * (x[i] + x[j]), "midpoints of random pairs of held-out "
-                      "in-distribution images")
+        return OODSet(name, own_set(name, x if name == "interp" else x[:n], g, n), SET_HOW[name])
     if name in DATASETS:
         cfg = DataConfig(dataset=name)
     elif Path(name).is_dir():
@@ -112,8 +107,7 @@ def score(model: TrainedModel, x: Tensor, kind: str = DEFAULT_SCORE, *,
 def ood_metrics(score_in: Tensor, score_out: Tensor) -> dict[str, float]:
     """AUROC, AUPR-in, AUPR-out and FPR at 95% TPR, in-distribution as the positive class
     (scores: higher = more in-distribution)."""
-    y = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
-    s = np.r_[score_in.numpy(), score_out.numpy()].astype(np.float64)
+    y, s = labelled(score_in, score_out)
     fpr, tpr, _ = roc_curve(y, s)
     return {"auroc": float(roc_auc_score(y, s)),
             "aupr_in": float(average_precision_score(y, s)),

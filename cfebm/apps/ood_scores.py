@@ -19,13 +19,17 @@
   information on data without an up (textures, top-down views): there use ``ratio+features``.
 - ``"ratio+features"``: the ratio and the features, each standardised by its spread over
   held-out validation images, ``z(ratio) + FEATURE_WEIGHT · z(features)``.
-- ``"ratio+features+upright"`` (``DEFAULT_SCORE``): ``ratio+features`` +
-  ``UPRIGHT_WEIGHT · z(upright)``. Both weights were chosen on validation sets
-  (docs/notebook/ood.md); their test numbers are on the results page.
+- ``"ratio+features+upright"`` (``DEFAULT_SCORE``): ``ratio+features`` + b · z(upright), with
+  b chosen per model when the detector is fitted (``pick_upright_weight``): how much a model's
+  flipped energy tells depends on how well it learnt which way is up, and one b served no two
+  models we measured (docs/notebook/ood.md).
 
 The fitted scores need a ``Detector``: ``Detector.fit(model)`` reads the validation split of the
 model's dataset (``data.validation`` images held out of training; for a model trained without one,
-the last 5,000 training images, which it has seen: the card says so).
+the last 5,000 training images, which it has seen: the card says so). It fits the features'
+Gaussian, standardises the three parts, and chooses b on the validation images against sets made
+from them alone (``OWN_SETS``: upside down, inverted, midpoints, noise, constants), never on a
+test split nor on another dataset.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -50,9 +55,10 @@ DEFAULT_SCORE = "ratio+features+upright"
 STANDARDISED = ("ratio", "features", "upright")   # the parts of the combined scores
 RATIO_FACTOR = 2          # the ratio's coarse scale r = R / RATIO_FACTOR
 FEATURE_WEIGHT = 0.5      # of z(features) against z(ratio) in the combined scores (validation)
-UPRIGHT_WEIGHT = 0.25     # of z(upright) in the default score (validation)
+UPRIGHT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5)   # the b that Detector.fit chooses from
+OWN_SETS = ("vflip", "invert", "interp", "uniform", "constant")   # made from in-dist. images
 FIT_IMAGES = 2000         # validation images the Gaussian is fitted to
-SCALE_IMAGES = 1000       # further validation images that standardise the scores
+SCALE_IMAGES = 1000       # further validation images: standardise the scores, choose b
 FALLBACK_VALIDATION = 5000
 
 
@@ -86,7 +92,9 @@ class Detector:
         spread: score kind -> (mean, standard deviation) over held-out validation images.
         coarse: the ratio's coarse resolution r (0: R / ``RATIO_FACTOR``).
         weight: of z(features) in the combined scores.
-        upright_weight: of z(upright) in ``"ratio+features+upright"``.
+        upright_weight: b, of z(upright) in ``"ratio+features+upright"``.
+        choice: the validation AUROCs b was chosen by (``upright_weight_aurocs``; empty when b
+            was given).
         fitted_on: where the fitting images came from (for reports).
     """
 
@@ -95,15 +103,17 @@ class Detector:
     spread: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     coarse: int = 0
     weight: float = FEATURE_WEIGHT
-    upright_weight: float = UPRIGHT_WEIGHT
+    upright_weight: float = 0.0
+    choice: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     fitted_on: str = ""
 
     @classmethod
-    def fit(cls, model: TrainedModel, images: Tensor | None = None, *,
-            coarse: int = 0, batch_size: int = 500) -> Detector:
+    def fit(cls, model: TrainedModel, images: Tensor | None = None, *, coarse: int = 0,
+            upright_weight: float | None = None, batch_size: int = 500) -> Detector:
         """Fit the features' Gaussian to the first ``FIT_IMAGES`` of ``images`` (N, C, R, R) in
-        [−1, 1] (default: the validation split of the model's dataset) and standardise the
-        ratio, features and upright scores over the next ``SCALE_IMAGES``."""
+        [−1, 1] (default: the validation split of the model's dataset), standardise the ratio,
+        features and upright scores over the next ``SCALE_IMAGES``, and choose the upright
+        weight b on them (``pick_upright_weight``) unless ``upright_weight`` is given."""
         how = f"{len(images)} given images" if images is not None else ""
         if images is None:
             images, how = validation_images(model, FIT_IMAGES + SCALE_IMAGES)
@@ -113,18 +123,38 @@ class Detector:
         detector = cls(model, coarse=coarse, fitted_on=how)
         _, features = detector._energies_and_features(images[:split], batch_size)
         detector.gaussian = Gaussian.fit(features)
-        parts = detector.parts(images[split:], batch_size=batch_size)
+        held = images[split:]
+        parts = detector.parts(held, batch_size=batch_size)
         for kind in STANDARDISED:
             detector.spread[kind] = (parts[kind].mean().item(), parts[kind].std().item())
+        if upright_weight is None:
+            g = torch.Generator().manual_seed(0)
+            outside = {name: detector.parts(own_set(name, held, g), batch_size=batch_size)
+                       for name in OWN_SETS}
+            detector.choice = upright_weight_aurocs(
+                detector._sum_parts(parts), {k: detector._sum_parts(p) for k, p in outside.items()})
+            upright_weight = pick_upright_weight(detector.choice)
+        detector.upright_weight = upright_weight
         return detector
 
     @classmethod
     def for_kinds(cls, model: TrainedModel, kinds: Sequence[str], *, coarse: int = 0,
-                  batch_size: int = 500) -> Detector:
-        """A detector for scoring ``kinds``: fitted (``fit``) when one of them needs it."""
+                  upright_weight: float | None = None, batch_size: int = 500) -> Detector:
+        """A detector for scoring ``kinds``: fitted (``fit``) when one of them needs it, b
+        chosen on validation only when the default score is among them and b is not given."""
+        if DEFAULT_SCORE not in kinds and upright_weight is None:
+            upright_weight = 0.0
         if any(kind in FITTED for kind in kinds):
-            return cls.fit(model, coarse=coarse, batch_size=batch_size)
-        return cls(model, coarse=coarse)
+            return cls.fit(model, coarse=coarse, upright_weight=upright_weight,
+                           batch_size=batch_size)
+        return cls(model, coarse=coarse, upright_weight=upright_weight)
+
+    def _sum_parts(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``parts`` as what b weighs: ``base`` = z(ratio) + a·z(features), ``upright`` =
+        z(upright), and ``energy`` (−E, the baseline b must not lose Interp to)."""
+        return {"base": self.standard("ratio", parts["ratio"])
+                + self.weight * self.standard("features", parts["features"]),
+                "upright": self.standard("upright", parts["upright"]), "energy": parts["energy"]}
 
     def score(self, x: Tensor, kind: str = DEFAULT_SCORE, *, batch_size: int = 500,
               progress: bool = False) -> Tensor:
@@ -201,6 +231,61 @@ class Detector:
                for i in range(0, len(x), batch_size)]
         return (torch.cat([e for e, _ in out]).cpu().double(),
                 torch.cat([f for _, f in out]).cpu())
+
+
+def own_set(name: str, x: Tensor, generator: torch.Generator, n: int = 0) -> Tensor:
+    """A set in [−1, 1] of ``OWN_SETS`` made from in-distribution images ``x`` (N, C, R, R):
+    ``vflip`` upside down, ``invert`` intensities negated, both (N, C, R, R); ``interp`` the
+    midpoints of ``n`` (default N) random pairs; ``uniform`` U(−1, 1) noise, ``constant`` one
+    random value per image and channel, both (N, C, R, R) (only x's shape matters)."""
+    c, h, w = x.shape[1:]
+    n = n or len(x)
+    if name == "vflip":
+        return x.flip(-2)
+    if name == "invert":
+        return -x
+    if name == "interp":
+        i, j = (torch.randint(len(x), (n,), generator=generator) for _ in range(2))
+        return 0.5 * (x[i] + x[j])
+    if name == "uniform":
+        return torch.rand(n, c, h, w, generator=generator) * 2 - 1
+    if name == "constant":
+        return (torch.rand(n, c, 1, 1, generator=generator) * 2 - 1).expand(n, c, h, w).clone()
+    raise ValueError(f"unknown set {name!r}; made from in-distribution images: {OWN_SETS}")
+
+
+def labelled(score_in: Tensor, score_out: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (1: in-distribution) and scores, float64, of two score sets (N,) and (M,)."""
+    y = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
+    return y, np.r_[score_in.numpy(), score_out.numpy()].astype(np.float64)
+
+
+def upright_weight_aurocs(inside: dict[str, Tensor], outside: dict[str, dict[str, Tensor]],
+                          weights: Sequence[float] = UPRIGHT_WEIGHTS
+                          ) -> dict[str, dict[str, float]]:
+    """AUROCs of ``base + b·upright`` for each b in ``weights`` (keys ``str(b)``) and of the
+    ``energy`` (key ``"energy"``), in-distribution scores ``inside`` against each set of
+    ``outside`` (name -> the same three scores (M,))."""
+    table = {"energy": {name: float(roc_auc_score(*labelled(inside["energy"], o["energy"])))
+                        for name, o in outside.items()}}
+    for b in weights:
+        s_in = inside["base"] + b * inside["upright"]
+        table[str(b)] = {name: float(roc_auc_score(*labelled(s_in, o["base"] + b * o["upright"])))
+                         for name, o in outside.items()}
+    return table
+
+
+def pick_upright_weight(table: dict[str, dict[str, float]]) -> float:
+    """The b of ``upright_weight_aurocs``'s table with the largest smallest AUROC over the sets
+    other than ``interp``, among those whose ``interp`` AUROC is at least the energy's (the
+    default must not trade the hard near-distribution case for the easy ones); the smaller b on
+    ties; the b with the best ``interp`` when none keeps up with the energy."""
+    weights = [k for k in table if k != "energy"]
+    keeps_up = [b for b in weights if table[b]["interp"] >= table["energy"]["interp"]]
+    if not keeps_up:
+        return float(max(weights, key=lambda b: table[b]["interp"]))
+    worst = {b: min(v for name, v in table[b].items() if name != "interp") for b in keeps_up}
+    return float(max(keeps_up, key=lambda b: (worst[b], -float(b))))
 
 
 def upright(energy: Tensor, flipped_energy: Tensor) -> Tensor:
