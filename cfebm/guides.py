@@ -143,9 +143,10 @@ def product(model, weight: float = 1.0) -> Guide:
                  f"AND {_named(model)}", same_resolution=True)
 
 
-def negation(model, weight: float = 0.5) -> Guide:
+def negation(model, weight: float = 0.1) -> Guide:
     """−λ·E_B(x): A AND NOT B, p_A / p_B^λ, for λ > 0 (see the module docstring on when that
-    is a proper density)."""
+    is a proper density). The default 0.1: at 0.25 and above, chains of two 16² Fashion-MNIST
+    models ran to noise, which B finds least likely (docs/notebook/steering.md)."""
     return Guide(model.energy, -float(weight), model.resolution, model.channels,
                  f"NOT {_named(model)}", same_resolution=True)
 

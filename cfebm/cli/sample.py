@@ -3,7 +3,7 @@
     cfebm sample MODEL --n 64 --out samples.png [--steps T] [--noise η0] [--cascade]
     cfebm sample MODEL --n 8 --trajectory chains/ --every 5     (Fig. 10: strip, GIF, energies)
     cfebm sample MODEL --class sneaker --guidance 10            (steered: cfebm.guides)
-    cfebm sample A --and B      cfebm sample A --not B --not-weight 0.5
+    cfebm sample A --and B      cfebm sample A --not B --not-weight 0.1
     cfebm export runs/f32/checkpoints/latest.pt --out f32.safetensors
     cfebm export runs/f32 --out f32-model      (a folder: model.safetensors, config.json, README.md)
 """
@@ -92,8 +92,9 @@ def add_steering(p: argparse.ArgumentParser) -> None:
                    "and channels; repeatable")
     p.add_argument("--not", dest="not_models", metavar="MODEL", action="append", default=[],
                    help="minus --not-weight times a model's energy (A AND NOT B); repeatable")
-    p.add_argument("--not-weight", type=non_negative, default=0.5,
-                   help="λ of --not: E_A − λ·E_B")
+    p.add_argument("--not-weight", type=non_negative, default=0.1,
+                   help="λ of --not: E_A − λ·E_B (0.1: larger ones ran to noise on validation "
+                   "chains, docs/applications/steering.md)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
