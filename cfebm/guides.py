@@ -13,6 +13,11 @@ G(x) = λ·T(x) is a differentiable term T with a weight λ:
   p_A(x)·p_B(x)^λ, that makes what both models accept (A AND B).
 - ``negation(model, weight)``: −λ·E_B(x): A AND NOT B, p_A(x) / p_B(x)^λ (a proper density only
   while E_A − λ·E_B still grows fast enough; λ < 1 keeps Gaussians proper where B is wider).
+  Chains of real models run to noise with it, which B finds least likely of all.
+- ``exclusion(model_a, model_b, weight)``: λ·softplus(E_A(x) − E_B(x) − c), A AND NOT B that
+  cannot reward noise: −λ·log P(A | x) of the two models as a classifier between them, c their
+  log-partition gap; the chains sample p_A(x)·P(A | x)^λ ≤ p_A(x), always proper. What
+  ``cfebm sample A --not B`` uses.
 - ``reference(image, weight)``: λ/2·‖x − ref‖², stay near an image (editing).
 - ``energy(fn, weight, resolution)``: any other differentiable term.
 
@@ -149,6 +154,40 @@ def negation(model, weight: float = 0.1) -> Guide:
     models ran to noise, which B finds least likely (docs/notebook/steering.md)."""
     return Guide(model.energy, -float(weight), model.resolution, model.channels,
                  f"NOT {_named(model)}", same_resolution=True)
+
+
+EXCLUSION_WEIGHT = 30.0   # λ of exclusion(), chosen on validation chains (benchmarks/compose.py)
+
+
+def exclusion(model_a, model_b, weight: float = EXCLUSION_WEIGHT, *,
+              offset: float | None = None) -> Guide:
+    """λ·softplus(E_A(x) − E_B(x) − c) = −λ·log P(A | x), with P(A | x) = p_A / (p_A + p_B)
+    the probability that model A rather than B made x (equal priors): A AND NOT B as
+    p_A(x)·P(A | x)^λ, a proper density for every λ ≥ 0, since the term is ≥ 0. Where B finds x
+    far less likely than A does the term is 0, so, unlike ``negation``, noise earns nothing.
+
+    ``offset`` c = log Z_B − log Z_A, the gap of the two models' unknown normalisers (default:
+    ``energy_offset(model_a, model_b)``). Both models need ``energy(x)``, ``resolution``,
+    ``channels``, and (for the default offset) ``sample``.
+    """
+    c = energy_offset(model_a, model_b) if offset is None else float(offset)
+
+    def term(x: Tensor) -> Tensor:
+        return F.softplus(model_a.energy(x) - model_b.energy(x) - c)
+
+    return Guide(term, float(weight), model_b.resolution, model_b.channels,
+                 f"NOT {_named(model_b)}", same_resolution=True)
+
+
+def energy_offset(model_a, model_b, chains: int = 100, seed: int = 0) -> float:
+    """An estimate of log Z_B − log Z_A: median E_A over A's own chains minus median E_B over
+    B's (``chains`` each, ``seed``). Exact when each model gives its own samples the same
+    log-density as the other gives its own; a bias in it moves where the exclusion starts to
+    count, not whether the density is proper."""
+    with torch.no_grad():
+        e_a = model_a.energy(model_a.sample(chains, seed=seed))
+        e_b = model_b.energy(model_b.sample(chains, seed=seed))
+    return (e_a.median() - e_b.median()).item()
 
 
 def reference(image: Tensor, weight: float) -> Guide:

@@ -189,7 +189,7 @@ def test_the_cli_steers_like_the_library(tiny_checkpoint, tmp_path, capsys):
     cases = {"class": (["--class", "trouser", "--guidance", "2"], guides.classifier(net, 1, 2.0)),
              "and": (["--and", tiny_checkpoint], guides.product(model)),
              "not": (["--not", tiny_checkpoint, "--not-weight", "0.3"],
-                     guides.negation(model, 0.3))}
+                     guides.exclusion(model, model, 0.3))}
     for name, (flags, guide) in cases.items():
         each = tmp_path / name
         assert main(["sample", tiny_checkpoint, "--n", "3", "--steps", "4", "--seed", "6",
@@ -212,3 +212,52 @@ def test_the_guide_classifiers_card_states_its_file():
     _, info = guides.load_classifier()
     assert f"**{100 * info['validation_accuracy']['clean']:.1f}%**" in card
     assert "minus the last 5000" in info["recipe"]["data"]
+
+
+def gaussian_1d(mean: float, sd: float, shift: float = 0.0):
+    """E(x) = (x − m)²/(2s²) + log(s√(2π)) + shift on (N, 1, 1, 1) one-pixel images: the
+    normalised N(m, s²) energy (log Z = −shift), with an exact sampler standing in for chains."""
+    def energy(x):
+        log_z = math.log(sd * math.sqrt(2 * math.pi))
+        return (x.flatten(1)[:, 0] - mean) ** 2 / (2 * sd**2) + log_z + shift
+
+    def sample(n, seed=0):
+        return mean + sd * torch.randn(n, 1, 1, 1, generator=torch.Generator().manual_seed(seed))
+
+    return SimpleNamespace(energy=energy, sample=sample, resolution=1, channels=1, source="")
+
+
+def test_the_exclusion_samples_p_a_times_p_of_a_to_the_lambda_and_the_negation_runs_away():
+    """A = N(0, 1), B = N(1, 0.5²), both normalised (c = 0): the chains of E_A +
+    3·softplus(E_A − E_B) sample p_A(x)·P(A | x)³, whose mean and variance come from quadrature
+    on a fine grid. The plain negation E_A − 3·E_B is concave (1 − 3·4 < 0): its chains run off."""
+    a, b = gaussian_1d(0.0, 1.0), gaussian_1d(1.0, 0.5)
+    grid = torch.linspace(-10, 10, 200_001, dtype=torch.float64).reshape(-1, 1, 1, 1)
+    log_p = -a.energy(grid) - 3 * torch.nn.functional.softplus(a.energy(grid) - b.energy(grid))
+    w = torch.softmax(log_p, 0)
+    x_grid = grid.flatten()
+    mean = (w * x_grid).sum()
+    var = (w * (x_grid - mean) ** 2).sum()
+    h, n, steps = 0.01, 4_000, 1_500
+    x0 = torch.zeros(n, 1, 1, 1)
+    x = langevin(steered(a.energy, guides.summed(guides.exclusion(a, b, 3.0, offset=0.0))), x0,
+                 steps, h, math.sqrt(2 * h), clamp=None,
+                 generator=torch.Generator().manual_seed(4)).flatten().double()
+    se = (var / n).sqrt()
+    assert abs(x.mean() - mean) < 4.5 * se + 0.01, (x.mean(), mean)
+    assert abs(x.var() - var) < 4.5 * var * math.sqrt(2 / n) + 0.02 * var, (x.var(), var)
+    assert mean < -0.2                            # pushed away from B's side of A
+    away = langevin(steered(a.energy, guides.summed(guides.negation(b, 3.0))), x0, 200, h,
+                    math.sqrt(2 * h), clamp=None, generator=torch.Generator().manual_seed(4))
+    assert not torch.isfinite(away).all() or away.abs().median() > 100
+
+
+def test_the_energy_offset_recovers_the_gap_of_the_normalisers():
+    """Two N(·, 1) energies shifted by 5 and −2 (log Z = −5, 2): log Z_B − log Z_A = 7, and the
+    median energies of each model's own samples differ by exactly that."""
+    a, b = gaussian_1d(0.0, 1.0, shift=5.0), gaussian_1d(3.0, 1.0, shift=-2.0)
+    assert guides.energy_offset(a, b, chains=501, seed=3) == pytest.approx(7.0, abs=1e-4)
+    guide = guides.exclusion(a, b, 2.0)
+    x = torch.tensor([-1.0, 0.5, 4.0]).reshape(3, 1, 1, 1)
+    expected = 2.0 * torch.nn.functional.softplus(a.energy(x) - b.energy(x) - 7.0)
+    torch.testing.assert_close(guide(x), expected.float(), atol=1e-4, rtol=1e-4)

@@ -3,7 +3,7 @@
     cfebm sample MODEL --n 64 --out samples.png [--steps T] [--noise η0] [--cascade]
     cfebm sample MODEL --n 8 --trajectory chains/ --every 5     (Fig. 10: strip, GIF, energies)
     cfebm sample MODEL --class sneaker --guidance 10            (steered: cfebm.guides)
-    cfebm sample A --and B      cfebm sample A --not B --not-weight 0.1
+    cfebm sample A --and B      cfebm sample A --not B --not-weight 3
     cfebm export runs/f32/checkpoints/latest.pt --out f32.safetensors
     cfebm export runs/f32 --out f32-model      (a folder: model.safetensors, config.json, README.md)
 """
@@ -24,7 +24,15 @@ from cfebm.cli.common import (
     load_model,
     non_negative,
 )
-from cfebm.guides import Guide, class_index, classifier, load_classifier, negation, product
+from cfebm.guides import (
+    EXCLUSION_WEIGHT,
+    Guide,
+    class_index,
+    classifier,
+    exclusion,
+    load_classifier,
+    product,
+)
 from cfebm.share import FOLDER_FILES
 from cfebm.trained import TrainedModel, load
 from cfebm.viz import save_grid, save_images
@@ -62,7 +70,8 @@ def steering(args: argparse.Namespace, model: TrainedModel) -> list[Guide]:
                                  args.guidance))
     device = model.device
     guides += [product(load(b, device=device)) for b in args.and_models]
-    guides += [negation(load(b, device=device), args.not_weight) for b in args.not_models]
+    guides += [exclusion(model, load(b, device=device), args.not_weight)
+               for b in args.not_models]
     for g in guides:
         g.check(model.channels, model.resolution)
     return guides
@@ -92,9 +101,9 @@ def add_steering(p: argparse.ArgumentParser) -> None:
                    "and channels; repeatable")
     p.add_argument("--not", dest="not_models", metavar="MODEL", action="append", default=[],
                    help="minus --not-weight times a model's energy (A AND NOT B); repeatable")
-    p.add_argument("--not-weight", type=non_negative, default=0.1,
-                   help="λ of --not: E_A − λ·E_B (0.1: larger ones ran to noise on validation "
-                   "chains, docs/applications/steering.md)")
+    p.add_argument("--not-weight", type=non_negative, default=EXCLUSION_WEIGHT,
+                   help="λ of --not: λ·softplus(E_A − E_B − c), −λ·log P(A rather than B | x) "
+                   "(cfebm.guides.exclusion; chosen on validation chains)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
