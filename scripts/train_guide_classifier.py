@@ -11,8 +11,16 @@ with probability 1/2 each,
   u ~ U(−1, 1),
 
 clamped to [−1, 1]. Data: the training split without its validation images (``data.validation
-= 5000``: the first 55,000 training images), 32×32 in [−1, 1], random horizontal flips. It
-reports accuracy on the validation split, clean and at fixed noise levels (never the test
+= 5000``: the first 55,000 training images), 32×32 in [−1, 1], random horizontal flips.
+
+Then ``--robust-epochs`` of adversarial training (Madry et al. 2018): each noised batch is
+moved by ``--pgd-steps`` of projected gradient ascent on the loss, within an L2 ball of radius
+``--robust-eps``, and the net learns from the moved batch. A chain steered by a plain
+classifier climbs its gradient to images no garment looks like (bright, boxy "ankle boots"
+that another classifier calls bags: docs/notebook/steering.md); a robust classifier's input
+gradients look like the data (Santurkar et al. 2019), which is what guidance follows.
+
+It reports accuracy on the validation split, clean and at fixed noise levels (never the test
 split), and writes ``cfebm/weights/guide_classifier.safetensors`` with the recipe in its
 metadata. CPU, one thread:
 
@@ -38,6 +46,8 @@ from cfebm.guides import GUIDE_WEIGHTS, GuideClassifier, save_classifier
 # The fixed noise levels the validation accuracy is reported at.
 EVAL_SIGMAS = (0.1, 0.3, 0.5)
 EVAL_MIXES = (0.25, 0.5, 0.75)
+# The adversarial stage (docs/notebook/steering.md): peak lr of its own one-cycle schedule.
+ROBUST_EPOCHS, ROBUST_EPS, ROBUST_LR = 1.0, 1.0, 1e-3
 
 
 def split(root: str, name: str) -> tuple[Tensor, Tensor]:
@@ -77,30 +87,53 @@ def validation_report(net: GuideClassifier, x: Tensor, y: Tensor, seed: int) -> 
     return {k: round(v, 4) for k, v in report.items()}
 
 
-def train(x: Tensor, y: Tensor, *, epochs: int, batch_size: int, lr: float,
-          weight_decay: float, sigma_max: float, seed: int) -> GuideClassifier:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    net = GuideClassifier()
+def pgd(net: GuideClassifier, x: Tensor, y: Tensor, eps: float, steps: int) -> Tensor:
+    """``x`` (N, 1, 32, 32) moved by ``steps`` of L2 projected gradient ascent on the loss
+    (step 2.5·eps/steps, Madry et al.'s rule), each image within ‖δ‖₂ ≤ eps of where it was."""
+    delta = torch.zeros_like(x, requires_grad=True)
+    for _ in range(steps):
+        (grad,) = torch.autograd.grad(F.cross_entropy(net(x + delta), y), delta)
+        delta = delta.detach() + 2.5 * eps / steps * grad / _norms(grad)
+        delta = (delta * (eps / _norms(delta)).clamp(max=1.0)).requires_grad_(True)
+    return (x + delta).detach()
+
+
+def _norms(t: Tensor) -> Tensor:
+    """Per-image L2 norms (N, 1, 1, 1) of ``t`` (N, C, H, W), floored away from zero."""
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+
+
+def fit(net: GuideClassifier, x: Tensor, y: Tensor, g: torch.Generator, *, epochs: float,
+        batch_size: int, lr: float, weight_decay: float, sigma_max: float, eps: float = 0.0,
+        pgd_steps: int = 0) -> None:
+    """``epochs`` (may be fractional) of AdamW under one-cycle on noised batches, each moved
+    adversarially first when ``eps`` > 0."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = len(x) // batch_size   # the last partial batch is dropped
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps,
+    per_epoch = len(x) // batch_size   # the last partial batch is dropped
+    total = round(epochs * per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total,
                                                 pct_start=0.2)
-    for epoch in range(epochs):
+    tic = time.time()
+    for i in range(total):
+        if i % per_epoch == 0:
+            perm = torch.randperm(len(x), generator=g)
+        idx = perm[i % per_epoch * batch_size:(i % per_epoch + 1) * batch_size]
+        xb = x[idx]
+        flip = torch.rand(len(xb), generator=g) < 0.5
+        xb = noised(torch.where(flip[:, None, None, None], xb.flip(-1), xb), sigma_max, g)
+        if eps > 0:
+            net.eval()
+            xb = pgd(net, xb, y[idx], eps, pgd_steps)
         net.train()
-        perm, tic = torch.randperm(len(x), generator=g), time.time()
-        for i in range(steps):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            xb = x[idx]
-            flip = torch.rand(len(xb), generator=g) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            loss = F.cross_entropy(net(noised(xb, sigma_max, g)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"epoch {epoch}  loss {loss.item():.4f}  {time.time() - tic:.0f} s", flush=True)
-    return net.eval()
+        loss = F.cross_entropy(net(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (i + 1) % per_epoch == 0 or i + 1 == total:
+            print(f"{'robust ' if eps > 0 else ''}step {i + 1}/{total}  loss {loss.item():.4f}  "
+                  f"{time.time() - tic:.0f} s", flush=True)
+    net.eval()
 
 
 def main() -> None:
@@ -113,6 +146,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--sigma-max", type=float, default=0.6, help="largest Gaussian noise σ")
+    p.add_argument("--robust-epochs", type=float, default=ROBUST_EPOCHS,
+                   help="epochs of adversarial training after the noise epochs (0: none)")
+    p.add_argument("--robust-eps", type=float, default=ROBUST_EPS,
+                   help="L2 radius of the adversarial moves, in [-1, 1] pixel units")
+    p.add_argument("--pgd-steps", type=int, default=3, help="gradient steps per move")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -120,8 +158,15 @@ def main() -> None:
     x, y = split(args.root, "train")
     x_val, y_val = split(args.root, "validation")
     tic = time.time()
-    net = train(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                weight_decay=args.weight_decay, sigma_max=args.sigma_max, seed=args.seed)
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    net = GuideClassifier()
+    common = {"batch_size": args.batch_size, "weight_decay": args.weight_decay,
+              "sigma_max": args.sigma_max}
+    fit(net, x, y, g, epochs=args.epochs, lr=args.lr, **common)
+    if args.robust_epochs > 0:
+        fit(net, x, y, g, epochs=args.robust_epochs, lr=ROBUST_LR, eps=args.robust_eps,
+            pgd_steps=args.pgd_steps, **common)
     seconds = time.time() - tic
     report = validation_report(net, x_val, y_val, args.seed)
     print(f"validation accuracy {report}  training time {seconds:.0f} s", flush=True)
@@ -130,7 +175,11 @@ def main() -> None:
                        "weight_decay": args.weight_decay, "sigma_max": args.sigma_max,
                        "noise": "half Gaussian sigma~U(0,sigma_max), half (1-t)x+tU(-1,1), "
                                 "t~U(0,1); clamped", "augmentation": "horizontal flip p=0.5",
-                       "data": "Fashion-MNIST train minus the last 5000 (55k), 32x32, [-1,1]"},
+                       "data": "Fashion-MNIST train minus the last 5000 (55k), 32x32, [-1,1]",
+                       "robust": {"epochs": args.robust_epochs, "l2_eps": args.robust_eps,
+                                  "pgd_steps": args.pgd_steps, "lr": ROBUST_LR,
+                                  "attack": "L2 PGD on the noised batch, step 2.5 eps/steps, "
+                                            "net in eval mode"}},
             "seed": args.seed, "validation_accuracy": report,
             "train_seconds": round(seconds), "torch_version": torch.__version__}
     save_classifier(net, args.out, info)
