@@ -156,7 +156,7 @@ def test_scores_are_oriented_and_the_gradient_score_is_the_gradient_norm(tiny_mo
 
 
 def test_cli_writes_the_table_csv_and_histograms(tiny_model, tmp_path, capsys):
-    out = tmp_path / "ood"
+    out = tmp_path / "new" / "ood"          # a folder whose parent does not exist yet
     assert main(["ood", tiny_model.source, "--ood", "uniform", "constant", "interp", "vflip",
                  "invert", "--n", "50", "--out", str(out), "--no-progress", "--score",
                  "all"]) == 0
@@ -399,3 +399,23 @@ def test_fit_chooses_an_upright_weight_where_only_the_flip_tells_the_images_apar
     assert pick_upright_weight(detector.choice) == detector.upright_weight
     given = Detector.fit(UprightLadder(8.0), images, upright_weight=0.0)
     assert given.upright_weight == 0.0 and given.choice == {}
+
+
+def test_the_choice_table_is_what_the_detectors_own_scores_give(tiny_model):
+    """Each AUROC the fit chose b by is the AUROC of the detector's public default score, at
+    that b, of its held-out images against the same set made from them; the report's table
+    defaults to AUROC."""
+    images = build_set("interp", tiny_model, 60, seed=5).images
+    detector = Detector.fit(tiny_model, images)
+    held = images[30:]
+    g = torch.Generator().manual_seed(0)
+    sets = {name: own_set(name, held, g) for name in detector.choice["energy"]}
+    for b in ("0.0", "1.5"):
+        detector.upright_weight = float(b)
+        inside = detector.score(held)
+        for name, x in sets.items():
+            auroc = ood_metrics(inside, detector.score(x))["auroc"]
+            # the score is float32, the choice's parts float64: a rounding tie or two of 900
+            assert auroc == pytest.approx(detector.choice[b][name], abs=0.005), (b, name)
+    report = evaluate_ood(tiny_model, ["uniform"], n=10, kinds=("energy",))
+    assert report.table() == report.table("auroc")
