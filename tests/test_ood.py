@@ -419,3 +419,22 @@ def test_the_choice_table_is_what_the_detectors_own_scores_give(tiny_model):
             assert auroc == pytest.approx(detector.choice[b][name], abs=0.005), (b, name)
     report = evaluate_ood(tiny_model, ["uniform"], n=10, kinds=("energy",))
     assert report.table() == report.table("auroc")
+
+
+def test_the_histograms_show_every_set_beside_the_in_distribution_as_densities(tiny_model):
+    """One panel per set in one row, each holding two histograms of unit area (densities, so
+    sets of different sizes compare), labelled by the in-distribution set and the OOD set."""
+    import matplotlib.pyplot as plt
+
+    report = evaluate_ood(tiny_model, ["uniform", "vflip", "constant"], n=12, kinds=("energy",))
+    fig = report.histogram_figure("energy")
+    panels = fig.axes
+    assert len(panels) == 3
+    assert len({round(ax.get_position().y0, 6) for ax in panels}) == 1     # one row
+    for ax, s in zip(panels, report.sets):
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == [report.in_set.name, s.name]
+        for container in ax.containers:
+            area = sum(bar.get_height() * bar.get_width() for bar in container)
+            assert area == pytest.approx(1.0, rel=1e-6)
+    plt.close(fig)

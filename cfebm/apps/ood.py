@@ -154,7 +154,17 @@ class OODReport:
         return [out / "ood.md", out / "ood.csv", *(self._histogram(k, out) for k in self.scores)]
 
     def _histogram(self, kind: str, out: Path) -> Path:
-        """One panel per OOD set: its scores against the in-distribution scores."""
+        import matplotlib.pyplot as plt
+
+        fig = self.histogram_figure(kind)
+        path = out / f"ood_hist_{kind}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def histogram_figure(self, kind: str):
+        """A matplotlib figure with one panel per OOD set, side by side: its ``kind`` scores
+        against the in-distribution ones, each a density (sets of any size compare)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -174,10 +184,7 @@ class OODReport:
             ax.legend(fontsize=6)
         fig.suptitle(f"OOD scores ({kind}): higher = more in-distribution", fontsize=9)
         fig.tight_layout()
-        path = out / f"ood_hist_{kind}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return fig
 
 
 def evaluate_ood(model: TrainedModel, set_names: Sequence[str], *, n: int = 1000,
