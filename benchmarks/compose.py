@@ -5,8 +5,8 @@ Model A learns the classes ``A`` (its ``data.subset``), model B the classes ``B`
 alone, each makes its own classes; sampled as a product of experts, E_A(x) + λ·E_B(x)
 (``cfebm.guides.product``), the chains should make what both accept, the classes in A ∩ B;
 with E_A(x) + λ·softplus(E_A(x) − E_B(x) − c) (``cfebm.guides.exclusion``, what ``cfebm sample
-A --not B`` runs), those in A − B. Each sample's class is the
-FMNIST-FID feature net's (not a guide), so the score is the share of samples in the asked set.
+A --not B`` runs), those in A − B. Each sample's class is the FMNIST-FID feature net's (not a
+guide), so the score is the share of samples in the asked set.
 Each way's weight λ is chosen on validation seeds by a rule fixed before the run (the largest
 share in A ∩ B for AND, in A − B for NOT; ties to the smaller λ) and reported with fresh seeds;
 no data split is read, only the two models' own chains.
@@ -109,7 +109,8 @@ def main() -> None:
             "model_a": args.model_a, "model_b": args.model_b,
             "classes": {k: sorted(v) for k, v in sets.items()}, "offset": offset,
             "validation": {"A AND B": rows_and, "A AND NOT B": rows_not},
-            "weights": {"A AND B": w_and, "A AND NOT B": w_not}, "report": report, "n": args.n, "n_val": args.n_val,
+            "weights": {"A AND B": w_and, "A AND NOT B": w_not}, "report": report,
+            "n": args.n, "n_val": args.n_val,
             "seconds": time.time() - started})
 
 

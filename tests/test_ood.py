@@ -276,7 +276,8 @@ def test_zero_weights_leave_the_default_score_ranking_as_the_ratio(tiny_model, t
         main(["ood", tiny_model.source, "--weights", "-1", "0"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == "cfebm ood: error: argument --weights: must be >= 0, got -1"
+    assert (err.strip().splitlines()[-1]
+            == "cfebm ood: error: argument --weights: must be >= 0, got -1")
 
 
 class ToyLadder(QuadraticEnergy):

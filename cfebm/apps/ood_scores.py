@@ -151,10 +151,14 @@ class Detector:
 
     def _sum_parts(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
         """``parts`` as what b weighs: ``base`` = z(ratio) + a·z(features), ``upright`` =
-        z(upright), and ``energy`` (−E, the baseline b must not lose Interp to)."""
-        return {"base": self.standard("ratio", parts["ratio"])
-                + self.weight * self.standard("features", parts["features"]),
-                "upright": self.standard("upright", parts["upright"]), "energy": parts["energy"]}
+        z(upright) (when among the parts), and ``energy`` (−E, the baseline b must not lose
+        Interp to)."""
+        z = {"base": self.standard("ratio", parts["ratio"])
+             + self.weight * self.standard("features", parts["features"]),
+             "energy": parts["energy"]}
+        if "upright" in parts:
+            z["upright"] = self.standard("upright", parts["upright"])
+        return z
 
     def score(self, x: Tensor, kind: str = DEFAULT_SCORE, *, batch_size: int = 500,
               progress: bool = False) -> Tensor:
@@ -186,11 +190,10 @@ class Detector:
         parts = self._parts(x, flip=kind == "ratio+features+upright")
         if kind in parts:
             return parts[kind]
-        z = self.standard("ratio", parts["ratio"]) + self.weight * self.standard(
-            "features", parts["features"])
+        z = self._sum_parts(parts)
         if kind == "ratio+features":
-            return z
-        return z + self.upright_weight * self.standard("upright", parts["upright"])
+            return z["base"]
+        return z["base"] + self.upright_weight * z["upright"]
 
     def parts(self, x: Tensor, *, batch_size: int = 500) -> dict[str, Tensor]:
         """The raw scores the combined ones are made of, (N,) float64 each, of images ``x``
@@ -266,11 +269,13 @@ def upright_weight_aurocs(inside: dict[str, Tensor], outside: dict[str, dict[str
     """AUROCs of ``base + b·upright`` for each b in ``weights`` (keys ``str(b)``) and of the
     ``energy`` (key ``"energy"``), in-distribution scores ``inside`` against each set of
     ``outside`` (name -> the same three scores (M,))."""
-    table = {"energy": {name: float(roc_auc_score(*labelled(inside["energy"], o["energy"])))
-                        for name, o in outside.items()}}
+    def auroc(score_in: Tensor, score_out: Tensor) -> float:
+        return float(roc_auc_score(*labelled(score_in, score_out)))
+
+    table = {"energy": {name: auroc(inside["energy"], o["energy"]) for name, o in outside.items()}}
     for b in weights:
         s_in = inside["base"] + b * inside["upright"]
-        table[str(b)] = {name: float(roc_auc_score(*labelled(s_in, o["base"] + b * o["upright"])))
+        table[str(b)] = {name: auroc(s_in, o["base"] + b * o["upright"])
                          for name, o in outside.items()}
     return table
 

@@ -100,7 +100,8 @@ def add_steering(p: argparse.ArgumentParser) -> None:
                    help="also a model's energy (product of experts, A AND B); same resolution "
                    "and channels; repeatable")
     p.add_argument("--not", dest="not_models", metavar="MODEL", action="append", default=[],
-                   help="minus --not-weight times a model's energy (A AND NOT B); repeatable")
+                   help="a model whose images to avoid (A AND NOT B: the chains sample "
+                   "p_A·P(A rather than B | x)^λ, cfebm.guides.exclusion); repeatable")
     p.add_argument("--not-weight", type=non_negative, default=EXCLUSION_WEIGHT,
                    help="λ of --not: λ·softplus(E_A − E_B − c), −λ·log P(A rather than B | x) "
                    "(cfebm.guides.exclusion; chosen on validation chains)")
