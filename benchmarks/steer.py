@@ -19,6 +19,7 @@ of guided against unguided chains, timed in the same process.
     OMP_NUM_THREADS=1 python benchmarks/steer.py fmnist32-2h --weights 1,3,10 --n-val 40 \\
         --n 200 --json runs/steer.json --grid docs/steer_fmnist32_2h.png
     OMP_NUM_THREADS=1 python benchmarks/steer.py fmnist32-2h --weight 3 --n 200   # no sweep
+    python benchmarks/steer.py fmnist32-2h --weights 1,3,10 --candidates 4   # best of 4 chains
 """
 
 from __future__ import annotations
@@ -59,20 +60,24 @@ def score(x: Tensor, k: int, extractor: FMNISTFeatures, ref: FeatureStats) -> tu
     return accuracy, fid_from_stats(FeatureStats().update(extractor(x)), ref)
 
 
-def guided(model: TrainedModel, net, k: int, weight: float, n: int, seed: int
-           ) -> tuple[Tensor, float]:
-    """n chains steered toward class k, and the seconds per image they took."""
+def guided(model: TrainedModel, net, k: int, weight: float, n: int, seed: int,
+           candidates: int = 1) -> tuple[Tensor, float]:
+    """n chains steered toward class k (each the best of ``candidates``), and the seconds per
+    image they took."""
     tic = time.perf_counter()
-    x = model.sample(n, seed=seed, guide=guides.classifier(net, k, weight))
+    x = model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
+                     candidates=candidates)
     return x, (time.perf_counter() - tic) / n
 
 
-def sweep(model, net, extractor, weights: list[float], n: int) -> tuple[float, list[dict]]:
+def sweep(model, net, extractor, weights: list[float], n: int,
+          candidates: int = 1) -> tuple[float, list[dict]]:
     """Each weight on the validation split; returns the chosen weight and the rows."""
     refs, _ = class_stats("validation", extractor)
     rows = []
     for w in weights:
-        scores = [score(guided(model, net, k, w, n, VAL_SEED)[0], k, extractor, refs[k])
+        scores = [score(guided(model, net, k, w, n, VAL_SEED, candidates)[0], k, extractor,
+                        refs[k])
                   for k in range(len(CLASS_NAMES))]
         acc, fid = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
         rows.append({"weight": w, "accuracy": acc, "fid": fid,
@@ -84,7 +89,8 @@ def sweep(model, net, extractor, weights: list[float], n: int) -> tuple[float, l
     return best["weight"], rows
 
 
-def report(model, net, extractor, weight: float, n: int) -> tuple[dict, list[Tensor]]:
+def report(model, net, extractor, weight: float, n: int,
+           candidates: int = 1) -> tuple[dict, list[Tensor]]:
     """The test split at ``weight``: per class accuracy and FID, the unconditional baseline and
     the cost; also the first 10 samples of each class for the figure."""
     refs, everything = class_stats("test", extractor)
@@ -96,14 +102,14 @@ def report(model, net, extractor, weight: float, n: int) -> tuple[dict, list[Ten
           f"{unguided_seconds:.3f} s/image", flush=True)
     classes, rows = [], []
     for k, name in enumerate(CLASS_NAMES):
-        x, seconds = guided(model, net, k, weight, n, TEST_SEED)
+        x, seconds = guided(model, net, k, weight, n, TEST_SEED, candidates)
         acc, fid = score(x, k, extractor, refs[k])
         classes.append({"class": name, "accuracy": acc, "fid": fid, "seconds_per_image": seconds})
         rows.append(x[:10])
         print(f"test  λ {weight:g}  {name:12s} accuracy {acc:.3f}  FID {fid:6.1f}  "
               f"{seconds:.3f} s/image", flush=True)
     guided_seconds = sum(c["seconds_per_image"] for c in classes) / len(classes)
-    summary = {"weight": weight, "n_per_class": n, "classes": classes,
+    summary = {"weight": weight, "candidates": candidates, "n_per_class": n, "classes": classes,
                "mean_accuracy": sum(c["accuracy"] for c in classes) / len(classes),
                "min_accuracy": min(c["accuracy"] for c in classes),
                "mean_fid": sum(c["fid"] for c in classes) / len(classes),
@@ -125,6 +131,8 @@ def main() -> None:
                         "λ (a point on the trade-off, not a choice)")
     parser.add_argument("--n-val", type=int, default=40, help="samples per class per weight")
     parser.add_argument("--n", type=int, default=200, help="test samples per class")
+    parser.add_argument("--candidates", type=int, default=1, help="K: each sample the best of "
+                        "K candidate chains by the guide (TrainedModel.sample's candidates)")
     parser.add_argument("--json", help="write the results as JSON")
     parser.add_argument("--grid", help="a figure: one row of 10 samples per class")
     parser.add_argument("--classifier", default=str(guides.GUIDE_WEIGHTS),
@@ -137,9 +145,9 @@ def main() -> None:
     weight, sweep_rows = args.weight, []
     if weight is None:
         weights = [float(w) for w in args.weights.split(",")]
-        weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val)
+        weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val, args.candidates)
         print(f"chosen on validation: λ = {weight:g}", flush=True)
-    summary, rows = report(model, net, extractor, weight, args.n)
+    summary, rows = report(model, net, extractor, weight, args.n, args.candidates)
     if args.grid:
         save_rows(rows, args.grid, labels=list(CLASS_NAMES), scale=1)
     if args.json:

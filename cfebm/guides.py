@@ -49,10 +49,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from cfebm.config import SamplerConfig
 from cfebm.data.readers import CLASS_NAMES
 from cfebm.files import atomic_write
 from cfebm.model import frozen
-from cfebm.sampling import Energy, downsample, upsample
+from cfebm.sampling import Energy, Generator, Rows, downsample, langevin_cfg, steered, upsample
 
 GUIDE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "guide_classifier.safetensors"
 ARCHITECTURE = "guide-cnn-v1"   # stored in the weights' metadata; bump when the layers change
@@ -129,6 +130,37 @@ def summed(guides: Guide | Sequence[Guide] | None) -> Energy | None:
         return out
 
     return total
+
+
+CHOOSE_AT = 2 / 3   # share of a chain's steps before best_of's choice (validation: notebook)
+
+
+def best_of(energy: Energy, guide: Energy, x: Tensor, k: int, n_steps: int, choose_at: int,
+            cfg: SamplerConfig, *, eta0: float | None = None, generator: Generator = None
+            ) -> Tensor:
+    """Guided chains that choose among candidates: (N, C, R, R) in [−1, 1].
+
+    ``x`` (k·N, C, R, R) holds k candidate starts for each chain, consecutive (rows j·k …
+    j·k + k − 1 are chain j's). Every candidate runs the first ``choose_at`` of ``n_steps``
+    Langevin steps of E + G; then each chain keeps its candidate with the lowest guide term G
+    (the one the guide finds most of its kind: for a class, the highest λ·log p(y | x)) and
+    runs it on for the remaining steps, with the noise it would have drawn anyway (``Rows``).
+    Costs k·choose_at + n_steps − choose_at steps a chain. A guide steers a short-run chain
+    by the gradient alone, which cannot always reach a class the model rarely makes from the
+    noise it started at; a choice among a few starts part-way in can (the notebook's
+    "Choosing among candidates")."""
+    if k < 1 or len(x) % k:
+        raise ValueError(f"{len(x)} candidate starts do not split into groups of k = {k}")
+    if not 0 <= choose_at <= n_steps:
+        raise ValueError(f"choose_at must lie in [0, {n_steps}], got {choose_at}")
+    chain = steered(energy, guide)
+    x = langevin_cfg(chain, x, choose_at, cfg, eta0=eta0, generator=generator,
+                     part=(0, n_steps))
+    with torch.no_grad():
+        scores = guide(x).view(-1, k)
+    keep = scores.argmin(1) + torch.arange(0, len(x), k, device=scores.device)
+    return langevin_cfg(chain, x[keep], n_steps - choose_at, cfg, eta0=eta0,
+                        generator=Rows(generator, keep, len(x)), part=(choose_at, n_steps))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -84,12 +84,33 @@ class Slice:
         return self.generator.device
 
 
-Generator = torch.Generator | Streams | Slice | None
+class Rows:
+    """Rows ``index`` of what ``generator`` draws for a batch of ``total`` chains: the chains
+    that go on after a choice among candidates (``cfebm.guides.best_of``) keep drawing the
+    numbers they would have drawn had every candidate gone on."""
+
+    def __init__(self, generator: Generator, index: Tensor, total: int):
+        if index.ndim != 1 or len(index) and not 0 <= int(index.min()) <= int(index.max()) < total:
+            raise ValueError(f"row indices must be a vector in [0, {total})")
+        self.generator, self.index, self.total = generator, index, total
+
+    @property
+    def device(self) -> torch.device | None:
+        return getattr(self.generator, "device", None)
+
+
+Generator = torch.Generator | Streams | Slice | Rows | None
 
 
 def draw(fn: Callable, shape: Sequence[int], generator: Generator,
          device: torch.device | str) -> Tensor:
-    """``fn(shape)`` (torch.rand or torch.randn) from a generator, ``Streams`` or a ``Slice``."""
+    """``fn(shape)`` (torch.rand or torch.randn) from a generator, ``Streams``, a ``Slice`` or
+    ``Rows``."""
+    if isinstance(generator, Rows):
+        if shape[0] != len(generator.index):
+            raise ValueError(f"{len(generator.index)} rows, got a batch of {shape[0]}")
+        full = draw(fn, (generator.total, *shape[1:]), generator.generator, device)
+        return full[generator.index.to(full.device)]
     if isinstance(generator, Slice):
         if shape[0] != generator.n:
             raise ValueError(f"a slice of {generator.n} chains, got a batch of {shape[0]}")
@@ -281,19 +302,25 @@ def step_size_at(resolution: int, cfg: SamplerConfig) -> float:
 
 def langevin_cfg(
     energy: Energy, x: Tensor, n_steps: int, cfg: SamplerConfig, *,
-    eta0: float | None = None, generator: Generator = None, **kwargs,
+    eta0: float | None = None, generator: Generator = None,
+    part: tuple[int, int] | None = None, **kwargs,
 ) -> Tensor:
     """``langevin`` with the step size, noise schedule and clamp of a ``SamplerConfig``.
 
     ``eta0`` overrides the config's η0 (the test-time noise level of Fig. 16). The result lies
     in [−1, 1]: clamped after every step, or only at the end when ``cfg.clamp_every_step`` is
     off; a ``constraint`` (``langevin``'s) is projected onto last, so that it holds exactly.
+    ``part`` (first, total): these ``n_steps`` are steps first … first + n_steps − 1 of a chain
+    of ``total`` steps, with that chain's noise schedule (a chain run in two parts).
     """
     eta0 = cfg.eta0 if eta0 is None else eta0
     every_step = cfg.clamp_every_step
+    first, total = (0, n_steps) if part is None else part
+    if not 0 <= first <= first + n_steps <= total:
+        raise ValueError(f"steps [{first}, {first + n_steps}) are not in a chain of {total}")
     x = langevin(
         energy, x, n_steps, step_size_at(x.shape[-1], cfg),
-        noise_schedule(cfg.noise_schedule, n_steps, eta0),
+        noise_schedule(cfg.noise_schedule, total, eta0)[first:first + n_steps],
         clamp=(-1.0, 1.0) if every_step else None, generator=generator, **kwargs,
     )
     if every_step:

@@ -44,7 +44,7 @@ from cfebm.files import (
     read,
 )
 from cfebm.growth import Growth, growth_at
-from cfebm.guides import Guide, listed, summed
+from cfebm.guides import CHOOSE_AT, Guide, GuideError, best_of, listed, summed
 from cfebm.model import EnergyNet, frozen, frozen_copy
 from cfebm.runtime import resolve_device
 from cfebm.sampling import (
@@ -54,6 +54,7 @@ from cfebm.sampling import (
     LangevinStep,
     Streams,
     downsample,
+    init_noise,
     langevin_cfg,
     steered,
 )
@@ -203,8 +204,8 @@ class TrainedModel:
         pooled: Tensor | None = None, seed: int = 0,
         generator: torch.Generator | None = None, cascade: bool = False,
         translation: bool = False, callback: Callable[[LangevinStep], None] | None = None,
-        guide: Guide | Sequence[Guide] | None = None, batch_size: int = 250,
-        progress: bool = False,
+        guide: Guide | Sequence[Guide] | None = None, candidates: int = 1,
+        choose_at: int | None = None, batch_size: int = 250, progress: bool = False,
     ) -> Iterator[Tensor]:
         """Langevin chains of the model, batch by batch: (B, C, R, R) in [−1, 1] each.
 
@@ -234,6 +235,12 @@ class TrainedModel:
                 (steered sampling: a class, another model AND / NOT, a reference image); at a
                 coarse scale each sees the state resized to its own resolution
                 (``cfebm.guides``). Weight 0 gives the unguided chains bit for bit.
+            candidates: with ``n`` and a ``guide``, k > 1 candidate chains for each sample, of
+                which the one with the lowest guide term after ``choose_at`` steps goes on
+                (``cfebm.guides.best_of``: k·s + T − s steps a sample). Algorithm 2's chains
+                only (a grown model, no cascade).
+            choose_at: s, the step of that choice (default: two thirds of the chain,
+                ``guides.CHOOSE_AT``).
             batch_size: chains per batch (rounded up to a multiple of 50).
             progress: show a progress bar.
         """
@@ -259,6 +266,8 @@ class TrainedModel:
         for g in listed(guide):
             g.check(self.channels, self.resolution)
         extra = summed(guide)
+        if candidates != 1:
+            self._check_candidates(candidates, start is None and extra is not None, cascade)
         chunks = [(0, total, generator)] if generator is not None else list(
             self._stream_batches(total, seed, batch_size))
         with tqdm(total=total, unit="img", desc="sampling", disable=not progress,
@@ -269,6 +278,10 @@ class TrainedModel:
                     low = None if pooled is None else AveragePooled(pooled[begin:begin + size])
                     x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback,
                                     low, extra)
+                elif candidates > 1:
+                    x = self._best_of(size, candidates, choose_at, steps, noise, extra,
+                                      self._candidate_streams(generator, seed, begin, size,
+                                                              candidates))
                 else:
                     source = None if start is None else start[begin:begin + size]
                     x = self._as_trained(size, source, steps, noise, gen, cascade, callback,
@@ -305,6 +318,34 @@ class TrainedModel:
                               coarse=self.coarse, generator=generator, device=self.device,
                               autocast=self.autocast, steps=steps, eta0=noise,
                               cascade_all=cascade, callback=callback, guide=guide)
+
+    def _check_candidates(self, k: int, guided_from_noise: bool, cascade: bool) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise GuideError(f"candidates must be a whole number >= 1, got {k!r}")
+        if not guided_from_noise:
+            raise GuideError("candidates need chains from noise (n) and a guide to choose by")
+        if cascade or len(self.schedule()) > 1 or self.growth.fading and self.cfg.sampler.smooth:
+            raise GuideError("candidates choose among Algorithm 2's chains: a grown model "
+                             "sampled at its own resolution, without the cascade")
+
+    def _candidate_streams(self, generator: Generator, seed: int, begin: int, n: int,
+                           k: int) -> Generator:
+        """The streams of chains begin … begin + n − 1's k candidates each: those of chains
+        k·begin … k·(begin + n) − 1 (``generator`` itself when one was given)."""
+        return generator if generator is not None else Streams.for_chains(
+            seed, k * begin, k * n, self.device)
+
+    def _best_of(self, n: int, k: int, choose_at: int | None, steps: int | None,
+                 noise: float | None, guide: Energy, generator: Generator) -> Tensor:
+        """``n`` chains from noise that each keep the best of ``k`` candidates
+        (``guides.best_of``), started as Algorithm 2 starts them."""
+        total = self.growth.n_steps if steps is None else steps
+        at = round(CHOOSE_AT * total) if choose_at is None else choose_at
+        x = init_noise(n * k, self.channels, self.resolution, self.cfg.sampler.start_noise,
+                       first=self.growth.cascade[0][0], generator=generator, device=self.device)
+        with frozen(self.net):
+            return best_of(self.energy, guide, x, k, total, at, self.cfg.sampler, eta0=noise,
+                           generator=generator)
 
     def export(self, path: str | Path) -> Path:
         """Write the inference weights (these weights, the frozen coarse copies, the config) for
