@@ -112,12 +112,13 @@ def test_candidates_without_a_guide_or_from_images_are_refused(tiny_checkpoint, 
 
 
 def test_the_cli_chooses_among_candidates_like_the_library(tiny_checkpoint, tmp_path):
+    """--class alone is 4 candidates at λ = 3 (the validation's choice)."""
     model, net = load(tiny_checkpoint), guides.load_classifier()[0]
     each = tmp_path / "each"
-    assert main(["sample", tiny_checkpoint, "--class", "trouser", "--guidance", "2",
-                 "--candidates", "3", "--n", "2", "--steps", "3", "--seed", "1",
-                 "--out", str(tmp_path / "a.png"), "--each", str(each), "--no-progress"]) == 0
-    x = model.sample(2, steps=3, seed=1, guide=guides.classifier(net, 1, 2.0), candidates=3)
+    assert main(["sample", tiny_checkpoint, "--class", "trouser", "--n", "2", "--steps", "3",
+                 "--seed", "1", "--out", str(tmp_path / "a.png"), "--each", str(each),
+                 "--no-progress"]) == 0
+    x = model.sample(2, steps=3, seed=1, guide=guides.classifier(net, 1, 3.0), candidates=4)
     written = sorted(each.glob("*.png"))
     assert len(written) == 2
     assert np.array_equal(np.stack([np.array(Image.open(f)) for f in written]),

@@ -186,7 +186,8 @@ def test_the_cli_steers_like_the_library(tiny_checkpoint, tmp_path, capsys):
     """--class / --guidance, --and and --not write what the library's guides give (8-bit PNGs of
     the same chains: equal to the rounding of the library's samples)."""
     model, net = load(tiny_checkpoint), guides.load_classifier()[0]
-    cases = {"class": (["--class", "trouser", "--guidance", "2"], guides.classifier(net, 1, 2.0)),
+    cases = {"class": (["--class", "trouser", "--guidance", "2", "--candidates", "1"],
+                       guides.classifier(net, 1, 2.0)),
              "and": (["--and", tiny_checkpoint], guides.product(model)),
              "not": (["--not", tiny_checkpoint, "--not-weight", "0.3"],
                      guides.exclusion(model, model, 0.3))}
