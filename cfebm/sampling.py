@@ -94,10 +94,6 @@ class Rows:
             raise ValueError(f"row indices must be a vector in [0, {total})")
         self.generator, self.index, self.total = generator, index, total
 
-    @property
-    def device(self) -> torch.device | None:
-        return getattr(self.generator, "device", None)
-
 
 Generator = torch.Generator | Streams | Slice | Rows | None
 

@@ -278,10 +278,10 @@ class TrainedModel:
                     low = None if pooled is None else AveragePooled(pooled[begin:begin + size])
                     x = self._chain(start[begin:begin + size], steps, noise, rows, gen, callback,
                                     low, extra)
-                elif candidates > 1:
-                    x = self._best_of(size, candidates, choose_at, steps, noise, extra,
-                                      self._candidate_streams(generator, seed, begin, size,
-                                                              candidates))
+                elif candidates > 1:   # chain j's candidates draw as chains k·j … k·j + k − 1
+                    streams = generator if generator is not None else Streams.for_chains(
+                        seed, candidates * begin, candidates * size, self.device)
+                    x = self._best_of(size, candidates, choose_at, steps, noise, extra, streams)
                 else:
                     source = None if start is None else start[begin:begin + size]
                     x = self._as_trained(size, source, steps, noise, gen, cascade, callback,
@@ -327,13 +327,6 @@ class TrainedModel:
         if cascade or len(self.schedule()) > 1 or self.growth.fading and self.cfg.sampler.smooth:
             raise GuideError("candidates choose among Algorithm 2's chains: a grown model "
                              "sampled at its own resolution, without the cascade")
-
-    def _candidate_streams(self, generator: Generator, seed: int, begin: int, n: int,
-                           k: int) -> Generator:
-        """The streams of chains begin … begin + n − 1's k candidates each: those of chains
-        k·begin … k·(begin + n) − 1 (``generator`` itself when one was given)."""
-        return generator if generator is not None else Streams.for_chains(
-            seed, k * begin, k * n, self.device)
 
     def _best_of(self, n: int, k: int, choose_at: int | None, steps: int | None,
                  noise: float | None, guide: Energy, generator: Generator) -> Tensor:

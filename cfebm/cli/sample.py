@@ -67,6 +67,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = save_grid(x, args.out, scale=args.scale)
     schedule = model.schedule(steps=args.steps, cascade=args.cascade)
     steered = "".join(f", {g.name} (weight {g.weight:g})" for g in guides)
+    if args.candidates > 1:
+        steered += f", each the best of {args.candidates} candidates"
     print(f"wrote {args.n} samples of {model} ({describe_schedule(schedule)}{steered}) to {out}")
     if args.each:
         paths = save_images(x, args.each)
