@@ -11,13 +11,14 @@ Each way's weight λ is chosen on validation seeds by a rule fixed before the ru
 share in A ∩ B for AND, in A − B for NOT; ties to the smaller λ) and reported with fresh seeds;
 no data split is read, only the two models' own chains.
 
-    cfebm train --preset quickstart --run-dir runs/compose-a --set data.subset=0,2,3,4,6
-    cfebm train --preset quickstart --run-dir runs/compose-b --set data.subset=0,1,3,5,7
+    cfebm train --preset quickstart --minutes 0 --run-dir runs/compose-a --set data.subset=0,2,3,4,6
+    cfebm train --preset quickstart --minutes 0 --run-dir runs/compose-b --set data.subset=0,1,3,5,7
     python benchmarks/compose.py runs/compose-a runs/compose-b --n 500 --json runs/compose.json \\
         --grid docs/compose_quickstart.png
 
-(A: T-shirt, pullover, dress, coat, shirt, "tops"; B: T-shirt, trouser, dress, sandal, sneaker;
-A ∩ B: T-shirt and dress; A − B: pullover, coat and shirt.)
+(`--minutes 0`: the whole schedule, as the recorded models trained, not the quick start's
+4-minute budget. A: T-shirt, pullover, dress, coat, shirt, "tops"; B: T-shirt, trouser, dress,
+sandal, sneaker; A ∩ B: T-shirt and dress; A − B: pullover, coat and shirt.)
 """
 
 from __future__ import annotations

@@ -20,12 +20,16 @@ of guided against unguided chains, timed in the same process.
         --n 200 --json runs/steer.json --grid docs/steer_fmnist32_2h.png
     OMP_NUM_THREADS=1 python benchmarks/steer.py fmnist32-2h --weight 3 --n 200   # no sweep
     python benchmarks/steer.py fmnist32-2h --weights 1,3,10 --candidates 4   # best of 4 chains
+    python benchmarks/steer.py fmnist32-2h --weight 3 --candidates 4 --n 1000 --keep runs/s1k
+        # the issue's 1,000 a class at the default; resumable class by class (--keep)
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from record import write_report
@@ -61,13 +65,26 @@ def score(x: Tensor, k: int, extractor: FMNISTFeatures, ref: FeatureStats) -> tu
 
 
 def guided(model: TrainedModel, net, k: int, weight: float, n: int, seed: int,
-           candidates: int = 1) -> tuple[Tensor, float]:
+           candidates: int = 1, keep: Path | None = None) -> tuple[Tensor, float]:
     """n chains steered toward class k (each the best of ``candidates``), and the seconds per
-    image they took."""
+    image they took; with ``keep`` (a folder), kept there and taken from there by a rerun."""
+    return _kept(keep, f"class{k}-w{weight:g}-k{candidates}-n{n}-s{seed}.pt", lambda: model.sample(
+        n, seed=seed, guide=guides.classifier(net, k, weight), candidates=candidates))
+
+
+def _kept(keep: Path | None, name: str, draw: Callable[[], Tensor]) -> tuple[Tensor, float]:
+    """``draw()`` and its seconds per image, or both as a stopped run left them in ``keep``
+    (a long report, 1,000 samples a class, then resumes class by class)."""
+    if keep is not None and (keep / name).exists():
+        saved = torch.load(keep / name, weights_only=True)
+        return saved["x"], saved["seconds_per_image"].item()
     tic = time.perf_counter()
-    x = model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
-                     candidates=candidates)
-    return x, (time.perf_counter() - tic) / n
+    x = draw()
+    seconds = (time.perf_counter() - tic) / len(x)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        torch.save({"x": x, "seconds_per_image": torch.tensor(seconds)}, keep / name)
+    return x, seconds
 
 
 def sweep(model, net, extractor, weights: list[float], n: int,
@@ -89,20 +106,19 @@ def sweep(model, net, extractor, weights: list[float], n: int,
     return best["weight"], rows
 
 
-def report(model, net, extractor, weight: float, n: int,
-           candidates: int = 1) -> tuple[dict, list[Tensor]]:
+def report(model, net, extractor, weight: float, n: int, candidates: int = 1,
+           keep: Path | None = None) -> tuple[dict, list[Tensor]]:
     """The test split at ``weight``: per class accuracy and FID, the unconditional baseline and
     the cost; also the first 10 samples of each class for the figure."""
     refs, everything = class_stats("test", extractor)
-    tic = time.perf_counter()
-    plain = model.sample(n, seed=TEST_SEED)
-    unguided_seconds = (time.perf_counter() - tic) / n
+    plain, unguided_seconds = _kept(keep, f"unguided-n{n}-s{TEST_SEED}.pt",
+                                    lambda: model.sample(n, seed=TEST_SEED))
     baseline = fid_from_stats(FeatureStats().update(extractor(plain)), everything)
     print(f"test  unconditional, {n} samples: FID {baseline:.1f} against all test images; "
           f"{unguided_seconds:.3f} s/image", flush=True)
     classes, rows = [], []
     for k, name in enumerate(CLASS_NAMES):
-        x, seconds = guided(model, net, k, weight, n, TEST_SEED, candidates)
+        x, seconds = guided(model, net, k, weight, n, TEST_SEED, candidates, keep)
         acc, fid = score(x, k, extractor, refs[k])
         classes.append({"class": name, "accuracy": acc, "fid": fid, "seconds_per_image": seconds})
         rows.append(x[:10])
@@ -133,6 +149,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="test samples per class")
     parser.add_argument("--candidates", type=int, default=1, help="K: each sample the best of "
                         "K candidate chains by the guide (TrainedModel.sample's candidates)")
+    parser.add_argument("--keep", type=Path, help="a folder for the test samples of each "
+                        "class: a stopped report resumes from it (timings as first measured)")
     parser.add_argument("--json", help="write the results as JSON")
     parser.add_argument("--grid", help="a figure: one row of 10 samples per class")
     parser.add_argument("--classifier", default=str(guides.GUIDE_WEIGHTS),
@@ -147,7 +165,7 @@ def main() -> None:
         weights = [float(w) for w in args.weights.split(",")]
         weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val, args.candidates)
         print(f"chosen on validation: λ = {weight:g}", flush=True)
-    summary, rows = report(model, net, extractor, weight, args.n, args.candidates)
+    summary, rows = report(model, net, extractor, weight, args.n, args.candidates, args.keep)
     if args.grid:
         save_rows(rows, args.grid, labels=list(CLASS_NAMES), scale=1)
     if args.json:

@@ -196,12 +196,15 @@ class RunConfig:
     n_grid: int = 64                 # images in a sample grid
     max_recoveries: int = 3          # roll back to the last checkpoint this many times at most
     spike_factor: float = 30.0       # recent median |loss| above this x the one before; 0 = off
+    minutes: float = 0.0             # time budget of training iterations, 0 = none: a new run
+    #                                  fits its schedule to it (train/budget.py; as --minutes)
 
     def __post_init__(self):
         for name in ("log_every", "sample_every", "checkpoint_every", "n_grid"):
             _require(getattr(self, name) >= 1, f"run.{name} must be >= 1")
         _require(self.max_recoveries >= 0, "run.max_recoveries must be >= 0")
         _require(self.spike_factor >= 0, "run.spike_factor must be >= 0 (0 = off)")
+        _require(self.minutes >= 0, "run.minutes must be >= 0 (0 = no time budget)")
 
 
 @dataclass(frozen=True)

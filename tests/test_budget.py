@@ -163,6 +163,37 @@ def test_no_fit_and_resume_keep_the_schedule(slow_machine, tmp_path):
     assert json.loads((run / "config.json").read_text())["growth"]["stage_images"] == [128, 256]
 
 
+def test_a_budget_in_the_config_fits_a_new_run_as_minutes_does(slow_machine, tmp_path):
+    """``run.minutes`` (the quickstart preset's 4) is ``--minutes`` written in the config: the
+    same fitted schedule, and the run records its budget so that a resumed run keeps it."""
+    by_flag, by_config = tmp_path / "flag", tmp_path / "config"
+    assert main(["train", "--preset", "tiny", "--minutes", "1", "--run-dir", str(by_flag),
+                 "--no-progress"]) == 0
+    assert main(["train", "--preset", "tiny", "--set", "run.minutes=1", "--run-dir",
+                 str(by_config), "--no-progress"]) == 0
+    flag, config = (json.loads((r / "config.json").read_text()) for r in (by_flag, by_config))
+    assert config["growth"] == flag["growth"] and config["growth"]["stage_images"] == [32, 48]
+    assert config["run"]["minutes"] == flag["run"]["minutes"] == 1.0
+    assert read(by_config / "checkpoints" / "latest.pt")["config"]["run"]["minutes"] == 1.0
+
+
+def test_minutes_0_trains_the_recipe_as_it_is(monkeypatch, tmp_path):
+    run, timed = tmp_path / "run", []
+    monkeypatch.setattr(budget, "measure", lambda cfg, device=None: timed.append(1) or [])
+    assert main(["train", "--preset", "tiny", "--set", "run.minutes=1", "--minutes", "0",
+                 "--stop-at", "16", "--run-dir", str(run), "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert timed == [] and config["run"]["minutes"] == 0.0
+    assert config["growth"]["stage_images"] == list(load_preset("tiny").growth.stage_images)
+    with pytest.raises(SystemExit, match="2"):
+        main(["train", "--preset", "tiny", "--minutes", "-1", "--dry-run"])
+
+
+def test_the_quick_start_has_a_budget_and_its_paper_twin_none():
+    assert load_preset("quickstart").run.minutes == 4.0
+    assert load_preset("paper-quickstart").run.minutes == 0.0
+
+
 def test_an_existing_run_is_refused_before_any_timing(monkeypatch, tmp_path):
     run, timed = tmp_path / "run", []
     assert main(["train", "--preset", "tiny", "--stop-at", "16", "--run-dir", str(run),

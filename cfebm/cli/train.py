@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cfebm import __version__
-from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule
+from cfebm.cli.common import FORMATTER, CLIError, count, describe_schedule, non_negative
 from cfebm.config import Config, apply_overrides, load_preset, preset_names, to_dict
 from cfebm.files import config_of, read
 from cfebm.growth import total_images
@@ -63,10 +63,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = load_preset(args.preset or DEFAULT_PRESET)
     cfg = apply_overrides(cfg, args.set)
-    budget = None if args.minutes is None else 60.0 * args.minutes
+    if args.minutes is not None:  # the run records its budget: a resumed run keeps it
+        cfg = replace(cfg, run=replace(cfg.run, minutes=args.minutes))
+    minutes = cfg.run.minutes
     with distributed.process_group(cfg.train.device) as shard:  # torchrun: one rank of many
-        if budget is not None and args.fit and not args.dry_run and latest is None:
-            cfg = _fitted(cfg, args.minutes, shard)
+        if minutes and args.fit and not args.dry_run and latest is None:
+            cfg = _fitted(cfg, minutes, shard)
         run_dir = shard.broadcast(Path(args.run_dir) if args.run_dir  # rank 0 numbers it
                                   else _next_run_dir(Path("runs"), args.preset or DEFAULT_PRESET))
         for direction_dir, direction_cfg in translation_runs(cfg, run_dir, args.direction):
@@ -76,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             if shard.is_main:
                 log.info("run directory: %s", direction_dir)
             state = run_training(direction_cfg, direction_dir, resume=args.resume,
-                                 stop_at=args.stop_at, time_budget=budget,
+                                 stop_at=args.stop_at,
+                                 time_budget=60.0 * minutes if minutes else None,
                                  progress=not args.no_progress, shard=shard)
             if shard.is_main:
                 print(f"trained to {state.n_images} images; samples in "
@@ -196,11 +199,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="override a config value, e.g. growth.lr=[1e-3,1e-3] (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--stop-at", type=count(1), help="stop after this many training images")
-    p.add_argument("--minutes", type=float,
-                   help="stop after this many minutes of training iterations (a time budget); "
-                        "a new run first times its stages and, if the schedule would not fit, "
-                        "halves its batches (to 16) and then shortens every stage by one "
-                        "factor, so that it ends fully grown")
+    p.add_argument("--minutes", type=non_negative,
+                   help="stop after this many minutes of training iterations (a time budget; "
+                        "sets run.minutes, which the quickstart preset sets to "
+                        f"{load_preset(DEFAULT_PRESET).run.minutes:g}; 0: none, the recipe as "
+                        "it is); a new run first times its stages and, if the schedule would "
+                        "not fit, halves its batches (to 16) and then shortens every stage by "
+                        "one factor, so that it ends fully grown")
     p.add_argument("--no-fit", dest="fit", action="store_false",
                    help="with --minutes: keep the schedule as it is and stop when time runs out")
     p.add_argument("--direction", choices=("ab", "ba", "both"),
