@@ -68,8 +68,9 @@ def guided(model: TrainedModel, net, k: int, weight: float, n: int, seed: int,
            candidates: int = 1, keep: Path | None = None) -> tuple[Tensor, float]:
     """n chains steered toward class k (each the best of ``candidates``), and the seconds per
     image they took; with ``keep`` (a folder), kept there and taken from there by a rerun."""
-    return _kept(keep, f"class{k}-w{weight:g}-k{candidates}-n{n}-s{seed}.pt", lambda: model.sample(
-        n, seed=seed, guide=guides.classifier(net, k, weight), candidates=candidates))
+    return _kept(keep, f"class{k}-w{weight:g}-k{candidates}-n{n}-s{seed}.pt",
+                 lambda: model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
+                                      candidates=candidates))
 
 
 def _kept(keep: Path | None, name: str, draw: Callable[[], Tensor]) -> tuple[Tensor, float]:
@@ -146,7 +147,8 @@ def main() -> None:
     parser.add_argument("--weight", type=float, help="no sweep: report the test split at this "
                         "λ (a point on the trade-off, not a choice)")
     parser.add_argument("--n-val", type=int, default=40, help="samples per class per weight")
-    parser.add_argument("--n", type=int, default=200, help="test samples per class")
+    parser.add_argument("--n", type=int, default=200, help="test samples per class (0: the "
+                        "validation sweep alone)")
     parser.add_argument("--candidates", type=int, default=1, help="K: each sample the best of "
                         "K candidate chains by the guide (TrainedModel.sample's candidates)")
     parser.add_argument("--keep", type=Path, help="a folder for the test samples of each "
@@ -164,6 +166,12 @@ def main() -> None:
     if weight is None:
         weights = [float(w) for w in args.weights.split(",")]
         weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val, args.candidates)
+        if args.n == 0:   # the validation sweep alone
+            if args.json:
+                write_report(args.json, {"model": args.model, "guide": info, "sweep": sweep_rows,
+                                         "candidates": args.candidates,
+                                         "n_val_per_class": args.n_val})
+            return
         print(f"chosen on validation: λ = {weight:g}", flush=True)
     summary, rows = report(model, net, extractor, weight, args.n, args.candidates, args.keep)
     if args.grid:

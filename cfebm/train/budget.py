@@ -11,7 +11,8 @@ phase (mid-fade and grown), with the in-training evaluations the run will make
 wall-clock time, so the evaluations' share of it shortens the schedule like any other cost.
 When the prediction exceeds the budget so far that the schedule would have to shrink below
 half (f < ½), it first keeps the recipe's iterations and halves every stage's batch (and so
-its images), down to ``MIN_BATCH``, timing each halving; then, or at once when the overshoot
+its images), down to ``MIN_BATCH``, predicting each halving's cost as half and timing only the
+batch it settles on; then, or at once when the overshoot
 is smaller, it scales every stage's and every fade's images by one factor f < 1. The run then ends on its finished, fully grown last stage, with the recipe's
 proportions and its learning-rate decay to 0 intact. A schedule that fits is left as it is, so
 on the reference machine a preset trains exactly as measured.
@@ -57,6 +58,12 @@ class StageCost:
     grown: float
     sampling_fading: float
     sampling_grown: float
+
+    def halved(self) -> StageCost:
+        """The prediction for half the batch: half of every time (on a CPU, at our sizes, an
+        iteration's time is about proportional to its batch)."""
+        return StageCost(self.fading / 2, self.grown / 2, self.sampling_fading / 2,
+                         self.sampling_grown / 2)
 
 
 def predicted_seconds(growth: GrowthConfig, costs: list[StageCost],
@@ -181,8 +188,10 @@ def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
     (per iteration of the fitted schedule's batches).
 
     A schedule that would have to shrink below ``HALVE_BELOW`` of itself first keeps its
-    iterations and halves its batches, to ``MIN_BATCH`` at the least (timing each halving);
-    then ``fit`` shortens every stage by one factor. Below ½ halving costs nothing: it keeps
+    iterations and halves its batches, to ``MIN_BATCH`` at the least (each halving's cost
+    predicted as half, ``StageCost.halved``, and the batch it settles on timed: one timing
+    instead of one per halving, and halved again if that timing says so); then ``fit``
+    shortens every stage by one factor. Below ½ halving costs nothing: it keeps
     every update where the factor would drop more than half of them, on at least as many
     images (an iteration on half the batch takes about half the time), and with a budget
     that short updates are worth more than images per update (the module's docstring has
@@ -192,8 +201,10 @@ def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
     budget = 60.0 * minutes
     costs = measure(cfg, device)
     growth, f = fit(cfg.growth, costs, budget, cfg.eval)
-    while f < HALVE_BELOW and (smaller := halved(cfg.growth)):
-        cfg = replace(cfg, growth=smaller)
-        costs = measure(cfg, device)
+    while f < HALVE_BELOW and halved(cfg.growth):
+        while f < HALVE_BELOW and (smaller := halved(cfg.growth)):
+            cfg, costs = replace(cfg, growth=smaller), [c.halved() for c in costs]
+            growth, f = fit(cfg.growth, costs, budget, cfg.eval)
+        costs = measure(cfg, device)  # the prediction checked at the batch it chose
         growth, f = fit(cfg.growth, costs, budget, cfg.eval)
     return replace(cfg, growth=growth), f, costs
