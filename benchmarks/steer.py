@@ -166,18 +166,14 @@ def main() -> None:
     if weight is None:
         weights = [float(w) for w in args.weights.split(",")]
         weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val, args.candidates)
-        if args.n == 0:   # the validation sweep alone
-            if args.json:
-                write_report(args.json, {"model": args.model, "guide": info, "sweep": sweep_rows,
-                                         "candidates": args.candidates,
-                                         "n_val_per_class": args.n_val})
-            return
         print(f"chosen on validation: λ = {weight:g}", flush=True)
-    summary, rows = report(model, net, extractor, weight, args.n, args.candidates, args.keep)
-    if args.grid:
+    summary, rows = (report(model, net, extractor, weight, args.n, args.candidates, args.keep)
+                     if args.n else (None, []))   # --n 0: the validation sweep alone
+    if args.grid and rows:
         save_rows(rows, args.grid, labels=list(CLASS_NAMES), scale=1)
     if args.json:
-        write_report(args.json, {"model": args.model, "guide": info, "sweep": sweep_rows,
+        write_report(args.json, {"model": args.model, "guide": info, "candidates": args.candidates,
+                                 "sweep": sweep_rows,
                                  "test": summary, "n_val_per_class": args.n_val,
                                  "seconds": time.time() - started})
 
