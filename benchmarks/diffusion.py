@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from record import cpu_facts
 from torch import Tensor
 
 from cfebm import __version__
@@ -245,34 +246,13 @@ def evaluate(x: Tensor, data: DataConfig, sizes: list[int], *, seed: int = 0) ->
     return {"features": extractor.name, "reference": ref.metadata, "scores": scores}
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-
-
 def machine_facts(cpuinfo: str | None = None) -> dict:
     """What decides speed here: the CPU model and its vector flags (from /proc/cpuinfo), its
     kind in RESULTS.md's words, the cores this process may use, torch and its threads, the
     load average (a shared machine shows it)."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.is_file() else ""
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    if "amx_bf16" in flags:
-        kind = "AMX (Intel Xeon kind)"
-    elif "avx512_bf16" in flags:
-        kind = "AVX-512 with bf16 (EPYC-512 kind)"
-    elif "avx512f" in flags:
-        kind = "AVX-512 without bf16"
-    else:
-        kind = "AVX2 only (EPYC-AVX2 kind)" if "avx2" in flags else "other"
     load = Path("/proc/loadavg")
     return {
-        "cpu": fields.get("model name", platform.processor() or platform.machine()),
-        "kind": kind,
-        "flags": [f for f in CPU_FLAGS if f in flags],
+        **cpu_facts(cpuinfo),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
         os.cpu_count(),
         "torch": torch.__version__,

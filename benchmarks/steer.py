@@ -20,19 +20,26 @@ of guided against unguided chains, timed in the same process.
         --n 200 --json runs/steer.json --grid docs/steer_fmnist32_2h.png
     OMP_NUM_THREADS=1 python benchmarks/steer.py fmnist32-2h --weight 3 --n 200   # no sweep
     python benchmarks/steer.py fmnist32-2h --weights 1,3,10 --candidates 4   # best of 4 chains
-    python benchmarks/steer.py fmnist32-2h --weight 3 --candidates 4 --n 1000 --keep runs/s1k
-        # the issue's 1,000 a class at the default; resumable class by class (--keep)
+    python benchmarks/steer.py fmnist32-2h --weight 3 --candidates 4 --n 1000 \\
+        --record benchmarks/results/steer-1000.json   # the issue's 1,000 a class at the default
+
+A long report resumes class by class from ``--record``: a JSON file (small, committed) that
+keeps each class's scores as soon as they are measured, with the date, machine and code they
+were measured with; a rerun with the same model, λ, K, n and seed takes them from it. Its cost
+ratio is of the classes sampled in the run that also timed the unguided chains.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from record import write_report
+from record import machine, write_report
 from torch import Tensor
 
 from cfebm import guides
@@ -65,27 +72,37 @@ def score(x: Tensor, k: int, extractor: FMNISTFeatures, ref: FeatureStats) -> tu
 
 
 def guided(model: TrainedModel, net, k: int, weight: float, n: int, seed: int,
-           candidates: int = 1, keep: Path | None = None) -> tuple[Tensor, float]:
+           candidates: int = 1) -> tuple[Tensor, float]:
     """n chains steered toward class k (each the best of ``candidates``), and the seconds per
-    image they took; with ``keep`` (a folder), kept there and taken from there by a rerun."""
-    return _kept(keep, f"class{k}-w{weight:g}-k{candidates}-n{n}-s{seed}.pt",
-                 lambda: model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
-                                      candidates=candidates))
+    image they took."""
+    return _timed(lambda: model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
+                                       candidates=candidates))
 
 
-def _kept(keep: Path | None, name: str, draw: Callable[[], Tensor]) -> tuple[Tensor, float]:
-    """``draw()`` and its seconds per image, or both as a stopped run left them in ``keep``
-    (a long report, 1,000 samples a class, then resumes class by class)."""
-    if keep is not None and (keep / name).exists():
-        saved = torch.load(keep / name, weights_only=True)
-        return saved["x"], saved["seconds_per_image"].item()
-    tic = time.perf_counter()
-    x = draw()
-    seconds = (time.perf_counter() - tic) / len(x)
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        torch.save({"x": x, "seconds_per_image": torch.tensor(seconds)}, keep / name)
-    return x, seconds
+class Record:
+    """Scores kept in a JSON file as soon as they are measured, so that a stopped report resumes
+    where it stopped, on this machine or another (the file is small enough to commit). Each
+    entry carries the date, machine and commit it was measured with, and the run (process) that
+    measured it: timings compare only within a run."""
+
+    def __init__(self, path: Path | None, model: str):
+        self.path, self.model = path, model
+        self.run = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        self.entries = json.loads(path.read_text()) if path and path.exists() else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(f"{self.model} {key}")
+
+    def put(self, key: str, scores: dict) -> dict:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
+        entry = {**scores, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "machine": machine(), "threads": torch.get_num_threads(), "commit": commit, "run": self.run}
+        if self.path:
+            self.entries[f"{self.model} {key}"] = entry
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.entries, indent=2) + "\n")
+        return entry
 
 
 def sweep(model, net, extractor, weights: list[float], n: int,
@@ -108,36 +125,57 @@ def sweep(model, net, extractor, weights: list[float], n: int,
 
 
 def report(model, net, extractor, weight: float, n: int, candidates: int = 1,
-           keep: Path | None = None) -> tuple[dict, list[Tensor]]:
+           record: Record | None = None) -> tuple[dict, list[Tensor]]:
     """The test split at ``weight``: per class accuracy and FID, the unconditional baseline and
-    the cost; also the first 10 samples of each class for the figure."""
+    the cost; also the first 10 samples of each class sampled in this run, for the figure."""
+    record = record or Record(None, "")
     refs, everything = class_stats("test", extractor)
-    plain, unguided_seconds = _kept(keep, f"unguided-n{n}-s{TEST_SEED}.pt",
-                                    lambda: model.sample(n, seed=TEST_SEED))
-    baseline = fid_from_stats(FeatureStats().update(extractor(plain)), everything)
-    print(f"test  unconditional, {n} samples: FID {baseline:.1f} against all test images; "
-          f"{unguided_seconds:.3f} s/image", flush=True)
+    unguided = record.get(f"unguided n{n} s{TEST_SEED}")
+    if unguided is None:
+        plain, seconds = _timed(lambda: model.sample(n, seed=TEST_SEED))
+        unguided = record.put(f"unguided n{n} s{TEST_SEED}", {
+            "fid": fid_from_stats(FeatureStats().update(extractor(plain)), everything),
+            "seconds_per_image": seconds})
+    print(f"test  unconditional, {n} samples: FID {unguided['fid']:.1f} against all test images; "
+          f"{unguided['seconds_per_image']:.3f} s/image", flush=True)
     classes, rows = [], []
     for k, name in enumerate(CLASS_NAMES):
-        x, seconds = guided(model, net, k, weight, n, TEST_SEED, candidates, keep)
-        acc, fid = score(x, k, extractor, refs[k])
-        classes.append({"class": name, "accuracy": acc, "fid": fid, "seconds_per_image": seconds})
-        rows.append(x[:10])
-        print(f"test  λ {weight:g}  {name:12s} accuracy {acc:.3f}  FID {fid:6.1f}  "
-              f"{seconds:.3f} s/image", flush=True)
-    guided_seconds = sum(c["seconds_per_image"] for c in classes) / len(classes)
+        key = f"class{k} w{weight:g} k{candidates} n{n} s{TEST_SEED}"
+        entry = record.get(key)
+        if entry is None:
+            x, seconds = guided(model, net, k, weight, n, TEST_SEED, candidates)
+            acc, fid = score(x, k, extractor, refs[k])
+            entry = record.put(key, {"accuracy": acc, "fid": fid, "seconds_per_image": seconds})
+            rows.append(x[:10])
+        classes.append({"class": name, **entry})
+        seconds = entry["seconds_per_image"]   # None where a record kept no timing
+        print(f"test  λ {weight:g}  {name:12s} accuracy {entry['accuracy']:.3f}  "
+              f"FID {entry['fid']:6.1f}  {seconds or float('nan'):.3f} s/image  "
+              f"({entry['date']})", flush=True)
+    # The cost compares the timings of one run: the unguided chains' and the classes timed with them.
+    timed = [c for c in classes if c["run"] == unguided["run"]]
+    guided_seconds = sum(c["seconds_per_image"] for c in timed) / max(len(timed), 1)
     summary = {"weight": weight, "candidates": candidates, "n_per_class": n, "classes": classes,
                "mean_accuracy": sum(c["accuracy"] for c in classes) / len(classes),
                "min_accuracy": min(c["accuracy"] for c in classes),
                "mean_fid": sum(c["fid"] for c in classes) / len(classes),
                "max_fid": max(c["fid"] for c in classes),
-               "unconditional_fid": baseline, "unguided_seconds_per_image": unguided_seconds,
+               "unconditional_fid": unguided["fid"],
+               "unguided_seconds_per_image": unguided["seconds_per_image"],
                "guided_seconds_per_image": guided_seconds,
-               "cost_ratio": guided_seconds / unguided_seconds}
+               "cost_ratio": guided_seconds / unguided["seconds_per_image"],
+               "cost_classes": [c["class"] for c in timed]}
     print(f"test  mean accuracy {summary['mean_accuracy']:.3f} (min {summary['min_accuracy']:.3f})"
           f"  mean per-class FID {summary['mean_fid']:.1f} (max {summary['max_fid']:.1f}, "
-          f"unconditional {baseline:.1f})  cost {summary['cost_ratio']:.2f}x", flush=True)
+          f"unconditional {unguided['fid']:.1f})  cost {summary['cost_ratio']:.2f}x", flush=True)
     return summary, rows
+
+
+def _timed(draw: Callable[[], Tensor]) -> tuple[Tensor, float]:
+    """``draw()`` and its seconds per image."""
+    tic = time.perf_counter()
+    x = draw()
+    return x, (time.perf_counter() - tic) / len(x)
 
 
 def main() -> None:
@@ -151,8 +189,8 @@ def main() -> None:
                         "validation sweep alone)")
     parser.add_argument("--candidates", type=int, default=1, help="K: each sample the best of "
                         "K candidate chains by the guide (TrainedModel.sample's candidates)")
-    parser.add_argument("--keep", type=Path, help="a folder for the test samples of each "
-                        "class: a stopped report resumes from it (timings as first measured)")
+    parser.add_argument("--record", type=Path, help="a JSON file keeping each class's test "
+                        "scores as measured: a stopped report resumes from it")
     parser.add_argument("--json", help="write the results as JSON")
     parser.add_argument("--grid", help="a figure: one row of 10 samples per class")
     parser.add_argument("--classifier", default=str(guides.GUIDE_WEIGHTS),
@@ -167,9 +205,10 @@ def main() -> None:
         weights = [float(w) for w in args.weights.split(",")]
         weight, sweep_rows = sweep(model, net, extractor, weights, args.n_val, args.candidates)
         print(f"chosen on validation: λ = {weight:g}", flush=True)
-    summary, rows = (report(model, net, extractor, weight, args.n, args.candidates, args.keep)
+    summary, rows = (report(model, net, extractor, weight, args.n, args.candidates,
+                            Record(args.record, args.model))
                      if args.n else (None, []))   # --n 0: the validation sweep alone
-    if args.grid and rows:
+    if args.grid and len(rows) == len(CLASS_NAMES):   # every class sampled in this run
         save_rows(rows, args.grid, labels=list(CLASS_NAMES), scale=1)
     if args.json:
         write_report(args.json, {"model": args.model, "guide": info, "candidates": args.candidates,

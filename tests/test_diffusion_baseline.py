@@ -21,6 +21,7 @@ from cfebm.data import BatchStream, TensorImages, fake_images
 pytest.importorskip("diffusers")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diffusion.py"
+sys.path.append(str(SCRIPT.parent))   # its sibling record.py, as when the script runs
 spec = importlib.util.spec_from_file_location("diffusion_baseline", SCRIPT)
 diffusion = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = diffusion   # dataclasses look their module up there
