@@ -27,7 +27,20 @@ def test_help_ends_with_its_examples_as_written(command, capsys):
     out = capsys.readouterr().out.rstrip("\n")
     expected = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
     assert out.endswith(expected)  # not re-wrapped into a paragraph
-    assert "(default: " in out or command == "presets"  # defaults still shown
+    flat = " ".join(out.split())   # help wraps lines anywhere
+    for empty in ("(default: None)", "(default: False)", "(default: True)", "(default: [])"):
+        assert empty not in flat   # a default that says nothing is not shown
+    for option in flat.split(" --")[1:]:   # nor one the option's own help already states
+        assert option.count("(default:") <= 1, option
+
+
+def test_help_shows_the_defaults_that_say_something(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "chains per batch (default: 250)" in flat
+    assert "random seed (default: 0)" in flat
+    assert "(default: the EMA when kept)" in flat   # stated by the help itself, once
 
 
 @pytest.mark.parametrize("command", ["cfebm", *COMMANDS])

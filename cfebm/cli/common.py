@@ -11,9 +11,24 @@ from cfebm.share import PRETRAINED
 from cfebm.trained import TrainedModel, load
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Options with their defaults; a description and the examples after them (``epilog``,
-    cli/help.py) as they are written, line by line."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Options with their defaults where a default says something; a description and the
+    examples after them (``epilog``, cli/help.py) as they are written, line by line.
+
+    argparse's own ArgumentDefaultsHelpFormatter appends "(default: X)" to every option, so a
+    flag read "(default: False)", ``--no-fit`` "(default: True)", and an option whose help
+    already states its default ("the EMA when kept") stated it twice, the second time as None.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        silent = (action.default is None or action.default is argparse.SUPPRESS
+                  or isinstance(action.default, bool) or action.default == [])
+        takes_default = action.option_strings or action.nargs in (argparse.OPTIONAL,
+                                                                  argparse.ZERO_OR_MORE)
+        if silent or not takes_default or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 FORMATTER = HelpFormatter
