@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import machine
 from scipy import ndimage
 
 from cfebm.apps import restore
@@ -172,7 +172,7 @@ def main() -> None:
     report = {"model": str(args.model), "describe": repr(model), "n": len(test),
               "val": len(val), "val_held_out": bool(held_out),
               "completions": args.completions, "seed": args.seed,
-              "machine": f"{platform.processor() or platform.machine()}, "
+              "machine": f"{machine()}, "
                          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}",
               "date": time.strftime("%Y-%m-%d")}
     print(report)

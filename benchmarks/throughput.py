@@ -18,13 +18,13 @@ On CUDA the fp32 peak is true fp32 while cuDNN runs fp32 convolutions in TF32 by
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from record import machine
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
@@ -190,7 +190,7 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32, device),
              "bf16": matmul_peak(torch.bfloat16, device)}
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"{platform.processor() or platform.machine()} · {args.threads} threads")
+             else f"{machine()} · {args.threads} threads")
     print(f"# {date.today()} · {where} · torch {torch.__version__}")
     print(f"# matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     print("| " + " | ".join(COLUMNS) + " |")

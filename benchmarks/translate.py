@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import machine
 
 from cfebm.apps import translate
 from cfebm.apps.figures import save_translation
@@ -171,7 +171,7 @@ def main() -> None:
         reports.append(report)
         print(table(report), flush=True)
     if args.json:
-        meta = {"machine": platform.processor() or platform.machine(),
+        meta = {"machine": machine(),
                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                    time.gmtime())}
         Path(args.json).write_text(json.dumps({"meta": meta, "reports": reports}, indent=2))
