@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,6 +45,13 @@ def machine() -> str:
     """This machine in one line: the CPU model and its kind."""
     facts = cpu_facts()
     return f"{facts['cpu']}, {facts['kind']}"
+
+
+def timed(draw: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """``draw()`` (a batch of N images) and the seconds per image it took."""
+    tic = time.perf_counter()
+    x = draw()
+    return x, (time.perf_counter() - tic) / len(x)
 
 
 def write_report(path: str | Path, report: dict) -> None:

@@ -35,11 +35,10 @@ import argparse
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from record import machine, write_report
+from record import machine, timed, write_report
 from torch import Tensor
 
 from cfebm import guides
@@ -75,8 +74,8 @@ def guided(model: TrainedModel, net, k: int, weight: float, n: int, seed: int,
            candidates: int = 1) -> tuple[Tensor, float]:
     """n chains steered toward class k (each the best of ``candidates``), and the seconds per
     image they took."""
-    return _timed(lambda: model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
-                                       candidates=candidates))
+    return timed(lambda: model.sample(n, seed=seed, guide=guides.classifier(net, k, weight),
+                                      candidates=candidates))
 
 
 class Record:
@@ -87,17 +86,18 @@ class Record:
 
     def __init__(self, path: Path | None, model: str):
         self.path, self.model = path, model
-        self.run = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         self.entries = json.loads(path.read_text()) if path and path.exists() else {}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
+        self.facts = {"machine": machine(), "threads": torch.get_num_threads(), "commit": commit,
+                      "run": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(f"{self.model} {key}")
 
     def put(self, key: str, scores: dict) -> dict:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
         entry = {**scores, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "machine": machine(), "threads": torch.get_num_threads(), "commit": commit, "run": self.run}
+                 **self.facts}
         if self.path:
             self.entries[f"{self.model} {key}"] = entry
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def report(model, net, extractor, weight: float, n: int, candidates: int = 1,
     refs, everything = class_stats("test", extractor)
     unguided = record.get(f"unguided n{n} s{TEST_SEED}")
     if unguided is None:
-        plain, seconds = _timed(lambda: model.sample(n, seed=TEST_SEED))
+        plain, seconds = timed(lambda: model.sample(n, seed=TEST_SEED))
         unguided = record.put(f"unguided n{n} s{TEST_SEED}", {
             "fid": fid_from_stats(FeatureStats().update(extractor(plain)), everything),
             "seconds_per_image": seconds})
@@ -153,8 +153,8 @@ def report(model, net, extractor, weight: float, n: int, candidates: int = 1,
               f"FID {entry['fid']:6.1f}  {seconds or float('nan'):.3f} s/image  "
               f"({entry['date']})", flush=True)
     # The cost compares the timings of one run: the unguided chains' and the classes timed with them.
-    timed = [c for c in classes if c["run"] == unguided["run"]]
-    guided_seconds = sum(c["seconds_per_image"] for c in timed) / max(len(timed), 1)
+    same_run = [c for c in classes if c["run"] == unguided["run"]]
+    guided_seconds = sum(c["seconds_per_image"] for c in same_run) / max(len(same_run), 1)
     summary = {"weight": weight, "candidates": candidates, "n_per_class": n, "classes": classes,
                "mean_accuracy": sum(c["accuracy"] for c in classes) / len(classes),
                "min_accuracy": min(c["accuracy"] for c in classes),
@@ -164,18 +164,11 @@ def report(model, net, extractor, weight: float, n: int, candidates: int = 1,
                "unguided_seconds_per_image": unguided["seconds_per_image"],
                "guided_seconds_per_image": guided_seconds,
                "cost_ratio": guided_seconds / unguided["seconds_per_image"],
-               "cost_classes": [c["class"] for c in timed]}
+               "cost_classes": [c["class"] for c in same_run]}
     print(f"test  mean accuracy {summary['mean_accuracy']:.3f} (min {summary['min_accuracy']:.3f})"
           f"  mean per-class FID {summary['mean_fid']:.1f} (max {summary['max_fid']:.1f}, "
           f"unconditional {unguided['fid']:.1f})  cost {summary['cost_ratio']:.2f}x", flush=True)
     return summary, rows
-
-
-def _timed(draw: Callable[[], Tensor]) -> tuple[Tensor, float]:
-    """``draw()`` and its seconds per image."""
-    tic = time.perf_counter()
-    x = draw()
-    return x, (time.perf_counter() - tic) / len(x)
 
 
 def main() -> None:

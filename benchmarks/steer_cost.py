@@ -9,9 +9,8 @@ two). The default is ``cfebm sample --class``'s: 4 candidates at λ = 3.
 from __future__ import annotations
 
 import argparse
-import time
 
-from record import write_report
+from record import timed, write_report
 
 from cfebm import guides
 from cfebm.trained import load
@@ -35,9 +34,7 @@ def main() -> None:
                              ("guided", args.n_guided, {"guide": guide,
                                                         "candidates": args.candidates}),
                              ("unguided again", args.n, {})]:
-        tic = time.perf_counter()
-        model.sample(n, seed=0, **options)
-        seconds[name] = (time.perf_counter() - tic) / n
+        seconds[name] = timed(lambda n=n, options=options: model.sample(n, seed=0, **options))[1]
         print(f"{name:15s} {seconds[name]:.3f} s/image", flush=True)
     ratio = seconds["guided"] / ((seconds["unguided"] + seconds["unguided again"]) / 2)
     print(f"guided / unguided: {ratio:.2f}x", flush=True)

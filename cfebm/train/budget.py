@@ -14,8 +14,9 @@ half (f < ½), it first keeps the recipe's iterations and halves every stage's b
 its images), down to ``MIN_BATCH``, predicting each halving's cost as half and timing only
 the batch it settles on; then, or at once when the overshoot is smaller, it scales every
 stage's and every fade's images by one factor f < 1. The run then ends on its finished, fully
-grown last stage, with the recipe's proportions and its learning-rate decay to 0 intact. A schedule that fits is left as it is, so
-on the reference machine a preset trains exactly as measured.
+grown last stage, with the recipe's proportions and its learning-rate decay to 0 intact. A
+schedule that fits is left as it is, so on the reference machine a preset trains exactly as
+measured.
 
 Both choices were measured on two AVX2 cores, 30 minutes of ``fmnist32``
 (docs/notebook/budgets.md, "Smaller batches for a short budget" and "Where a short budget's
@@ -200,10 +201,10 @@ def fit_schedule(cfg: Config, minutes: float, device: torch.device | None = None
     budget = 60.0 * minutes
     costs = measure(cfg, device)
     growth, f = fit(cfg.growth, costs, budget, cfg.eval)
-    while f < HALVE_BELOW and halved(cfg.growth):
-        while f < HALVE_BELOW and (smaller := halved(cfg.growth)):
-            cfg, costs = replace(cfg, growth=smaller), [c.halved() for c in costs]
-            growth, f = fit(cfg.growth, costs, budget, cfg.eval)
-        costs = measure(cfg, device)  # the prediction checked at the batch it chose
+    while f < HALVE_BELOW and (smaller := halved(cfg.growth)):
+        cfg, costs = replace(cfg, growth=smaller), [c.halved() for c in costs]
         growth, f = fit(cfg.growth, costs, budget, cfg.eval)
+        if f >= HALVE_BELOW or not halved(cfg.growth):   # settled: time the batch it chose
+            costs = measure(cfg, device)
+            growth, f = fit(cfg.growth, costs, budget, cfg.eval)
     return replace(cfg, growth=growth), f, costs
