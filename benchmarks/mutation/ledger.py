@@ -1,0 +1,213 @@
+"""The committed record of mutation results, so that a sampled run spread over sessions adds up.
+
+    python benchmarks/mutation/ledger.py record RESULTS NAMES SOURCE --group G --run TEXT
+    python benchmarks/mutation/ledger.py known NAMES SOURCE       # names already recorded
+    python benchmarks/mutation/ledger.py fate NAME TEXT           # what became of a survivor
+    python benchmarks/mutation/ledger.py table [GROUP]            # the per-module table
+    python benchmarks/mutation/ledger.py group GROUP modules|tests  # groups.toml, for run.sh
+
+A run's mutmut cache lives in a scratch folder that does not outlive a session here; the ledger
+(``benchmarks/results/mutation.json``) keeps, per module, the SHA-256 of the source the mutants
+were made from, the number of mutants mutmut made of it, and each drawn mutant's status with the
+run that measured it (date, machine, commit, command). A mutant's name (``x_f__mutmut_7``)
+means the same edit only of the same source, so a module whose source changed starts afresh:
+``record`` drops its old results, and ``known`` lists only names recorded for the source as it
+is now (``run.sh`` skips those). ``fate`` notes what became of a survivor (the test that now
+kills it, or why it is equivalent); the table counts a survivor with an "equivalent" fate apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import fnmatch
+import hashlib
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+from summarize import KILLED, wilson
+
+LEDGER = Path(__file__).resolve().parents[1] / "results" / "mutation.json"
+GROUPS = Path(__file__).with_name("groups.toml")
+NAME = re.compile(r"(cfebm(?:\.\w+)*?)\.(?:xǁ|x_)\S*__mutmut_\d+$")
+
+
+def load(path: Path = LEDGER) -> dict:
+    """The ledger: ``{"runs": [...], "modules": {path: {"sha256", "size", "mutants"}}}``."""
+    return json.loads(path.read_text()) if path.is_file() else {"runs": [], "modules": {}}
+
+
+def save(ledger: dict, path: Path = LEDGER) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ledger, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def module_path(name: str, source: Path) -> str:
+    """The file under ``source`` a mutant's name comes from: ``cfebm.apps.ood.x_f__mutmut_1``
+    is ``cfebm/apps/ood.py``, and ``cfebm.metrics.ais.x_f__mutmut_1`` the package's
+    ``__init__.py`` (mutmut drops "__init__" from names)."""
+    m = NAME.match(name)
+    if not m:
+        raise ValueError(f"not a mutmut mutant name: {name!r}")
+    dotted = m.group(1).replace(".", "/")
+    for candidate in (f"{dotted}.py", f"{dotted}/__init__.py"):
+        if (source / candidate).is_file():
+            return candidate
+    raise ValueError(f"no module for {name!r} under {source}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parse_results(text: str) -> dict[str, str]:
+    """``mutmut results --all true`` lines as ``{name: status}``, unchecked ones left out."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and NAME.match(name) and status != "not checked":
+            out[name] = status
+    return out
+
+
+def record(ledger: dict, results: dict[str, str], names: list[str], source: Path,
+           run: dict) -> int:
+    """Adds the results of ``names`` (made from the sources under ``source``) as ``run``;
+    returns how many were added. A module whose source differs from the recorded one starts
+    afresh. ``size`` is the number of mutants mutmut made of the module (its meta file)."""
+    # one run.sh run records its progress several times: one entry for all of them
+    run_id = ledger["runs"].index(run) if run in ledger["runs"] else len(ledger["runs"])
+    added = 0
+    for name in names:
+        if name not in results:
+            continue
+        path = module_path(name, source)
+        digest = sha256(source / path)
+        entry = ledger["modules"].get(path)
+        if entry is None or entry["sha256"] != digest:
+            entry = ledger["modules"][path] = {"sha256": digest, "size": None, "mutants": {}}
+        meta = source / "mutants" / f"{path}.meta"
+        if meta.is_file():
+            entry["size"] = len(json.loads(meta.read_text())["exit_code_by_key"])
+        entry["mutants"][name] = {"status": results[name], "run": run_id}
+        added += 1
+    if added and run_id == len(ledger["runs"]):
+        ledger["runs"].append(run)
+    return added
+
+
+def known(ledger: dict, names: list[str], source: Path) -> list[str]:
+    """The ``names`` already recorded for their module's source as it is under ``source``."""
+    out = []
+    for name in names:
+        entry = ledger["modules"].get(module_path(name, source))
+        if entry and name in entry["mutants"] and entry["sha256"] == sha256(source / module_path(
+                name, source)):
+            out.append(name)
+    return out
+
+
+def set_fate(ledger: dict, name: str, text: str) -> None:
+    for entry in ledger["modules"].values():
+        if name in entry["mutants"]:
+            entry["mutants"][name]["fate"] = text
+            return
+    raise SystemExit(f"ledger: {name} is not recorded")
+
+
+def table(ledger: dict, modules: list[str] | None = None) -> str:
+    """The per-module Markdown table: mutants run, killed, survived (equivalent apart), the
+    kill rate over the non-equivalent ones with its 95% Wilson interval; then the estimate over
+    every mutant of the modules, each module's rate weighted by its size; then the survivors."""
+    rows = ["| module | run | killed | survived | equivalent | killed % | 95% interval |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    total, weighted, size_sum, alive = collections.Counter(), 0.0, 0, []
+    for path in sorted(modules or ledger["modules"]):
+        entry = ledger["modules"].get(path)
+        if not entry:
+            continue
+        c = collections.Counter()
+        for name, m in sorted(entry["mutants"].items()):
+            if m["status"] in KILLED:
+                c["killed"] += 1
+            elif m.get("fate", "").startswith("equivalent"):
+                c["equivalent"] += 1
+            else:
+                c["survived"] += 1
+                alive.append(f"{name}: {m['status']}" + (f" — {m['fate']}" if "fate" in m else ""))
+        total.update(c)
+        rows.append(_row(path, c))
+        if entry["size"]:
+            n = c["killed"] + c["survived"]
+            weighted += entry["size"] * c["killed"] / max(n, 1)
+            size_sum += entry["size"]
+    rows.append(_row("**total**", total))
+    rows.append(f"\nweighted by module size: {100 * weighted / max(size_sum, 1):.1f}% of all "
+                f"{size_sum} mutants")
+    return "\n".join(rows + ["\nnot killed:"] + (alive or ["(none)"]))
+
+
+def _row(name: str, c: collections.Counter) -> str:
+    n = c["killed"] + c["survived"]
+    low, high = wilson(c["killed"], n)
+    return (f"| {name} | {n + c['equivalent']} | {c['killed']} | {c['survived']} | "
+            f"{c['equivalent']} | {100 * c['killed'] / max(n, 1):.1f} | "
+            f"{100 * low:.0f}–{100 * high:.0f} |")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("record")
+    r.add_argument("results"), r.add_argument("names"), r.add_argument("source")
+    r.add_argument("--group", required=True), r.add_argument("--run", required=True)
+    k = sub.add_parser("known")
+    k.add_argument("names"), k.add_argument("source")
+    f = sub.add_parser("fate")
+    f.add_argument("name"), f.add_argument("text")
+    t = sub.add_parser("table")
+    t.add_argument("group", nargs="?")
+    g = sub.add_parser("group")
+    g.add_argument("group"), g.add_argument("part", choices=["modules", "tests"])
+    args = parser.parse_args(argv)
+    if args.command == "group":
+        print("\n".join(groups(args.group)[args.part]))
+        return
+    ledger = load()
+    if args.command == "record":
+        names = Path(args.names).read_text().split()
+        results = parse_results(Path(args.results).read_text())
+        run = {**json.loads(args.run), "group": args.group}
+        n = record(ledger, results, names, Path(args.source), run)
+        save(ledger)
+        print(f"ledger: {n} results recorded in {LEDGER}")
+    elif args.command == "known":
+        print("\n".join(known(ledger, Path(args.names).read_text().split(), Path(args.source))))
+    elif args.command == "fate":
+        set_fate(ledger, args.name, args.text)
+        save(ledger)
+    else:
+        print(table(ledger, group_modules(args.group, ledger) if args.group else None))
+
+
+def groups(name: str | None = None) -> dict:
+    """groups.toml: every group, or the one called ``name`` (its modules and tests)."""
+    table = tomllib.loads(GROUPS.read_text())
+    if name is None:
+        return table
+    if name not in table:
+        raise SystemExit(f"ledger: no group {name!r} (groups.toml has {', '.join(table)})")
+    return table[name]
+
+
+def group_modules(group: str, ledger: dict) -> list[str]:
+    """The recorded modules that ``group`` of groups.toml mutates."""
+    globs = groups(group)["modules"]
+    return [p for p in ledger["modules"] if any(fnmatch.fnmatch(p, g) for g in globs)]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
