@@ -185,7 +185,8 @@ def main(argv: list[str]) -> None:
         save(ledger)
         print(f"ledger: {n} results recorded in {LEDGER}")
     elif args.command == "known":
-        print("\n".join(known(ledger, Path(args.names).read_text().split(), Path(args.source))))
+        for name in known(ledger, Path(args.names).read_text().split(), Path(args.source)):
+            print(name)
     elif args.command == "fate":
         set_fate(ledger, args.name, args.text)
         save(ledger)
