@@ -1,7 +1,7 @@
 """The committed record of mutation results, so that a sampled run spread over sessions adds up.
 
     python benchmarks/mutation/ledger.py record RESULTS NAMES SOURCE --group G --run TEXT
-    python benchmarks/mutation/ledger.py known NAMES SOURCE       # names already recorded
+    python benchmarks/mutation/ledger.py known NAMES SOURCE [--alive]  # names recorded (alive)
     python benchmarks/mutation/ledger.py fate NAME TEXT           # what became of a survivor
     python benchmarks/mutation/ledger.py table [GROUP]            # the per-module table
     python benchmarks/mutation/ledger.py group GROUP modules|tests  # groups.toml, for run.sh
@@ -74,10 +74,12 @@ def parse_results(text: str) -> dict[str, str]:
 
 
 def record(ledger: dict, results: dict[str, str], names: list[str], source: Path,
-           run: dict) -> int:
+           run: dict, recheck: bool = False) -> int:
     """Adds the results of ``names`` (made from the sources under ``source``) as ``run``;
     returns how many were added. A module whose source differs from the recorded one starts
-    afresh. ``size`` is the number of mutants mutmut made of the module (its meta file)."""
+    afresh. ``size`` is the number of mutants mutmut made of the module (its meta file).
+    ``recheck``: the names are survivors run again against new tests; their result goes to
+    ``after``, and the first result stays."""
     # one run.sh run records its progress several times: one entry for all of them
     run_id = ledger["runs"].index(run) if run in ledger["runs"] else len(ledger["runs"])
     added = 0
@@ -92,22 +94,34 @@ def record(ledger: dict, results: dict[str, str], names: list[str], source: Path
         meta = source / "mutants" / f"{path}.meta"
         if meta.is_file():
             entry["size"] = len(json.loads(meta.read_text())["exit_code_by_key"])
-        entry["mutants"][name] = {"status": results[name], "run": run_id}
+        result = {"status": results[name], "run": run_id}
+        if recheck and name in entry["mutants"]:
+            entry["mutants"][name]["after"] = result
+        else:
+            entry["mutants"][name] = result
         added += 1
     if added and run_id == len(ledger["runs"]):
         ledger["runs"].append(run)
     return added
 
 
-def known(ledger: dict, names: list[str], source: Path) -> list[str]:
-    """The ``names`` already recorded for their module's source as it is under ``source``."""
+def known(ledger: dict, names: list[str], source: Path, alive: bool = False) -> list[str]:
+    """The ``names`` already recorded for their module's source as it is under ``source``;
+    ``alive``: only those no test has killed yet (first run or recheck)."""
     out = []
     for name in names:
-        entry = ledger["modules"].get(module_path(name, source))
-        if entry and name in entry["mutants"] and entry["sha256"] == sha256(source / module_path(
-                name, source)):
+        path = module_path(name, source)
+        entry = ledger["modules"].get(path)
+        if not entry or name not in entry["mutants"] or entry["sha256"] != sha256(source / path):
+            continue
+        if not alive or _final(entry["mutants"][name]) not in KILLED:
             out.append(name)
     return out
+
+
+def _final(mutant: dict) -> str:
+    """A mutant's latest status: its recheck's, if it had one."""
+    return mutant.get("after", mutant)["status"]
 
 
 def set_fate(ledger: dict, name: str, text: str) -> None:
@@ -119,43 +133,54 @@ def set_fate(ledger: dict, name: str, text: str) -> None:
 
 
 def table(ledger: dict, modules: list[str] | None = None) -> str:
-    """The per-module Markdown table: mutants run, killed, survived (equivalent apart), the
-    kill rate over the non-equivalent ones with its 95% Wilson interval; then the estimate over
-    every mutant of the modules, each module's rate weighted by its size; then the survivors."""
-    rows = ["| module | run | killed | survived | equivalent | killed % | 95% interval |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    total, weighted, size_sum, alive = collections.Counter(), 0.0, 0, []
+    """The per-module Markdown table: mutants run, killed at once, killed by the tests their
+    survival prompted, argued equivalent, still alive; the kill rate first and now (over the
+    non-equivalent ones, with its 95% Wilson interval); then both estimates over every mutant of
+    the modules, each module's rate weighted by its size; then the mutants not killed at once."""
+    rows = [("| module | run | killed | killed after new tests | equivalent | alive | killed % "
+             "| 95% interval | killed % now |"),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    total, first, now, size_sum, alive = collections.Counter(), 0.0, 0.0, 0, []
     for path in sorted(modules or ledger["modules"]):
         entry = ledger["modules"].get(path)
         if not entry:
             continue
         c = collections.Counter()
         for name, m in sorted(entry["mutants"].items()):
-            if m["status"] in KILLED:
-                c["killed"] += 1
-            elif m.get("fate", "").startswith("equivalent"):
-                c["equivalent"] += 1
-            else:
-                c["survived"] += 1
-                alive.append(f"{name}: {m['status']}" + (f" — {m['fate']}" if "fate" in m else ""))
+            c[_kind(m)] += 1
+            if m["status"] not in KILLED:
+                alive.append(f"{name}: {m['status']} → {_kind(m)}"
+                             + (f" ({m['fate']})" if "fate" in m else ""))
         total.update(c)
         rows.append(_row(path, c))
         if entry["size"]:
-            n = c["killed"] + c["survived"]
-            weighted += entry["size"] * c["killed"] / max(n, 1)
+            n = sum(c.values()) - c["equivalent"]
+            first += entry["size"] * c["killed"] / max(n, 1)
+            now += entry["size"] * (c["killed"] + c["killed after new tests"]) / max(n, 1)
             size_sum += entry["size"]
     rows.append(_row("**total**", total))
-    rows.append(f"\nweighted by module size: {100 * weighted / max(size_sum, 1):.1f}% of all "
-                f"{size_sum} mutants")
-    return "\n".join(rows + ["\nnot killed:"] + (alive or ["(none)"]))
+    rows.append(f"\nweighted by module size over all {size_sum} mutants: "
+                f"{100 * first / max(size_sum, 1):.1f}% at once, "
+                f"{100 * now / max(size_sum, 1):.1f}% now")
+    return "\n".join(rows + ["\nnot killed at once:"] + (alive or ["(none)"]))
+
+
+def _kind(m: dict) -> str:
+    """One mutant's column in the table."""
+    if m["status"] in KILLED:
+        return "killed"
+    if m.get("fate", "").startswith("equivalent"):
+        return "equivalent"
+    return "killed after new tests" if _final(m) in KILLED else "alive"
 
 
 def _row(name: str, c: collections.Counter) -> str:
-    n = c["killed"] + c["survived"]
+    n = sum(c.values()) - c["equivalent"]
     low, high = wilson(c["killed"], n)
-    return (f"| {name} | {n + c['equivalent']} | {c['killed']} | {c['survived']} | "
-            f"{c['equivalent']} | {100 * c['killed'] / max(n, 1):.1f} | "
-            f"{100 * low:.0f}–{100 * high:.0f} |")
+    later = c["killed"] + c["killed after new tests"]
+    return (f"| {name} | {n + c['equivalent']} | {c['killed']} | {c['killed after new tests']} "
+            f"| {c['equivalent']} | {c['alive']} | {100 * c['killed'] / max(n, 1):.1f} | "
+            f"{100 * low:.0f}–{100 * high:.0f} | {100 * later / max(n, 1):.1f} |")
 
 
 def main(argv: list[str]) -> None:
@@ -164,8 +189,10 @@ def main(argv: list[str]) -> None:
     r = sub.add_parser("record")
     r.add_argument("results"), r.add_argument("names"), r.add_argument("source")
     r.add_argument("--group", required=True), r.add_argument("--run", required=True)
+    r.add_argument("--recheck", action="store_true")
     k = sub.add_parser("known")
     k.add_argument("names"), k.add_argument("source")
+    k.add_argument("--alive", action="store_true")
     f = sub.add_parser("fate")
     f.add_argument("name"), f.add_argument("text")
     t = sub.add_parser("table")
@@ -181,11 +208,12 @@ def main(argv: list[str]) -> None:
         names = Path(args.names).read_text().split()
         results = parse_results(Path(args.results).read_text())
         run = {**json.loads(args.run), "group": args.group}
-        n = record(ledger, results, names, Path(args.source), run)
+        n = record(ledger, results, names, Path(args.source), run, args.recheck)
         save(ledger)
         print(f"ledger: {n} results recorded in {LEDGER}")
     elif args.command == "known":
-        for name in known(ledger, Path(args.names).read_text().split(), Path(args.source)):
+        names = Path(args.names).read_text().split()
+        for name in known(ledger, names, Path(args.source), args.alive):
             print(name)
     elif args.command == "fate":
         set_fate(ledger, args.name, args.text)

@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/mutation/run.sh --group apps --sample 30  # 30 per module of a group of
 #                                                             # groups.toml, against its tests
+#   bash benchmarks/mutation/run.sh --group apps --sample 30 --recheck  # its survivors again
 #   bash benchmarks/mutation/run.sh --sample 30 'cfebm/apps/*' # ... against every test file
 #   bash benchmarks/mutation/run.sh cfebm/growth.py            # every mutant of these files
 #
@@ -13,7 +14,8 @@
 # from groups.toml: the traced pass then takes minutes, not the whole suite's twenty. A sampled
 # run records each result in the committed ledger (ledger.py, benchmarks/results/mutation.json)
 # and skips the drawn mutants the ledger already has for the source as it is, so a run spread
-# over sessions adds up; `ledger.py table` prints the per-module table of
+# over sessions adds up; --recheck runs the drawn mutants no test has killed yet against the
+# tests as they are now (the ledger keeps both results); `ledger.py table` prints the per-module table of
 # benchmarks/RESULTS.md. MAX_CHILDREN (default 1) sets mutmut's workers: 2 on an otherwise
 # idle 2-core machine.
 #
@@ -25,12 +27,13 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 py="$repo/.venv/bin/python"
 tools="$repo/benchmarks/mutation"
-sample=0 seed=13 group=""
+sample=0 seed=13 group="" recheck=""
 while [[ "${1:-}" == --* ]]; do
   case "$1" in
     --sample) sample="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
     --group) group="$2"; shift 2 ;;
+    --recheck) recheck="--recheck"; shift ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -80,11 +83,17 @@ if (( sample > 0 )); then
   # mutmut reruns every mutant it is named, finished or not: name only those without a result
   # here or in the ledger, so that a stopped run resumes where it stopped, in any session.
   "$py" "$tools/ledger.py" known names.txt . > ledgered.txt
-  "${mutmut[@]}" results --all true > results.txt
-  grep -Fxf names.txt <(sed -n 's/^ *\(.*\): not checked$/\1/p' results.txt) \
-    | grep -vFxf ledgered.txt > todo.txt || true
+  if [[ -n "$recheck" ]]; then
+    # --recheck: the drawn mutants that no test has killed yet, against today's tests
+    "$py" "$tools/ledger.py" known names.txt . --alive > todo.txt
+    cp todo.txt names.txt
+  else
+    "${mutmut[@]}" results --all true > results.txt
+    grep -Fxf names.txt <(sed -n 's/^ *\(.*\): not checked$/\1/p' results.txt) \
+      | grep -vFxf ledgered.txt > todo.txt || true
+  fi
   echo "sampled $(wc -l < names.txt) mutants ($sample per module, seed $seed);" \
-       "$(wc -l < ledgered.txt) in the ledger, $(wc -l < todo.txt) still to run"
+       "$(wc -l < ledgered.txt) in the ledger, $(wc -l < todo.txt) to run ${recheck:+again}"
   run_facts=$(cd "$repo/benchmarks" && "$py" -c "import json, sys, time, record
 print(json.dumps({'date': time.strftime('%Y-%m-%d'), 'machine': record.machine(),
                   'commit': sys.argv[1], 'seed': int(sys.argv[2]), 'sample': int(sys.argv[3]),
@@ -93,7 +102,7 @@ print(json.dumps({'date': time.strftime('%Y-%m-%d'), 'machine': record.machine()
   record() {
     "${mutmut[@]}" results --all true > results.txt &&
       "$py" "$tools/ledger.py" record results.txt names.txt . --group "${group:-files}" \
-        --run "$run_facts" || true
+        --run "$run_facts" $recheck || true
   }
   # The ledger learns each result within five minutes: a session may end mid-run.
   ( while sleep 300; do record > /dev/null 2>&1; done ) &
