@@ -95,7 +95,7 @@ def record(ledger: dict, results: dict[str, str], names: list[str], source: Path
         if meta.is_file():
             entry["size"] = len(json.loads(meta.read_text())["exit_code_by_key"])
         result = {"status": results[name], "run": run_id}
-        if recheck and name in entry["mutants"]:
+        if recheck and name in entry["mutants"] and entry["mutants"][name]["status"] != "no tests":
             entry["mutants"][name]["after"] = result
         else:
             entry["mutants"][name] = result
@@ -107,13 +107,17 @@ def record(ledger: dict, results: dict[str, str], names: list[str], source: Path
 
 def known(ledger: dict, names: list[str], source: Path, alive: bool = False) -> list[str]:
     """The ``names`` already recorded for their module's source as it is under ``source``;
-    ``alive``: only those no test has killed yet (first run or recheck)."""
+    ``alive``: only those no test has killed yet (first run or recheck). A mutant that no
+    selected test reached ("no tests") is left out: it runs again, as the selection may have
+    grown."""
     out = []
     for name in names:
         path = module_path(name, source)
         entry = ledger["modules"].get(path)
         if not entry or name not in entry["mutants"] or entry["sha256"] != sha256(source / path):
             continue
+        if entry["mutants"][name]["status"] == "no tests":
+            continue  # a fact about the group's test selection, not the mutant: run it again
         if not alive or _final(entry["mutants"][name]) not in KILLED:
             out.append(name)
     return out
