@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import fnmatch
+import functools
 import hashlib
 import json
 import re
@@ -59,6 +60,7 @@ def module_path(name: str, source: Path) -> str:
     raise ValueError(f"no module for {name!r} under {source}")
 
 
+@functools.cache  # once per module, not once per mutant: a process reads a fixed scratch copy
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
